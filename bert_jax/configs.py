@@ -1,0 +1,209 @@
+"""Model configuration: `BertConfig` and the named model sizes.
+
+Field names follow the original `bert_config.json` and Hugging Face's `BertConfig`, so a config file
+from either loads unchanged and ours is readable by both. Validation happens here, at construction,
+so that a bad config fails with one clear message before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+
+# Keys that Hugging Face / the original code write into a config but which carry no information
+# for this model (or only the value we already assume). Anything else unknown is an error.
+_IGNORED_KEYS = frozenset(
+    {
+        "architectures",
+        "model_type",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "pad_token_id",
+        "gradient_checkpointing",
+        "use_cache",
+        "classifier_dropout",
+        "directionality",
+        "pooler_fc_size",
+        "pooler_num_attention_heads",
+        "pooler_num_fc_layers",
+        "pooler_size_per_head",
+        "pooler_type",
+        "output_past",
+        "_name_or_path",
+        "is_decoder",
+        "add_cross_attention",
+        "chunk_size_feed_forward",
+        "tie_word_embeddings",
+        "id2label",
+        "label2id",
+        "problem_type",
+        "bos_token_id",
+        "eos_token_id",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Hyperparameters of a BERT encoder (the `bert_config.json` fields) plus the compute dtype.
+
+    `dtype` is the dtype of activations and matmuls; parameters are always stored in float32.
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        positive = (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"BertConfig.{name} must be a positive integer, got {value!r}.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads}); choose a head count that divides it."
+            )
+        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise ConfigError(
+                f"BertConfig.hidden_act={self.hidden_act!r} is not supported; use one of "
+                f"{', '.join(SUPPORTED_ACTIVATIONS)}."
+            )
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise ConfigError(
+                f"BertConfig.dtype={self.dtype!r} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}."
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"BertConfig.{name} must be in [0, 1), got {value!r}.")
+        if self.initializer_range <= 0:
+            raise ConfigError(f"BertConfig.initializer_range must be > 0, got {self.initializer_range!r}.")
+        if self.layer_norm_eps <= 0:
+            raise ConfigError(f"BertConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def replace(self, **changes: Any) -> BertConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The fields a Hugging Face `config.json` for `BertForPreTraining` needs."""
+        fields = self.to_dict()
+        fields.pop("dtype")
+        fields.update(
+            architectures=["BertForPreTraining"],
+            model_type="bert",
+            pad_token_id=0,
+            position_embedding_type="absolute",
+            torch_dtype="float32",
+        )
+        return fields
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        """Serializes to JSON; writes it to `path` too when given."""
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        return text
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> BertConfig:
+        """Builds a config from our JSON, an original `bert_config.json` or a Hugging Face `config.json`."""
+        fields = dict(fields)
+        position_type = fields.pop("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise ConfigError(
+                f"position_embedding_type={position_type!r} is not supported; only 'absolute' (BERT's) is."
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in fields if k not in known and k not in _IGNORED_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"Unknown BERT config field(s): {', '.join(unknown)}. Known fields: {', '.join(sorted(known))}."
+            )
+        return cls(**{k: v for k, v in fields.items() if k in known})
+
+    @classmethod
+    def from_json(cls, path_or_text: str | os.PathLike[str]) -> BertConfig:
+        """Reads a config from a JSON file path (or a JSON string)."""
+        text = str(path_or_text)
+        if not text.lstrip().startswith("{"):
+            try:
+                with open(path_or_text, encoding="utf-8") as f:
+                    text = f.read()
+            except FileNotFoundError:
+                raise ConfigError(f"BERT config file not found: {path_or_text}") from None
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"BERT config {path_or_text} is not valid JSON: {e}") from None
+        if not isinstance(fields, dict):
+            raise ConfigError(f"BERT config {path_or_text} must be a JSON object.")
+        return cls.from_dict(fields)
+
+
+# The BERT sizes of Turc et al. 2019 ("Well-Read Students Learn Better", the official miniatures)
+# and the two original sizes. Heads are hidden/64; intermediate is 4 * hidden.
+_SIZES: dict[str, tuple[int, int]] = {
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+    "medium": (8, 512),
+    "base": (12, 768),
+    "large": (24, 1024),
+}
+
+
+def model_sizes() -> tuple[str, ...]:
+    return tuple(_SIZES)
+
+
+def named_config(name: str, **overrides: Any) -> BertConfig:
+    """The config of a named size (tiny, mini, small, medium, base, large), with optional overrides."""
+    if name not in _SIZES:
+        raise ConfigError(f"Unknown model size {name!r}; choose one of {', '.join(_SIZES)}.")
+    layers, hidden = _SIZES[name]
+    config = BertConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        intermediate_size=4 * hidden,
+    )
+    return config.replace(**overrides) if overrides else config

