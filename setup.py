@@ -36,7 +36,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["bert_jax", "bert_jax.*"]) + ["bert_jax_tools"],
+    packages=[*find_packages(include=["bert_jax", "bert_jax.*"]), "bert_jax_tools"],
     package_dir={"bert_jax_tools": "tools"},
     include_package_data=True,
     package_data={"bert_jax": ["assets/*"]},

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from bert_jax.configs import BertConfig, ConfigError
+from bert_jax.configs import BertConfig
 
 logger = logging.getLogger(__name__)
 
@@ -76,19 +76,24 @@ class ParamEntry:
 
 
 def _dense_entries(
-    path: tuple[str, ...], hf: str, tf: str, shape_in: tuple[int, ...], shape_out: tuple[int, ...], flat: tuple[int, int]
+    path: tuple[str, ...],
+    hf: str,
+    tf: str,
+    shape_in: tuple[int, ...],
+    shape_out: tuple[int, ...],
+    flat: tuple[int, int],
 ) -> list[ParamEntry]:
     kernel_shape = shape_in + shape_out
     return [
-        ParamEntry(path + ("kernel",), kernel_shape, flat, f"{hf}.weight", f"{tf}/kernel", hf_transposed=True),
-        ParamEntry(path + ("bias",), shape_out, (flat[1],), f"{hf}.bias", f"{tf}/bias"),
+        ParamEntry((*path, "kernel"), kernel_shape, flat, f"{hf}.weight", f"{tf}/kernel", hf_transposed=True),
+        ParamEntry((*path, "bias"), shape_out, (flat[1],), f"{hf}.bias", f"{tf}/bias"),
     ]
 
 
 def _norm_entries(path: tuple[str, ...], hf: str, tf: str, size: int) -> list[ParamEntry]:
     return [
-        ParamEntry(path + ("scale",), (size,), (size,), f"{hf}.weight", f"{tf}/gamma"),
-        ParamEntry(path + ("bias",), (size,), (size,), f"{hf}.bias", f"{tf}/beta"),
+        ParamEntry((*path, "scale"), (size,), (size,), f"{hf}.weight", f"{tf}/gamma"),
+        ParamEntry((*path, "bias"), (size,), (size,), f"{hf}.bias", f"{tf}/beta"),
     ]
 
 
@@ -101,9 +106,7 @@ def param_table(config: BertConfig, with_heads: bool = True) -> list[ParamEntry]
     inter = config.intermediate_size
     entries: list[ParamEntry] = []
     for name in ("word", "position", "token_type"):
-        rows = {"word": config.vocab_size, "position": config.max_position_embeddings}.get(
-            name, config.type_vocab_size
-        )
+        rows = {"word": config.vocab_size, "position": config.max_position_embeddings}.get(name, config.type_vocab_size)
         entries.append(
             ParamEntry(
                 ("bert", "embeddings", f"{name}_embeddings", "embedding"),
@@ -113,13 +116,15 @@ def param_table(config: BertConfig, with_heads: bool = True) -> list[ParamEntry]
                 f"bert/embeddings/{name}_embeddings",
             )
         )
-    entries += _norm_entries(("bert", "embeddings", "LayerNorm"), "bert.embeddings.LayerNorm", "bert/embeddings/LayerNorm", h)
+    entries += _norm_entries(
+        ("bert", "embeddings", "LayerNorm"), "bert.embeddings.LayerNorm", "bert/embeddings/LayerNorm", h
+    )
     for i in range(config.num_hidden_layers):
         path = ("bert", "encoder", f"layer_{i}")
         hf, tf = f"bert.encoder.layer.{i}", f"bert/encoder/layer_{i}"
         for proj in ("query", "key", "value"):
             entries += _dense_entries(
-                path + ("attention", "self", proj),
+                (*path, "attention", "self", proj),
                 f"{hf}.attention.self.{proj}",
                 f"{tf}/attention/self/{proj}",
                 (h,),
@@ -127,27 +132,58 @@ def param_table(config: BertConfig, with_heads: bool = True) -> list[ParamEntry]
                 (h, h),
             )
         entries += _dense_entries(
-            path + ("attention", "output", "dense"), f"{hf}.attention.output.dense", f"{tf}/attention/output/dense", (n, d), (h,), (h, h)
+            (*path, "attention", "output", "dense"),
+            f"{hf}.attention.output.dense",
+            f"{tf}/attention/output/dense",
+            (n, d),
+            (h,),
+            (h, h),
         )
         entries += _norm_entries(
-            path + ("attention", "output", "LayerNorm"), f"{hf}.attention.output.LayerNorm", f"{tf}/attention/output/LayerNorm", h
+            (*path, "attention", "output", "LayerNorm"),
+            f"{hf}.attention.output.LayerNorm",
+            f"{tf}/attention/output/LayerNorm",
+            h,
         )
         entries += _dense_entries(
-            path + ("intermediate", "dense"), f"{hf}.intermediate.dense", f"{tf}/intermediate/dense", (h,), (inter,), (h, inter)
+            (*path, "intermediate", "dense"),
+            f"{hf}.intermediate.dense",
+            f"{tf}/intermediate/dense",
+            (h,),
+            (inter,),
+            (h, inter),
         )
-        entries += _dense_entries(path + ("output", "dense"), f"{hf}.output.dense", f"{tf}/output/dense", (inter,), (h,), (inter, h))
-        entries += _norm_entries(path + ("output", "LayerNorm"), f"{hf}.output.LayerNorm", f"{tf}/output/LayerNorm", h)
+        entries += _dense_entries(
+            (*path, "output", "dense"), f"{hf}.output.dense", f"{tf}/output/dense", (inter,), (h,), (inter, h)
+        )
+        entries += _norm_entries((*path, "output", "LayerNorm"), f"{hf}.output.LayerNorm", f"{tf}/output/LayerNorm", h)
     entries += _dense_entries(("bert", "pooler", "dense"), "bert.pooler.dense", "bert/pooler/dense", (h,), (h,), (h, h))
     if not with_heads:
         return entries
     head = ("cls", "predictions")
     entries += _dense_entries(
-        head + ("transform", "dense"), "cls.predictions.transform.dense", "cls/predictions/transform/dense", (h,), (h,), (h, h)
+        (*head, "transform", "dense"),
+        "cls.predictions.transform.dense",
+        "cls/predictions/transform/dense",
+        (h,),
+        (h,),
+        (h, h),
     )
     entries += _norm_entries(
-        head + ("transform", "LayerNorm"), "cls.predictions.transform.LayerNorm", "cls/predictions/transform/LayerNorm", h
+        (*head, "transform", "LayerNorm"),
+        "cls.predictions.transform.LayerNorm",
+        "cls/predictions/transform/LayerNorm",
+        h,
     )
-    entries.append(ParamEntry(head + ("bias",), (config.vocab_size,), (config.vocab_size,), "cls.predictions.bias", "cls/predictions/output_bias"))
+    entries.append(
+        ParamEntry(
+            (*head, "bias"),
+            (config.vocab_size,),
+            (config.vocab_size,),
+            "cls.predictions.bias",
+            "cls/predictions/output_bias",
+        )
+    )
     entries.append(
         ParamEntry(
             ("cls", "seq_relationship", "kernel"),
@@ -159,7 +195,15 @@ def param_table(config: BertConfig, with_heads: bool = True) -> list[ParamEntry]
             tf_transposed=True,
         )
     )
-    entries.append(ParamEntry(("cls", "seq_relationship", "bias"), (2,), (2,), "cls.seq_relationship.bias", "cls/seq_relationship/output_bias"))
+    entries.append(
+        ParamEntry(
+            ("cls", "seq_relationship", "bias"),
+            (2,),
+            (2,),
+            "cls.seq_relationship.bias",
+            "cls/seq_relationship/output_bias",
+        )
+    )
     return entries
 
 
@@ -218,8 +262,10 @@ def _read_hf_state(model_dir: str) -> dict[str, np.ndarray]:
 
         try:
             return dict(load_file(safetensors_path))
-        except Exception as e:  # noqa: BLE001 - any decoding error means a damaged file
-            raise ConversionError(f"{safetensors_path} could not be read ({e}); the file is damaged or not safetensors.") from None
+        except Exception as e:
+            raise ConversionError(
+                f"{safetensors_path} could not be read ({e}); the file is damaged or not safetensors."
+            ) from None
     if os.path.exists(bin_path):
         try:
             import torch
@@ -230,7 +276,9 @@ def _read_hf_state(model_dir: str) -> dict[str, np.ndarray]:
             ) from None
         state = torch.load(bin_path, map_location="cpu", weights_only=True)
         return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
-    raise ConversionError(f"{model_dir} has neither {HF_SAFETENSORS} nor {HF_TORCH_BIN}; it is not a Hugging Face model directory.")
+    raise ConversionError(
+        f"{model_dir} has neither {HF_SAFETENSORS} nor {HF_TORCH_BIN}; it is not a Hugging Face model directory."
+    )
 
 
 def _normalize_hf_names(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -266,7 +314,9 @@ def from_hf(model_dir: str | os.PathLike[str]) -> tuple[BertConfig, Params]:
     used = {e.hf_name for e in table} | {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
     unused = sorted(k for k in state if k not in used and not k.endswith("position_ids"))
     if unused:
-        logger.warning("%s: ignoring %d tensor(s) BERT does not use: %s", model_dir, len(unused), ", ".join(unused[:10]))
+        logger.warning(
+            "%s: ignoring %d tensor(s) BERT does not use: %s", model_dir, len(unused), ", ".join(unused[:10])
+        )
     decoder = state.get("cls.predictions.decoder.weight")
     if decoder is not None and not np.array_equal(decoder, state["bert.embeddings.word_embeddings.weight"]):
         logger.warning(
@@ -383,17 +433,23 @@ def _resolve_tf_checkpoint(path: str, config_file: str | None) -> tuple[str, str
     return prefix, config_file
 
 
-def from_tf_checkpoint(path: str | os.PathLike[str], config_file: str | os.PathLike[str] | None = None) -> tuple[BertConfig, Params]:
+def from_tf_checkpoint(
+    path: str | os.PathLike[str], config_file: str | os.PathLike[str] | None = None
+) -> tuple[BertConfig, Params]:
     """Imports an original google-research/bert checkpoint (`bert_model.ckpt` + `bert_config.json`).
 
     `path` is the checkpoint prefix or its directory. The pretraining heads are imported when present;
     Adam slots and `global_step` are ignored. Requires TensorFlow.
     """
-    prefix, config_path = _resolve_tf_checkpoint(os.fspath(path), None if config_file is None else os.fspath(config_file))
+    prefix, config_path = _resolve_tf_checkpoint(
+        os.fspath(path), None if config_file is None else os.fspath(config_file)
+    )
     try:
         import tensorflow as tf
     except ImportError:
-        raise ConversionError("Reading an original TF checkpoint needs TensorFlow: pip install tensorflow-cpu") from None
+        raise ConversionError(
+            "Reading an original TF checkpoint needs TensorFlow: pip install tensorflow-cpu"
+        ) from None
     config = BertConfig.from_json(config_path)
     reader = tf.train.load_checkpoint(prefix)
     names = set(reader.get_variable_to_shape_map())

@@ -92,8 +92,14 @@ def test_missing_and_broken_files(tmp_path):
 
 def test_named_sizes_match_the_published_miniatures():
     # Turc et al. 2019 (google-research/bert README): L/H with H/64 heads and 4H feed-forward.
-    expected = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "medium": (8, 512, 8),
-                "base": (12, 768, 12), "large": (24, 1024, 16)}
+    expected = {
+        "tiny": (2, 128, 2),
+        "mini": (4, 256, 4),
+        "small": (4, 512, 8),
+        "medium": (8, 512, 8),
+        "base": (12, 768, 12),
+        "large": (24, 1024, 16),
+    }
     for name, (layers, hidden, heads) in expected.items():
         c = named_config(name)
         assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads) == (layers, hidden, heads)

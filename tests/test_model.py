@@ -40,10 +40,24 @@ def test_parameter_counts_match_published(size, pretraining, model):
 
 PARITY_CONFIGS = {
     # Unusual sizes: odd head dim, vocab not a multiple of anything, three token types, short positions.
-    "odd": BertConfig(vocab_size=997, hidden_size=60, num_hidden_layers=3, num_attention_heads=5,
-                      intermediate_size=77, max_position_embeddings=40, type_vocab_size=3),
-    "tanh_gelu": BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=128, hidden_act="gelu_new", max_position_embeddings=64),
+    "odd": BertConfig(
+        vocab_size=997,
+        hidden_size=60,
+        num_hidden_layers=3,
+        num_attention_heads=5,
+        intermediate_size=77,
+        max_position_embeddings=40,
+        type_vocab_size=3,
+    ),
+    "tanh_gelu": BertConfig(
+        vocab_size=512,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        hidden_act="gelu_new",
+        max_position_embeddings=64,
+    ),
     "mini": named_config("mini", vocab_size=2000, max_position_embeddings=128),
 }
 
@@ -58,7 +72,11 @@ def test_pretraining_logits_match_transformers(name, tmp_path):
     ids, mask, types, positions = random_batch(config, batch=4, length=length, num_predictions=5, seed=2)
     want_mlm, want_nsp = torch_pretraining_logits(reference, ids, mask, types, positions)
     mlm, nsp = _jit_apply(BertForPreTraining(config))(
-        {"params": params}, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types), jnp.asarray(positions),
+        {"params": params},
+        jnp.asarray(ids),
+        jnp.asarray(mask),
+        jnp.asarray(types),
+        jnp.asarray(positions),
         deterministic=True,
     )
     assert mlm.shape == (4, 5, config.vocab_size) and nsp.shape == (4, 2)
@@ -75,7 +93,7 @@ def test_padding_does_not_change_real_tokens(tmp_path):
     config = PARITY_CONFIGS["mini"]
     save_random_hf_model(config, tmp_path)
     _, params = from_hf(tmp_path)
-    ids, mask, types, _ = random_batch(config, batch=1, length=20, num_predictions=1)
+    ids, _mask, _types, _ = random_batch(config, batch=1, length=20, num_predictions=1)
     apply = _jit_apply(BertModel(config))
     short = apply({"params": params["bert"]}, jnp.asarray(ids[:, :12]), jnp.ones((1, 12), jnp.int32))
     padded_ids = np.concatenate([ids[:, :12], np.zeros((1, 8), ids.dtype)], axis=1)
@@ -154,9 +172,9 @@ def test_every_parameter_has_logical_axis_names():
     import flax.linen as nn
 
     config = named_config("tiny", vocab_size=300)
-    boxed = jax.eval_shape(
-        lambda: BertForPreTraining(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
-    )["params"]
+    boxed = jax.eval_shape(lambda: BertForPreTraining(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))[
+        "params"
+    ]
     leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
     assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
     for leaf in leaves:
