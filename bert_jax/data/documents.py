@@ -1,0 +1,325 @@
+"""Text files -> documents (lists of sentences), streaming, robust to the input users really have.
+
+Formats (`text_format`):
+  * "sentences": the original `create_pretraining_data.py` format: one sentence per line, a blank line
+    between documents.
+  * "documents": one document per line; sentences are found by `split_sentences`.
+  * "prose": books and articles: hard-wrapped lines, blank lines between paragraphs; a file is one
+    document, sentences are found by `split_sentences` within each paragraph.
+  * "wikitext": WikiText's `wiki.*.tokens` layout: an article starts at a ` = Title = ` line (sub-headings
+    ` = = x = = ` are dropped), each other line is a paragraph.
+  * "auto": chosen per file from its first 64 KiB (logged), see `sniff_format`.
+
+An input may also be an existing TFDS text dataset already on disk (e.g. `wikipedia`), named
+`tfds:<prepared dataset directory>[#split]`: each example's `text` feature is a document, its lines are
+paragraphs split into sentences (`iter_tfds_documents`).
+
+Bad input never ends in a traceback: undecodable bytes are replaced and counted (one warning per file),
+binary and empty files are skipped with a warning, and a corpus that yields no sentence at all is a
+`CorpusError` that says what was skipped. Memory is bounded by one document (one line for "documents").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import io
+import logging
+import os
+import re
+import statistics
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TEXT_FORMATS = ("auto", "sentences", "documents", "prose", "wikitext")
+_SNIFF_BYTES = 64 * 1024
+
+
+class CorpusError(ValueError):
+    """Input text that cannot become a corpus; the message says what was found and what to do."""
+
+
+@dataclasses.dataclass
+class ReadStats:
+    """What reading the corpus saw: reported by the corpus builder and checked by tests."""
+
+    files: int = 0
+    documents: int = 0
+    sentences: int = 0
+    replaced_characters: int = 0
+    skipped_files: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    formats: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+TFDS_PREFIX = "tfds:"
+
+
+def expand_input_files(spec: str | Sequence[str]) -> list[str]:
+    """A glob, a comma-separated list (of files or globs) or a list -> sorted, de-duplicated file paths.
+
+    `tfds:DIR[#split]` entries (prepared TFDS datasets) are kept as they are, after checking DIR exists.
+    """
+    parts = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if p.strip()]
+    if not parts:
+        raise CorpusError("No input files given; pass --input_files as a glob or a comma-separated list.")
+    files: list[str] = []
+    for part in parts:
+        if part.startswith(TFDS_PREFIX):
+            directory = part[len(TFDS_PREFIX) :].split("#")[0]
+            if not os.path.isfile(os.path.join(directory, "dataset_info.json")):
+                raise CorpusError(
+                    f"{part}: {directory} is not a prepared TFDS dataset directory (no dataset_info.json)."
+                )
+            files.append(part)
+            continue
+        matches = sorted(glob.glob(os.path.expanduser(part))) if glob.has_magic(part) else [part]
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise CorpusError(f"Input {part!r} matches no file; check the path or the glob.")
+        files.extend(matches)
+    return list(dict.fromkeys(files))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sentence splitting
+
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr st prof sr jr vs etc e.g i.e mt no vol fig capt col gen lt rev hon messrs mme mlle "
+    "sgt cpl maj cmdr adm gov pres jan feb mar apr jun jul aug sep sept oct nov dec approx dept est inc ltd co".split()
+)
+# A sentence end: terminal punctuation, optional closing quotes/brackets, whitespace, then something that
+# can start a sentence (capital, digit, opening quote or bracket).
+_BOUNDARY = re.compile(r"([.!?]+)([\"'”’)\]]*)\s+(?=[\"'“‘(\[]*[A-Z0-9À-Ý])")
+_WORD_BEFORE = re.compile(r"([A-Za-z][A-Za-z.]*)$")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Splits running text into sentences with rules good enough for BERT's NSP segments.
+
+    A boundary is `.`, `!` or `?` (closing quotes kept with the sentence) followed by whitespace and a
+    capital, digit or opening quote, except after common abbreviations ("Mr.", "e.g.") and single-letter
+    initials ("J. R. R. Tolkien"). Whitespace inside a sentence is collapsed to single spaces.
+    """
+    text = " ".join(text.split())
+    sentences, start = [], 0
+    for match in _BOUNDARY.finditer(text):
+        if match.group(1) == ".":
+            before = _WORD_BEFORE.search(text, max(0, match.start() - 32), match.start())
+            word = before.group(1).lower() if before else ""
+            if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
+                continue
+        end = match.end(2)
+        sentences.append(text[start:end])
+        start = match.end()
+    if start < len(text):
+        sentences.append(text[start:])
+    return [s for s in sentences if s]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading files
+
+
+def _looks_binary(head: bytes) -> bool:
+    if b"\x00" in head:
+        return True
+    if not head:
+        return False
+    controls = sum(1 for b in head if b < 9 or 13 < b < 32)
+    return controls / len(head) > 0.1
+
+
+def sniff_format(head: str) -> str:
+    """Guesses the format of a file from its beginning.
+
+    WikiText if it has ` = Title = ` lines; "documents" when lines are long (median > 300 characters) and
+    rarely separated by blank lines; "prose" when most lines are hard-wrapped (40-80 characters, not ending
+    a sentence); otherwise the original one-sentence-per-line format.
+    """
+    lines = head.splitlines()[:2000]
+    non_blank = [ln.strip() for ln in lines if ln.strip()]
+    if not non_blank:
+        return "sentences"
+    if (
+        sum(1 for ln in non_blank if re.fullmatch(r"= [^=].* =", ln)) >= 1
+        and head.count(" @-@ ") + head.count(" = ") > 2
+    ):
+        return "wikitext"
+    if statistics.median(len(ln) for ln in non_blank) > 300:
+        return "documents"
+    wrapped = sum(1 for ln in non_blank if 40 <= len(ln) <= 80 and not re.search(r"[.!?][\"'”’)]*$", ln))
+    if wrapped / len(non_blank) > 0.4:
+        return "prose"
+    return "sentences"
+
+
+class _CountingLines:
+    """Iterates a file's lines (any line ending), counting replacement characters from bad bytes."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.replaced = 0
+
+    def __iter__(self) -> Iterator[str]:
+        with open(self.path, "rb") as raw:
+            text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=None)
+            for line in text:
+                self.replaced += line.count("\ufffd")
+                yield line.rstrip("\n")
+
+
+def _paragraph_blocks(lines: Iterable[str]) -> Iterator[list[str]]:
+    block: list[str] = []
+    for line in lines:
+        if line.strip():
+            block.append(line)
+        elif block:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _sentences_format(lines: Iterable[str]) -> Iterator[list[str]]:
+    for block in _paragraph_blocks(lines):
+        yield [" ".join(ln.split()) for ln in block]
+
+
+def _documents_format(lines: Iterable[str]) -> Iterator[list[str]]:
+    for line in lines:
+        if line.strip():
+            yield split_sentences(line)
+
+
+def _prose_format(lines: Iterable[str]) -> Iterator[list[str]]:
+    document: list[str] = []
+    for block in _paragraph_blocks(lines):
+        document.extend(split_sentences(" ".join(block)))
+    if document:
+        yield document
+
+
+def _wikitext_format(lines: Iterable[str]) -> Iterator[list[str]]:
+    document: list[str] = []
+    for line in lines:
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if re.fullmatch(r"= [^=].* =", stripped):  # a new article
+            if document:
+                yield document
+            document = []
+        elif re.fullmatch(r"(= )+.*( =)+", stripped):  # a section heading inside the article
+            continue
+        else:
+            document.extend(split_sentences(stripped))
+    if document:
+        yield document
+
+
+_READERS = {
+    "sentences": _sentences_format,
+    "documents": _documents_format,
+    "prose": _prose_format,
+    "wikitext": _wikitext_format,
+}
+
+
+def iter_tfds_documents(spec: str, stats: ReadStats | None = None, text_feature: str = "text") -> Iterator[list[str]]:
+    """Documents of a prepared TFDS text dataset: `tfds:DIR[#split]` (default split "train").
+
+    Each example's `text_feature` is one document; its non-blank lines are paragraphs, split into sentences.
+    """
+    import tensorflow_datasets as tfds
+
+    stats = stats if stats is not None else ReadStats()
+    directory, _, split = spec[len(TFDS_PREFIX) :].partition("#")
+    builder = tfds.builder_from_directory(directory)
+    split = split or "train"
+    if split not in builder.info.splits:
+        raise CorpusError(f"{spec}: no split {split!r} (the dataset has {', '.join(builder.info.splits)}).")
+    if text_feature not in builder.info.features:
+        raise CorpusError(f"{spec}: no {text_feature!r} feature (it has {', '.join(builder.info.features)}).")
+    stats.formats[spec] = "tfds"
+    stats.files += 1
+    for example in _tfds_examples(builder, split):
+        text = example[text_feature]
+        text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+        document = [s for line in text.splitlines() if line.strip() for s in split_sentences(line)]
+        if document:
+            stats.documents += 1
+            stats.sentences += len(document)
+            yield document
+
+
+def _tfds_examples(builder: Any, split: str) -> Iterable[dict[str, Any]]:
+    """Examples as numpy: random access for array_record datasets, tf.data for TFRecord ones (e.g. wikipedia)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        source = builder.as_data_source(split=split)
+    except NotImplementedError:  # TFRecord files have no random access; stream them once.
+        return tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+    return (source[i] for i in range(len(source)))
+
+
+def iter_file_documents(path: str, text_format: str = "auto", stats: ReadStats | None = None) -> Iterator[list[str]]:
+    """Documents (each a non-empty list of sentences) of one file; see the module docstring."""
+    if text_format not in TEXT_FORMATS:
+        raise CorpusError(f"Unknown text format {text_format!r}; use one of {', '.join(TEXT_FORMATS)}.")
+    stats = stats if stats is not None else ReadStats()
+    if path.startswith(TFDS_PREFIX):
+        yield from iter_tfds_documents(path, stats)
+        return
+    try:
+        with open(path, "rb") as f:
+            head_bytes = f.read(_SNIFF_BYTES)
+    except OSError as e:
+        raise CorpusError(f"Cannot read input file {path}: {e.strerror}.") from None
+    if not head_bytes.strip():
+        logger.warning("Skipping %s: the file is empty.", path)
+        stats.skipped_files.append((path, "empty"))
+        return
+    if _looks_binary(head_bytes):
+        logger.warning("Skipping %s: it looks binary (NUL or control bytes), not text.", path)
+        stats.skipped_files.append((path, "binary"))
+        return
+    fmt = sniff_format(head_bytes.decode("utf-8", errors="replace")) if text_format == "auto" else text_format
+    stats.formats[path] = fmt
+    stats.files += 1
+    lines = _CountingLines(path)
+    for document in _READERS[fmt](lines):
+        document = [s for s in document if s]
+        if document:
+            stats.documents += 1
+            stats.sentences += len(document)
+            yield document
+    if lines.replaced:
+        stats.replaced_characters += lines.replaced
+        logger.warning(
+            "%s: %d undecodable byte sequence(s) replaced with U+FFFD (the file is not valid UTF-8).",
+            path,
+            lines.replaced,
+        )
+
+
+def iter_documents(
+    files: Sequence[str], text_format: str = "auto", stats: ReadStats | None = None
+) -> Iterator[list[str]]:
+    """Documents of all files in order. Raises `CorpusError` at the end if no sentence was found."""
+    stats = stats if stats is not None else ReadStats()
+    for path in files:
+        yield from iter_file_documents(path, text_format, stats)
+    check_not_empty(stats, len(files))
+
+
+def check_not_empty(stats: ReadStats, num_files: int) -> None:
+    """Raises `CorpusError` (naming what was skipped) when reading found no sentence at all."""
+    if stats.sentences == 0:
+        skipped = "; ".join(f"{p} ({why})" for p, why in stats.skipped_files) or "none"
+        raise CorpusError(
+            f"The corpus is empty: {num_files} input file(s) gave no sentence (skipped: {skipped}). "
+            "Point --input_files at UTF-8 text files."
+        )

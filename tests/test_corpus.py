@@ -1,0 +1,223 @@
+"""The TFDS corpus builder: real text -> sharded NSP instances; Beam equals local; reuse; bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from bert_jax import tokenizers
+from bert_jax.data import documents
+from bert_jax.data.corpus import CorpusOptions, build_corpus, find_dataset_dirs, open_corpus
+from tests.conftest import REPO_ROOT, shared_path
+
+CLS, SEP = 101, 102
+
+
+def _options(**overrides) -> CorpusOptions:
+    files = (
+        str(shared_path("bert_sample", "sample_text.txt")),
+        str(shared_path("gutenberg", "pg11-alice-in-wonderland.txt")),
+    )
+    fields = dict(input_files=files, vocab_file=str(shared_path("vocab", "bert-base-uncased-vocab.txt")))
+    fields.update(overrides)
+    return CorpusOptions(**fields)
+
+
+def _all(dataset_dir: str, split: str) -> list[dict]:
+    source = open_corpus(dataset_dir, split)
+    return source.__getitems__(list(range(len(source))))
+
+
+def _content(items: list[dict]) -> list[tuple]:
+    return sorted(
+        (tuple(x["tokens"]), tuple(x["segment_ids"]), tuple(x["word_starts"]), int(x["is_random_next"])) for x in items
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    return build_corpus(_options(max_seq_length=64), out, num_shards=3)
+
+
+def test_instances_have_the_original_layout(built):
+    items = _all(built.dataset_dir, "train")
+    assert built.num_examples["train"] == len(items) > 300
+    assert built.num_examples["validation"] > 0
+    for x in items:
+        tokens, segments = x["tokens"], x["segment_ids"]
+        assert len(tokens) <= 64 and tokens.dtype == np.int32
+        seps = np.flatnonzero(tokens == SEP)
+        assert tokens[0] == CLS and len(seps) == 2 and seps[1] == len(tokens) - 1
+        assert seps[0] >= 2 and seps[1] - seps[0] >= 2  # A and B are non-empty
+        np.testing.assert_array_equal(segments, (np.arange(len(tokens)) > seps[0]).astype(np.int32))
+        assert x["word_starts"].shape == tokens.shape
+    labels = np.array([x["is_random_next"] for x in items])
+    assert 0.35 < labels.mean() < 0.75  # both kinds occur (the exact 50% is checked on chunked pairs elsewhere)
+
+
+def test_segments_are_real_contiguous_text(built):
+    """Each non-random A and B is a contiguous run of the document's tokens (an independent tokenizer)."""
+    transformers = pytest.importorskip("transformers")
+    reference = transformers.BertTokenizerFast(str(shared_path("vocab", "bert-base-uncased-vocab.txt")))
+    alice = next(documents.iter_documents([str(shared_path("gutenberg", "pg11-alice-in-wonderland.txt"))]))
+    stream = " " + " ".join(str(i) for s in alice for i in reference(s, add_special_tokens=False)["input_ids"]) + " "
+    checked = 0
+    for x in _all(built.dataset_dir, "train")[:400]:
+        tokens = x["tokens"]
+        seps = np.flatnonzero(tokens == SEP)
+        a, b = tokens[1 : seps[0]], tokens[seps[0] + 1 : seps[1]]
+        joined = " " + " ".join(map(str, a)) + " "
+        if joined in stream:
+            checked += 1
+            if not x["is_random_next"]:
+                assert " " + " ".join(map(str, b)) + " " in stream
+    assert checked > 250  # most instances come from Alice (the sample text is 3 short documents)
+
+
+def test_shards_and_vocab_are_written(built):
+    files = os.listdir(built.dataset_dir)
+    assert sum(f.startswith("bert_pretraining_corpus-train.array_record") for f in files) == 3
+    assert "vocab.txt" in files
+    assert open_corpus(os.path.dirname(os.path.dirname(built.dataset_dir)), "train") is not None
+
+
+def test_deterministic_for_a_seed_and_reused_not_overwritten(built, tmp_path):
+    again = build_corpus(_options(max_seq_length=64), tmp_path / "again", num_shards=2)
+    assert _content(_all(again.dataset_dir, "train")) == _content(_all(built.dataset_dir, "train"))
+    shard = os.path.join(again.dataset_dir, sorted(os.listdir(again.dataset_dir))[0])
+    mtime = os.path.getmtime(shard)
+    reused = build_corpus(_options(max_seq_length=64), tmp_path / "again", num_shards=2)
+    assert reused.reused and os.path.getmtime(shard) == mtime
+    other = build_corpus(_options(max_seq_length=64, seed=7), tmp_path / "again", num_shards=2)
+    assert other.dataset_dir != again.dataset_dir and len(find_dataset_dirs(tmp_path / "again")) == 2
+    assert _content(_all(other.dataset_dir, "train")) != _content(_all(again.dataset_dir, "train"))
+    with pytest.raises(documents.CorpusError, match="holds 2 corpora"):
+        open_corpus(tmp_path / "again")
+
+
+def test_beam_with_one_bucket_equals_the_local_build(built, tmp_path):
+    pytest.importorskip("apache_beam")
+    beam = build_corpus(_options(max_seq_length=64, use_beam=True, beam_buckets=1), tmp_path, num_shards=2)
+    for split in ("train", "validation"):
+        assert _content(_all(beam.dataset_dir, split)) == _content(_all(built.dataset_dir, split))
+
+
+@pytest.mark.slow
+def test_beam_with_buckets_is_valid_and_deterministic(tmp_path):
+    pytest.importorskip("apache_beam")
+    options = _options(max_seq_length=64, use_beam=True, beam_buckets=4)
+    first = build_corpus(options, tmp_path / "a", num_shards=2)
+    second = build_corpus(dataclasses.replace(options), tmp_path / "b", num_shards=2)
+    items = _all(first.dataset_dir, "train")
+    assert _content(items) == _content(_all(second.dataset_dir, "train"))
+    assert all(len(x["tokens"]) <= 64 and x["tokens"][0] == CLS for x in items)
+
+
+def test_existing_tfds_text_dataset_as_input(tmp_path):
+    """A prepared TFDS dataset with a `text` feature (the layout of TFDS `wikipedia`) is read from disk."""
+    articles = [
+        "Anarchism is a political philosophy. It is sceptical of authority.\nIt calls for the abolition of the state.",
+        "Autism is a neurodevelopmental condition. It affects communication.",
+        "Albedo is the fraction of sunlight that is reflected. Fresh snow reflects most of it.",
+    ]
+    builder = _TinyWiki(data_dir=str(tmp_path / "tfds"), articles=articles)
+    builder.download_and_prepare()
+    spec = f"tfds:{builder.data_dir}#train"
+    docs = list(documents.iter_documents(documents.expand_input_files(spec)))
+    assert sorted(len(d) for d in docs) == [2, 2, 3]
+    assert "It calls for the abolition of the state." in docs[[len(d) for d in docs].index(3)]
+    result = build_corpus(_options(input_files=(spec,), max_seq_length=32, eval_fraction=0.0), tmp_path / "out")
+    assert result.num_examples["train"] >= 3
+    with pytest.raises(documents.CorpusError, match="not a prepared TFDS dataset"):
+        documents.expand_input_files(f"tfds:{tmp_path}")
+
+
+class _TinyWiki(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def __init__(self, *, articles: list[str], **kwargs):
+        self._articles = articles
+        super().__init__(**kwargs)
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({"title": tfds.features.Text(), "text": tfds.features.Text()})
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i, text in enumerate(self._articles):
+            yield i, {"title": f"t{i}", "text": text}
+
+
+def test_a_corpus_too_small_for_its_validation_split_is_a_clear_error(tmp_path):
+    sample = str(shared_path("bert_sample", "sample_text.txt"))
+    with pytest.raises(documents.CorpusError, match=r"too small for eval_fraction=0\.001"):
+        build_corpus(_options(input_files=(sample,), eval_fraction=0.001), tmp_path)
+
+
+def test_empty_corpus_and_bad_vocab_fail_before_writing(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(documents.CorpusError, match="corpus is empty"):
+        build_corpus(_options(input_files=(str(empty),)), tmp_path / "out1")
+    assert find_dataset_dirs(tmp_path / "out1") == []
+    bad_vocab = tmp_path / "vocab.txt"
+    bad_vocab.write_text("[PAD]\n[UNK]\nhello\n")
+    with pytest.raises(tokenizers.TokenizerError, match=r"\[CLS\]"):
+        build_corpus(_options(vocab_file=str(bad_vocab)), tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+    with pytest.raises(documents.CorpusError, match="No prepared corpus"):
+        open_corpus(tmp_path / "out1")
+
+
+def test_cli_builds_and_reports_user_errors_in_one_line(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    vocab = str(shared_path("vocab", "bert-base-uncased-vocab.txt"))
+    sample = str(shared_path("bert_sample", "sample_text.txt"))
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bert_jax_tools.build_corpus",
+            f"--input_files={sample}",
+            f"--vocab_file={vocab}",
+            f"--output_dir={tmp_path / 'c'}",
+            "--max_seq_length=64",
+            "--num_shards=2",
+            "--eval_fraction=0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "Read 1 file(s): 3 documents, 31 sentences." in ok.stdout
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bert_jax_tools.build_corpus",
+            f"--input_files={tmp_path / 'missing*.txt'}",
+            f"--vocab_file={vocab}",
+            f"--output_dir={tmp_path / 'd'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=300,
+    )
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("bert-jax-build-corpus: error: Input")
