@@ -370,3 +370,19 @@ def _passes(instances: tuple[Instance, ...]):
             dupe += 1
         previous = instance.document_index
         yield dupe, instance
+
+
+def test_splitting_single_sentence_chunks_balances_random_next():
+    """With the option, a one-sentence chunk is cut into A and its real continuation half the time: 50% overall."""
+    corpus = real_corpus()
+    store = [list(doc) for doc in corpus]
+    balanced = config(split_single_sentence_chunks=True, short_target_per_instance=True)
+    instances = [i for d in range(3) for i in iter_instances(store, balanced, seed=5, dupe_index=d)]
+    random_next = np.array([i.is_random_next for i in instances])
+    assert len(instances) > 10_000
+    assert abs(random_next.mean() - 0.5) < 0.01  # sd about 0.5pt at this size
+    streams = [np.concatenate([ids for ids, _ in document]).tobytes() for document in corpus]
+    for instance in [i for i in instances if not i.is_random_next][::5]:
+        a, b = split_segments(instance)
+        # A then B is the document's own text (possibly trimmed at the outer ends by truncation).
+        assert a.tobytes() in streams[instance.document_index] and b.tobytes() in streams[instance.document_index]

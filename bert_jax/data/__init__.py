@@ -1,6 +1,12 @@
-"""Pretraining data: next-sentence instances from documents (`instances`) and dynamic masked-LM masking (`masking`).
+"""Pretraining data, from text files to masked-LM batches.
 
-Everything here is plain numpy: no TensorFlow, no JAX. Instances are created once per document (streaming, with
-memory bounded by a few documents); masks are drawn at batch time, as a pure function of (seed, epoch, example
-index), so every epoch sees a fresh mask and every process agrees on it.
+  documents    text files (several layouts, bad bytes, binary/empty files) -> documents of sentences
+  tokenizers   (bert_jax.tokenizers) sentences -> token ids + word-start flags
+  instances    documents -> NSP instances ([CLS] A [SEP] B [SEP]), the original semantics, streaming
+  token_store  the on-disk tokenized corpus that gives instance creation random access with bounded memory
+  corpus       the TFDS builder (local or Apache Beam) writing instances as sharded array_record files
+  masking      dynamic whole-word masking at batch time, a pure function of (seed, epoch, example index)
+  pipeline     this process's fixed-shape batches in a resumable global order
+
+Only the corpus builder touches TensorFlow Datasets; the batch path is plain numpy.
 """

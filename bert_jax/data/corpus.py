@@ -41,6 +41,7 @@ import tensorflow_datasets as tfds
 from bert_jax import tokenizers
 from bert_jax.data import documents as documents_lib
 from bert_jax.data.instances import Instance, InstanceConfig, create_instances_from_document
+from bert_jax.data.masking import MaskingConfig
 from bert_jax.data.token_store import TokenStore, TokenStoreWriter
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class CorpusOptions:
     # The original draws a short target once per document; with books as documents that makes a whole book
     # short (or not). Per instance keeps the intended 10% of short instances on any document size.
     short_target_per_instance: bool = True
+    # See InstanceConfig.split_single_sentence_chunks: keeps the random-next rate at 50%.
+    split_single_sentence_chunks: bool = True
     dupe_factor: int = 1
     seed: int = 12345
     eval_fraction: float = 0.01
@@ -103,6 +106,7 @@ class CorpusOptions:
             max_seq_length=self.max_seq_length,
             short_seq_prob=self.short_seq_prob,
             short_target_per_instance=self.short_target_per_instance,
+            split_single_sentence_chunks=self.split_single_sentence_chunks,
         )
 
     def fingerprint(self) -> str:
@@ -381,3 +385,23 @@ def corpus_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     if len(dirs) != 1:
         raise documents_lib.CorpusError(f"Expected one prepared corpus under {path}, found {len(dirs)}.")
     return dict(tfds.builder_from_directory(dirs[0]).info.metadata)
+
+
+def masking_config_from_corpus(
+    path: str | os.PathLike[str],
+    max_predictions_per_seq: int,
+    masked_lm_prob: float = 0.15,
+    whole_word: bool = True,
+) -> MaskingConfig:
+    """The masking setup for a built corpus: its vocabulary size and special ids, plus the masking knobs."""
+    metadata = corpus_metadata(path)
+    special = metadata["special_ids"]
+    return MaskingConfig(
+        vocab_size=int(metadata["vocab_size"]),
+        mask_id=int(special["[MASK]"]),
+        pad_id=int(special["[PAD]"]),
+        special_ids=(int(special["[PAD]"]), int(special["[CLS]"]), int(special["[SEP]"])),
+        max_predictions=max_predictions_per_seq,
+        masked_lm_prob=masked_lm_prob,
+        whole_word=whole_word,
+    )
