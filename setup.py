@@ -54,6 +54,7 @@ setup(
             "bert-jax-embed=bert_jax_tools.embed:run",
             "bert-jax-build-corpus=bert_jax_tools.build_corpus:run",
             "bert-jax-train-vocab=bert_jax_tools.train_vocab:run",
+            "bert-jax-benchmark-data=bert_jax_tools.benchmark_data:run",
         ]
     },
 )

@@ -1,0 +1,75 @@
+"""bert-jax-benchmark-data: corpus build MB/s and input-pipeline examples/s on this machine.
+
+  taskset -c 0 bert-jax-benchmark-data --input_files='../shared/data/gutenberg/*.txt' \
+      --vocab_file=bert_jax/assets/vocab.txt --output_dir=/tmp/bench_corpus
+
+Builds the corpus into a fresh directory (timing the whole build), then times `--batches` batches of the
+masked-LM pipeline after `--warmup` batches, and prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import time
+
+from absl import app, flags
+
+from bert_jax.data import corpus, documents, pipeline
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("input_files", None, "Text files: a glob or a comma-separated list.", required=True)
+flags.DEFINE_string("vocab_file", None, "WordPiece vocab.txt.", required=True)
+flags.DEFINE_string("output_dir", None, "A scratch directory (emptied first).", required=True)
+flags.DEFINE_integer("max_seq_length", 128, "Sequence length.")
+flags.DEFINE_integer("max_predictions_per_seq", 20, "Masked positions per sequence.")
+flags.DEFINE_integer("global_batch_size", 256, "Batch size of the timed pipeline.")
+flags.DEFINE_integer("batches", 40, "Timed batches.")
+flags.DEFINE_integer("warmup", 3, "Untimed batches first.")
+flags.DEFINE_integer("prefetch", 0, "Batches prepared ahead by a thread (0: time the work itself).")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    files = tuple(documents.expand_input_files(FLAGS.input_files))
+    megabytes = sum(os.path.getsize(f) for f in files) / 1e6
+    shutil.rmtree(FLAGS.output_dir, ignore_errors=True)
+    options = corpus.CorpusOptions(input_files=files, vocab_file=FLAGS.vocab_file, max_seq_length=FLAGS.max_seq_length)
+    start = time.perf_counter()
+    result = corpus.build_corpus(options, FLAGS.output_dir)
+    build_seconds = time.perf_counter() - start
+    masking = corpus.masking_config_from_corpus(result.dataset_dir, FLAGS.max_predictions_per_seq)
+    config = pipeline.PipelineConfig(
+        global_batch_size=FLAGS.global_batch_size, max_seq_length=FLAGS.max_seq_length, seed=0, prefetch=FLAGS.prefetch
+    )
+    times = []
+    with pipeline.PretrainingBatches(corpus.open_corpus(result.dataset_dir), config, masking) as batches:
+        for _ in range(FLAGS.warmup):
+            next(batches)
+        for _ in range(FLAGS.batches):
+            t = time.perf_counter()
+            next(batches)
+            times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    print(
+        json.dumps(
+            {
+                "input_mb": round(megabytes, 3),
+                "instances": result.num_examples["train"],
+                "build_seconds": round(build_seconds, 2),
+                "build_mb_per_sec": round(megabytes / build_seconds, 3),
+                "batch_ms_median": round(1000 * median, 2),
+                "pipeline_examples_per_sec": round(FLAGS.global_batch_size / median, 1),
+            }
+        )
+    )
+
+
+def run() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
