@@ -18,6 +18,7 @@ CORE = [
     "tensorflow-cpu>=2.16; sys_platform == 'linux'",
     "tensorflow>=2.16; sys_platform != 'linux'",
     "importlib_resources>=6",
+    "tensorboard>=2.16",  # tf.summary needs it to write event files
 ]
 
 TEST = [
@@ -50,6 +51,7 @@ setup(
     extras_require={"test": TEST, "beam": BEAM},
     entry_points={
         "console_scripts": [
+            "bert-jax-pretrain=bert_jax.pretrain:run",
             "bert-jax-convert=bert_jax_tools.convert:run",
             "bert-jax-embed=bert_jax_tools.embed:run",
             "bert-jax-build-corpus=bert_jax_tools.build_corpus:run",

@@ -1,0 +1,82 @@
+"""Where training metrics go: a console line, `metrics.jsonl` in the workdir, and TensorBoard event files.
+
+Only process 0 writes. `metrics.jsonl` holds one JSON object per logged step (train and eval), so runs can be
+compared and plotted without TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from absl import logging
+
+
+def _format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class MetricsLog:
+    """Writes metrics for process 0; a no-op elsewhere."""
+
+    def __init__(self, workdir: str, is_main: bool = True, tensorboard: bool = True):
+        self.is_main = is_main
+        self._jsonl = None
+        self._tensorboard = None
+        if not is_main:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        if tensorboard:
+            import tensorflow as tf  # tf.summary writes the event files TensorBoard reads
+
+            self._tf = tf
+            self._tensorboard = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "") -> None:
+        """One record: `{"step": step, prefix + name: value, ...}` to metrics.jsonl and TensorBoard."""
+        if not self.is_main:
+            return
+        record = {"step": int(step), **{prefix + k: float(v) for k, v in metrics.items()}}
+        assert self._jsonl is not None
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tensorboard is not None:
+            with self._tensorboard.as_default():
+                for name, value in record.items():
+                    if name != "step":
+                        self._tf.summary.scalar(name, value, step=int(step))
+            self._tensorboard.flush()
+
+    def console(self, step: int, total_steps: int, metrics: Mapping[str, float], eta_seconds: float) -> None:
+        if not self.is_main:
+            return
+        parts = [f"step {step}/{total_steps}"]
+        for key, fmt in (
+            ("loss", "loss {:.4f}"),
+            ("mlm_accuracy", "mlm_acc {:.4f}"),
+            ("nsp_accuracy", "nsp_acc {:.4f}"),
+            ("learning_rate", "lr {:.2e}"),
+            ("tokens_per_sec", "{:,.0f} tok/s"),
+            ("mfu", "MFU {:.1%}"),
+        ):
+            if key in metrics:
+                parts.append(fmt.format(metrics[key]))
+        parts.append(f"ETA {_format_duration(eta_seconds)}")
+        line = " | ".join(parts)
+        logging.info(line)
+        print(line, flush=True)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()

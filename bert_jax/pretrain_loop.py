@@ -1,0 +1,216 @@
+"""`train_and_evaluate(config, workdir)`: the pretraining job, from text files to exported weights.
+
+Steps: resolve the corpus (build it into `workdir/corpus` from `data.train_files` unless `data.corpus_dir`
+names a built one), the tokenizer's vocabulary size, the mesh and everything that must fit together (all
+checked before anything compiles); create the sharded train state; then loop: this process's batch ->
+global array -> jitted step. The host reads metrics back only at log and eval steps, so steps otherwise
+queue up on the devices. At the end the weights are exported (a Hugging Face directory and our own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from bert_jax import configs, convert, flops, optim, sharding, train
+from bert_jax.data import corpus, documents, pipeline
+from bert_jax.losses import summarize
+from bert_jax.metrics_log import MetricsLog
+from bert_jax.model import BertForPreTraining
+
+
+class JobConfigError(ValueError):
+    """A job configuration that cannot run; raised before anything compiles."""
+
+
+def _model_config(config: ml_collections.ConfigDict, vocab_size: int) -> configs.BertConfig:
+    overrides = {k: v for k, v in config.model.to_dict().items() if k != "size" and v is not None}
+    if overrides.get("vocab_size", vocab_size) != vocab_size:
+        raise JobConfigError(
+            f"model.vocab_size={overrides['vocab_size']} does not match the vocabulary ({vocab_size} entries); "
+            "drop model.vocab_size (it is taken from the vocab) or use the matching vocab file."
+        )
+    overrides["vocab_size"] = vocab_size
+    return configs.named_config(config.model.size, **overrides)
+
+
+def _optimizer_config(config: ml_collections.ConfigDict) -> optim.OptimizerConfig:
+    fields = {f.name for f in dataclasses.fields(optim.OptimizerConfig)}
+    values = {k: v for k, v in config.optimizer.to_dict().items() if k in fields}
+    unknown = sorted(set(config.optimizer.to_dict()) - fields)
+    if unknown:
+        raise JobConfigError(f"Unknown optimizer setting(s): {', '.join(unknown)}.")
+    return optim.OptimizerConfig(total_steps=config.num_train_steps, **values)
+
+
+def _corpus_options(data: ml_collections.ConfigDict) -> corpus.CorpusOptions:
+    return corpus.CorpusOptions(
+        input_files=tuple(documents.expand_input_files(data.train_files)),
+        vocab_file=data.vocab_file or None,
+        spm_model=data.get("spm_model") or None,
+        lowercase=data.lowercase,
+        max_seq_length=data.max_seq_length,
+        short_seq_prob=data.short_seq_prob,
+        dupe_factor=data.dupe_factor,
+        eval_fraction=data.eval_fraction,
+        seed=data.corpus_seed,
+    )
+
+
+def _prepare_corpus(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The built corpus directory: `data.corpus_dir`, or built (by process 0) into `workdir/corpus`."""
+    if config.data.get("corpus_dir"):
+        found = corpus.find_dataset_dirs(config.data.corpus_dir)
+        if len(found) != 1:
+            raise JobConfigError(
+                f"data.corpus_dir={config.data.corpus_dir} holds {len(found)} built corpora; point it at exactly one "
+                "(build one with bert-jax-build-corpus) or drop it to build from data.train_files."
+            )
+        return found[0]
+    options = _corpus_options(config.data)
+    if jax.process_index() == 0:
+        result = corpus.build_corpus(options, os.path.join(workdir, "corpus"), num_shards=config.data.num_shards)
+        directory = result.dataset_dir
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("corpus built")
+    if jax.process_index() != 0:
+        builder = corpus.BertPretrainingCorpus(options=options, data_dir=os.path.join(workdir, "corpus"))
+        directory = builder.data_dir
+    return directory
+
+
+def _check_job(config: ml_collections.ConfigDict) -> None:
+    if config.num_train_steps < 1:
+        raise JobConfigError(f"num_train_steps must be >= 1, got {config.num_train_steps}.")
+    if config.log_every_steps < 1 or config.eval_every_steps < 1:
+        raise JobConfigError("log_every_steps and eval_every_steps must be >= 1.")
+    if config.global_batch_size % config.num_microbatches:
+        raise JobConfigError(
+            f"global_batch_size={config.global_batch_size} is not divisible by num_microbatches="
+            f"{config.num_microbatches}."
+        )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Runs the pretraining job; returns the final eval metrics."""
+    _check_job(config)
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    corpus_dir = _prepare_corpus(config, workdir)
+    metadata = corpus.corpus_metadata(corpus_dir)
+    model_config = _model_config(config, int(metadata["vocab_size"]))
+    mesh_config = sharding.MeshConfig(**config.mesh.to_dict())
+    sharding.validate_parallelism(model_config, mesh_config, config.global_batch_size, len(jax.devices()))
+    mesh = sharding.make_mesh(mesh_config)
+    optimizer_config = _optimizer_config(config)
+    data = config.data
+    max_predictions = data.max_predictions_per_seq
+    masking = corpus.masking_config_from_corpus(
+        corpus_dir, max_predictions, masked_lm_prob=data.masked_lm_prob, whole_word=data.whole_word
+    )
+
+    model = BertForPreTraining(model_config)
+    optimizer = optim.make_optimizer(optimizer_config)
+    schedule = optim.learning_rate_schedule(optimizer_config)
+    shardings = train.state_shardings(model, optimizer, mesh)
+    state = train.create_train_state(model, optimizer, jax.random.key(config.seed), shardings)
+    train_step = train.jit_train_step(
+        train.make_train_step(
+            model, optimizer, schedule, dropout_seed=config.seed + 1, num_microbatches=config.num_microbatches
+        ),
+        shardings,
+        mesh,
+    )
+    eval_step = train.jit_eval_step(train.make_eval_step(model), shardings.params, mesh)
+
+    topology = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    batches = pipeline.PretrainingBatches(
+        corpus.open_corpus(corpus_dir, "train"),
+        pipeline.PipelineConfig(
+            global_batch_size=config.global_batch_size, max_seq_length=data.max_seq_length, seed=config.seed
+        ),
+        masking,
+        **topology,
+    )
+    log = MetricsLog(workdir, is_main)
+    peak = config.peak_flops_per_device or flops.measure_matmul_peak(model_config.dtype)
+    flops_per_sequence = flops.training_flops_per_sequence(model_config, data.max_seq_length, max_predictions)
+    if is_main:
+        count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
+        print(
+            f"Model {config.model.size}: {count:,} parameters; mesh {dict(mesh.shape)}; global batch "
+            f"{config.global_batch_size}; corpus {corpus_dir}; peak {peak / 1e9:.1f} GFLOP/s per device",
+            flush=True,
+        )
+
+    def evaluate(step: int) -> dict[str, float]:
+        eval_source = corpus.open_corpus(corpus_dir, "validation")
+        totals: dict[str, Any] | None = None
+        eval_batches = pipeline.padded_eval_batches(
+            eval_source,
+            masking,
+            global_batch_size=config.global_batch_size,
+            max_seq_length=data.max_seq_length,
+            seed=config.seed,
+            **topology,
+        )
+        for i, local in enumerate(eval_batches):
+            if config.eval_batches and i >= config.eval_batches:
+                break
+            sums = eval_step(state.params, sharding.global_batch_from_process_local(local, mesh))
+            totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
+        assert totals is not None
+        results = {k: float(v) for k, v in jax.device_get(summarize(totals)).items()}
+        log.write(step, results, prefix="eval_")
+        if is_main:
+            print(
+                f"eval at step {step}: loss {results['loss']:.4f} | mlm_acc {results['mlm_accuracy']:.4f} | "
+                f"nsp_acc {results['nsp_accuracy']:.4f}",
+                flush=True,
+            )
+        return results
+
+    start_step = int(state.step)
+    window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
+    job_start = time.perf_counter()
+    metrics = None
+    final_eval: dict[str, float] = {}
+    try:
+        for step in range(start_step, config.num_train_steps):
+            local = next(batches)
+            window_tokens += int(local["attention_mask"].sum()) * topology["process_count"]
+            state, metrics = train_step(state, sharding.global_batch_from_process_local(local, mesh))
+            window_steps += 1
+            done = step + 1
+            if done % config.log_every_steps == 0 or done == config.num_train_steps:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}  # the only sync
+                elapsed = time.perf_counter() - window_start
+                sequences_per_sec = window_steps * config.global_batch_size / elapsed
+                values["tokens_per_sec"] = window_tokens / elapsed
+                values["mfu"] = sequences_per_sec * flops_per_sequence / (peak * len(jax.devices()))
+                eta = (time.perf_counter() - job_start) / (done - start_step) * (config.num_train_steps - done)
+                log.write(done, values)
+                log.console(done, config.num_train_steps, values, eta)
+                window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
+            if done % config.eval_every_steps == 0 or done == config.num_train_steps:
+                final_eval = evaluate(done)
+                window_start = time.perf_counter()
+    finally:
+        batches.close()
+        log.close()
+    if config.export and is_main:
+        params = jax.device_get(state.params)
+        vocab = data.vocab_file or None
+        hf_dir = os.path.join(workdir, "export", "hf")
+        convert.to_hf(model_config, params, hf_dir, vocab_file=vocab, do_lower_case=data.lowercase, overwrite=True)
+        convert.to_native(model_config, params, os.path.join(workdir, "export", "bert_jax"), vocab, overwrite=True)
+        print(f"Exported the weights to {hf_dir} (Hugging Face) and {os.path.join(workdir, 'export', 'bert_jax')}")
+    return final_eval

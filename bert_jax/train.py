@@ -1,0 +1,179 @@
+"""The train state and the jitted pretraining train/eval steps, sharded over a device mesh (this is pjit).
+
+`TrainState` holds the step, the float32 params and the optimizer state. `create_train_state` initializes
+them directly in their final sharding (a jitted init with `out_shardings`, so no device ever holds the
+full model unless the mesh says so). `make_train_step` returns one function that runs the forward and
+backward pass (over `num_microbatches` microbatches with `lax.scan` when accumulating), the optimizer
+update and the metrics; `jit_train_step` compiles it with explicit in/out shardings and the state
+donated. Dropout keys are `fold_in(key(seed), step)`: a pure function of (seed, step), so a resumed run
+draws exactly the dropout masks the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from bert_jax import losses, optim, sharding
+from bert_jax.model import BertForPreTraining
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+BATCH_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "masked_lm_positions",
+    "masked_lm_ids",
+    "masked_lm_weights",
+    "next_sentence_labels",
+)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def _forward(model: BertForPreTraining, params: Any, batch: Batch, deterministic: bool, rng: jax.Array | None):
+    rngs = None if deterministic else {"dropout": rng}
+    return model.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["token_type_ids"],
+        batch["masked_lm_positions"],
+        deterministic=deterministic,
+        rngs=rngs,
+    )
+
+
+def init_fn(model: BertForPreTraining, optimizer: optax.GradientTransformation, seq_length: int = 8) -> Callable:
+    """`rng -> TrainState` (params from the model's initializers, fresh optimizer state)."""
+
+    def init(rng: jax.Array) -> TrainState:
+        ids = jnp.zeros((1, seq_length), jnp.int32)
+        params = nn.meta.unbox(model.init(rng, ids, deterministic=True)["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+    return init
+
+
+def state_shardings(
+    model: BertForPreTraining, optimizer: optax.GradientTransformation, mesh: Mesh, rules: Any = None
+) -> TrainState:
+    """NamedShardings for every leaf of the train state.
+
+    Params follow their logical axes; an optimizer-state leaf whose dict-key path and shape are those of a
+    param (Adam's mu and nu, LAMB's slots: optax states mirror the param tree) is sharded like that param;
+    everything else (step, counts) is replicated.
+    """
+    rules = sharding.LOGICAL_AXIS_RULES if rules is None else rules
+    params_sharding = sharding.param_shardings(model, mesh, rules)
+    abstract = jax.eval_shape(init_fn(model, optimizer), jax.random.key(0))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    by_path = {
+        _dict_keys(path): (leaf_sharding, shape.shape)
+        for (path, leaf_sharding), shape in zip(
+            jax.tree_util.tree_flatten_with_path(params_sharding)[0],
+            jax.tree_util.tree_leaves(abstract.params),
+            strict=True,
+        )
+    }
+
+    def choose(path: Any, leaf: jax.ShapeDtypeStruct) -> NamedSharding:
+        match = by_path.get(_dict_keys(path))
+        return match[0] if match is not None and match[1] == leaf.shape else replicated
+
+    opt = jax.tree_util.tree_map_with_path(choose, abstract.opt_state)
+    return TrainState(step=replicated, params=params_sharding, opt_state=opt)
+
+
+def _dict_keys(path: Any) -> tuple[str, ...]:
+    return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def create_train_state(
+    model: BertForPreTraining,
+    optimizer: optax.GradientTransformation,
+    rng: jax.Array,
+    shardings: TrainState | None = None,
+) -> TrainState:
+    """A new train state, created by a jitted init directly in `shardings` (when given)."""
+    init = init_fn(model, optimizer)
+    if shardings is None:
+        return jax.jit(init)(rng)
+    return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def make_train_step(
+    model: BertForPreTraining,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    dropout_seed: int,
+    num_microbatches: int = 1,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """`(state, batch) -> (state, metrics)`: one optimizer step over the global batch.
+
+    Metrics: loss, mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy (means over the batch), grad_norm (before
+    clipping) and learning_rate (the one this step used).
+    """
+
+    def loss_and_grad(params: Any, batch: Batch, rng: jax.Array) -> tuple[Metrics, Any]:
+        def loss_fn(p: Any) -> tuple[jax.Array, Metrics]:
+            mlm_logits, nsp_logits = _forward(model, p, batch, deterministic=False, rng=rng)
+            return losses.pretraining_loss(mlm_logits, nsp_logits, batch)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return metrics, grads
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+        metrics, grads = optim.accumulate_gradients(loss_and_grad, state.params, dict(batch), num_microbatches, rng)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**metrics, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(model: BertForPreTraining) -> Callable[[Any, Batch], Metrics]:
+    """`(params, batch) -> sums` (see `losses.pretraining_terms`); add them over batches, then `summarize`."""
+
+    def eval_step(params: Any, batch: Batch) -> Metrics:
+        mlm_logits, nsp_logits = _forward(model, params, batch, deterministic=True, rng=None)
+        return losses.pretraining_terms(mlm_logits, nsp_logits, batch)
+
+    return eval_step
+
+
+def jit_train_step(
+    train_step: Callable, shardings: TrainState, mesh: Mesh
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """The train step compiled with explicit shardings (state in/out as given, batch over data+fsdp,
+    metrics replicated) and the input state donated, so params and optimizer state are updated in place."""
+    batch = sharding.batch_sharding(mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        train_step,
+        in_shardings=(shardings, batch),
+        out_shardings=(shardings, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def jit_eval_step(eval_step: Callable, params_sharding: Any, mesh: Mesh) -> Callable[[Any, Batch], Metrics]:
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(eval_step, in_shardings=(params_sharding, sharding.batch_sharding(mesh)), out_shardings=replicated)

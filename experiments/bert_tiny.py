@@ -1,0 +1,64 @@
+"""bert_tiny: the demo job. BERT-tiny (L2/H128) on the bundled corpus and vocab, a few minutes on a CPU.
+
+bert-jax-pretrain --config=experiments/bert_tiny.py --workdir=/tmp/bert_tiny
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+import bert_jax
+
+
+def asset(name: str) -> str:
+    return os.path.join(os.path.dirname(bert_jax.__file__), "assets", name)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.num_train_steps = 300
+    config.global_batch_size = 32
+    config.num_microbatches = 1
+    config.log_every_steps = 25
+    config.eval_every_steps = 100
+    config.eval_batches = 4  # 0 = the whole validation split
+    config.peak_flops_per_device = 0.0  # 0 = measure a matmul at start-up
+    config.export = True
+
+    config.model = ml_collections.ConfigDict()
+    config.model.size = "tiny"
+    config.model.dtype = "float32"
+    config.model.hidden_dropout_prob = 0.1
+    config.model.attention_probs_dropout_prob = 0.1
+
+    config.data = ml_collections.ConfigDict()
+    config.data.train_files = asset("corpus/*.txt")
+    config.data.vocab_file = asset("vocab.txt")
+    config.data.spm_model = ""
+    config.data.corpus_dir = ""
+    config.data.lowercase = True
+    config.data.max_seq_length = 128
+    config.data.max_predictions_per_seq = 20
+    config.data.masked_lm_prob = 0.15
+    config.data.whole_word = True
+    config.data.short_seq_prob = 0.1
+    config.data.dupe_factor = 1
+    config.data.eval_fraction = 0.01
+    config.data.corpus_seed = 12345
+    config.data.num_shards = 4
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adamw"
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.warmup_steps = 30
+    config.optimizer.weight_decay = 0.01
+    config.optimizer.clip_global_norm = 1.0
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1
+    config.mesh.fsdp = 1
+    config.mesh.tensor = 1
+    return config
