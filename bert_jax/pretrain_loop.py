@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import configs, convert, flops, optim, sharding, train
+from bert_jax import configs, convert, flops, optim, sharding, tokenizers, train
 from bert_jax.data import corpus, documents, pipeline
 from bert_jax.losses import summarize
 from bert_jax.metrics_log import MetricsLog
@@ -87,6 +87,16 @@ def _prepare_corpus(config: ml_collections.ConfigDict, workdir: str) -> str:
     return directory
 
 
+def _vocab_size(config: ml_collections.ConfigDict) -> int:
+    """The vocabulary size: from the tokenizer files, or from a prebuilt corpus's metadata."""
+    data = config.data
+    if data.get("corpus_dir") and not (data.vocab_file or data.get("spm_model")):
+        found = corpus.find_dataset_dirs(data.corpus_dir)
+        if len(found) == 1:
+            return int(corpus.corpus_metadata(found[0])["vocab_size"])
+    return tokenizers.load_tokenizer(data.vocab_file or None, data.get("spm_model") or None, data.lowercase).vocab_size
+
+
 def _check_job(config: ml_collections.ConfigDict) -> None:
     if config.num_train_steps < 1:
         raise JobConfigError(f"num_train_steps must be >= 1, got {config.num_train_steps}.")
@@ -102,15 +112,24 @@ def _check_job(config: ml_collections.ConfigDict) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs the pretraining job; returns the final eval metrics."""
     _check_job(config)
+    export_dir = os.path.join(workdir, "export")
+    if config.export and os.path.exists(export_dir):
+        raise JobConfigError(
+            f"{workdir} already holds the export of a finished run ({export_dir}); this job does not resume yet, "
+            "so pass a new --workdir (or delete that one) rather than overwrite it."
+        )
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
-    corpus_dir = _prepare_corpus(config, workdir)
-    metadata = corpus.corpus_metadata(corpus_dir)
-    model_config = _model_config(config, int(metadata["vocab_size"]))
+    # Everything that can be checked is checked before the corpus is built and anything compiles.
+    vocab_size = _vocab_size(config)
+    model_config = _model_config(config, vocab_size)
     mesh_config = sharding.MeshConfig(**config.mesh.to_dict())
     sharding.validate_parallelism(model_config, mesh_config, config.global_batch_size, len(jax.devices()))
-    mesh = sharding.make_mesh(mesh_config)
     optimizer_config = _optimizer_config(config)
+    corpus_dir = _prepare_corpus(config, workdir)
+    if int(corpus.corpus_metadata(corpus_dir)["vocab_size"]) != vocab_size:
+        raise JobConfigError(f"The corpus {corpus_dir} was built with another vocabulary than data.vocab_file.")
+    mesh = sharding.make_mesh(mesh_config)
     data = config.data
     max_predictions = data.max_predictions_per_seq
     masking = corpus.masking_config_from_corpus(
@@ -209,8 +228,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.export and is_main:
         params = jax.device_get(state.params)
         vocab = data.vocab_file or None
-        hf_dir = os.path.join(workdir, "export", "hf")
-        convert.to_hf(model_config, params, hf_dir, vocab_file=vocab, do_lower_case=data.lowercase, overwrite=True)
-        convert.to_native(model_config, params, os.path.join(workdir, "export", "bert_jax"), vocab, overwrite=True)
-        print(f"Exported the weights to {hf_dir} (Hugging Face) and {os.path.join(workdir, 'export', 'bert_jax')}")
+        hf_dir, native_dir = os.path.join(export_dir, "hf"), os.path.join(export_dir, "bert_jax")
+        convert.to_hf(model_config, params, hf_dir, vocab_file=vocab, do_lower_case=data.lowercase)
+        convert.to_native(model_config, params, native_dir, vocab)
+        print(f"Exported the weights to {hf_dir} (Hugging Face) and {native_dir} (bert_jax)")
     return final_eval

@@ -1,0 +1,85 @@
+"""The pretraining job end to end from its CLI: logs, metrics, TensorBoard, export; user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, shared_path
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _pretrain(workdir, *overrides, timeout=900):
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bert_jax.pretrain",
+            f"--config={REPO_ROOT / 'experiments' / 'bert_tiny.py'}",
+            f"--workdir={workdir}",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=ENV,
+        timeout=timeout,
+    )
+
+
+def test_tiny_job_trains_logs_evaluates_and_exports(tmp_path):
+    sample = shared_path("gutenberg", "pg11-alice-in-wonderland.txt")
+    result = _pretrain(
+        tmp_path,
+        f"--config.data.train_files={sample}",
+        "--config.num_train_steps=12",
+        "--config.global_batch_size=8",
+        "--config.log_every_steps=4",
+        "--config.eval_every_steps=6",
+        "--config.eval_batches=1",
+        "--config.data.eval_fraction=0.02",
+        "--config.peak_flops_per_device=1e11",
+        "--config.optimizer.warmup_steps=2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step 12/12" in result.stdout and "eval at step 12" in result.stdout
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == [4, 8, 12]
+    for key in ("loss", "mlm_accuracy", "nsp_accuracy", "learning_rate", "tokens_per_sec", "mfu", "grad_norm"):
+        assert all(np.isfinite(r[key]) for r in train_records), key
+    assert [r["step"] for r in records if "eval_loss" in r] == [6, 12]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+    transformers = pytest.importorskip("transformers")
+    model, info = transformers.BertForPreTraining.from_pretrained(tmp_path / "export" / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 128
+    assert (tmp_path / "export" / "hf" / "vocab.txt").exists()
+    # Running again into the same workdir refuses (no resume yet) and leaves the export untouched.
+    before = (tmp_path / "export" / "hf" / "model.safetensors").stat().st_mtime_ns
+    again = _pretrain(tmp_path, f"--config.data.train_files={sample}", "--config.num_train_steps=12", timeout=300)
+    assert again.returncode != 0 and "already holds the export" in again.stderr.strip().splitlines()[-1]
+    assert (tmp_path / "export" / "hf" / "model.safetensors").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.mesh.data=3", "does not match the 1 device"),
+        ("--config.global_batch_size=30", "not divisible by num_microbatches"),
+        ("--config.data.train_files=/nonexistent/*.txt", "matches no file"),
+        ("--config.model.size=huge", "Unknown model size"),
+    ],
+)
+def test_user_errors_end_in_one_line(tmp_path, override, message):
+    extra = ["--config.num_microbatches=4"] if "global_batch_size" in override else []
+    result = _pretrain(tmp_path, override, *extra, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("bert-jax-pretrain: error:") and message in last, last
