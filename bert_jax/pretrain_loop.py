@@ -50,6 +50,11 @@ def _optimizer_config(config: ml_collections.ConfigDict) -> optim.OptimizerConfi
 
 
 def _corpus_options(data: ml_collections.ConfigDict) -> corpus.CorpusOptions:
+    if not data.train_files:
+        raise JobConfigError(
+            "data.train_files is empty: set --config.data.train_files to a glob or comma list of text files, "
+            "or --config.data.corpus_dir to a corpus built with bert-jax-build-corpus."
+        )
     return corpus.CorpusOptions(
         input_files=tuple(documents.expand_input_files(data.train_files)),
         vocab_file=data.vocab_file or None,

@@ -1,0 +1,259 @@
+"""The experiments/ configs: each loads as bert-jax-pretrain loads it and fits the job, model, optimizer and mesh.
+
+Every check runs before anything compiles (parameter counts use jax.eval_shape), so this file is fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import math
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from bert_jax import configs, optim, sharding, tokenizers
+from bert_jax.data import documents
+from bert_jax.model import BertForPreTraining, init_params
+from tests.conftest import REPO_ROOT
+
+EXPERIMENTS = REPO_ROOT / "experiments"
+NAMES = ("bert_tiny", "bert_mini", "bert_base_phase1", "bert_base_phase2", "bert_large_lamb")
+RECIPES = ("bert_base_phase1", "bert_base_phase2", "bert_large_lamb")
+# Device counts each config is documented for (the large one's docstring lists its microbatch table).
+DEVICE_COUNTS = {
+    "bert_tiny": (1, 8),
+    "bert_mini": (1, 8),
+    "bert_base_phase1": (8, 256),
+    "bert_base_phase2": (8, 256),
+    "bert_large_lamb": (8, 64, 256, 2048),
+}
+# What the job reads (pretrain_loop.train_and_evaluate and its helpers), beyond the optimizer fields.
+JOB_KEYS = (
+    "seed",
+    "num_train_steps",
+    "global_batch_size",
+    "num_microbatches",
+    "log_every_steps",
+    "eval_every_steps",
+    "eval_batches",
+    "peak_flops_per_device",
+    "export",
+    "model.size",
+    "model.dtype",
+    "data.train_files",
+    "data.vocab_file",
+    "data.spm_model",
+    "data.corpus_dir",
+    "data.lowercase",
+    "data.max_seq_length",
+    "data.max_predictions_per_seq",
+    "data.masked_lm_prob",
+    "data.whole_word",
+    "data.short_seq_prob",
+    "data.dupe_factor",
+    "data.eval_fraction",
+    "data.corpus_seed",
+    "data.num_shards",
+    "optimizer.name",
+    "optimizer.learning_rate",
+    "optimizer.warmup_steps",
+    "mesh.data",
+    "mesh.fsdp",
+    "mesh.tensor",
+)
+OPTIMIZER_FIELDS = {f.name for f in dataclasses.fields(optim.OptimizerConfig)} - {"total_steps"}
+
+
+def load(name: str, *overrides: str, path: str | None = None) -> ml_collections.ConfigDict:
+    """The config as bert-jax-pretrain gets it: config_flags.DEFINE_config_file, locked, with flag overrides."""
+    argv = ["bert-jax-pretrain", f"--config={path or EXPERIMENTS / f'{name}.py'}", *overrides]
+    values = flags.FlagValues()
+    # The override flags (--config.x=...) are registered from the command line the definition sees.
+    config_flags.DEFINE_config_file("config", None, "config file", flag_values=values, lock_config=True, sys_argv=argv)
+    values(argv)
+    return values.config
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            keys |= flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+@functools.cache
+def vocab_size(vocab_file: str, lowercase: bool) -> int:
+    return tokenizers.load_tokenizer(vocab_file, None, lowercase).vocab_size
+
+
+def model_config(config: ml_collections.ConfigDict) -> configs.BertConfig:
+    """As the job builds it: the named size, the config's model overrides, the vocabulary's size."""
+    overrides = {k: v for k, v in config.model.to_dict().items() if k != "size"}
+    return configs.named_config(
+        config.model.size, vocab_size=vocab_size(config.data.vocab_file, config.data.lowercase), **overrides
+    )
+
+
+def optimizer_config(config: ml_collections.ConfigDict) -> optim.OptimizerConfig:
+    return optim.OptimizerConfig(total_steps=config.num_train_steps, **config.optimizer.to_dict())
+
+
+def mesh_config(config: ml_collections.ConfigDict) -> sharding.MeshConfig:
+    return sharding.MeshConfig(**config.mesh.to_dict())
+
+
+@pytest.fixture(scope="module")
+def loaded() -> dict[str, ml_collections.ConfigDict]:
+    return {name: load(name) for name in NAMES}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loads_from_any_directory_with_overrides(name, loaded, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    relative = load(name, "--config.seed=7", "--config.optimizer.learning_rate=0.5", path=f"experiments/{name}.py")
+    assert relative.seed == 7 and relative.optimizer.learning_rate == 0.5
+    monkeypatch.chdir(tmp_path)  # the configs built on a sibling file find it by their own path, not the cwd
+    assert load(name).to_dict() == loaded[name].to_dict()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_importlib_gives_the_same_config(name, loaded):
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.get_config().to_dict() == loaded[name].to_dict()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the job builds from them
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_has_every_key_the_job_reads(name, loaded):
+    config = loaded[name]
+    keys = flat_keys(config)
+    assert set(JOB_KEYS) <= keys, sorted(set(JOB_KEYS) - keys)
+    assert flat_keys(loaded["bert_tiny"]) <= keys  # the demo's layout, which the end-to-end test runs
+    unknown = set(config.optimizer.keys()) - OPTIMIZER_FIELDS
+    assert not unknown, f"the job rejects unknown optimizer settings: {sorted(unknown)}"
+    if name in RECIPES:  # the recipes spell out every optimizer field, so each can be overridden by flag
+        assert set(config.optimizer.keys()) == OPTIMIZER_FIELDS
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_builds_a_valid_model_and_optimizer(name, loaded):
+    config = loaded[name]
+    model = model_config(config)
+    optimizer = optimizer_config(config)
+    assert optimizer.total_steps == config.num_train_steps
+    assert model.vocab_size == 30522
+    assert config.data.max_seq_length <= model.max_position_embeddings
+    assert 0 < config.data.max_predictions_per_seq <= config.data.max_seq_length
+    assert config.global_batch_size % config.num_microbatches == 0
+    assert config.log_every_steps >= 1 and config.eval_every_steps >= 1
+
+
+@pytest.mark.parametrize("name, devices", [(n, d) for n in NAMES for d in DEVICE_COUNTS[n]])
+def test_parallelism_fits(name, devices, loaded):
+    config = loaded[name]
+    mesh = mesh_config(config)
+    sharding.validate_parallelism(model_config(config), mesh, config.global_batch_size, devices)
+    # Each microbatch must split evenly over the batch shards too (optim.split_microbatches keeps every
+    # device busy on every microbatch only then).
+    data, fsdp, _ = mesh.resolve(devices).mesh_shape
+    assert (config.global_batch_size // config.num_microbatches) % (data * fsdp) == 0
+
+
+def test_demo_configs_read_the_bundled_files(loaded):
+    for name in ("bert_tiny", "bert_mini"):
+        assert len(documents.expand_input_files(loaded[name].data.train_files)) == 3
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipes_need_the_users_corpus(name, loaded):
+    config = loaded[name]
+    assert config.data.train_files == "" and config.data.corpus_dir == ""
+    with pytest.raises(documents.CorpusError, match="No input files given"):
+        documents.expand_input_files(config.data.train_files)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Published facts
+
+
+def test_base_parameter_count_is_the_published_one(loaded):
+    # BertForPreTraining, tied decoder (DESIGN.md). Large's 336,226,108 is checked on named_config("large") in
+    # test_model.py; test_large_lamb_is_the_64k_phase_1 checks that this config is that model.
+    model = BertForPreTraining(model_config(loaded["bert_base_phase1"]))
+    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    assert sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes)) == 110_106_428
+
+
+def test_mini_is_l4_h256(loaded):
+    model = model_config(loaded["bert_mini"])
+    assert (model.num_hidden_layers, model.hidden_size, model.num_attention_heads) == (4, 256, 4)
+    assert loaded["bert_mini"].num_train_steps > loaded["bert_tiny"].num_train_steps
+
+
+def test_base_phases_are_the_original_recipe(loaded):
+    phase1, phase2 = loaded["bert_base_phase1"], loaded["bert_base_phase2"]
+    # Devlin et al. 2019, A.2: 1M steps of 256 sequences, 90% at seq 128 and 10% at 512.
+    assert phase1.num_train_steps + phase2.num_train_steps == 1_000_000
+    assert phase1.num_train_steps == 900_000
+    assert phase1.global_batch_size == phase2.global_batch_size == 256
+    assert (phase1.data.max_seq_length, phase1.data.max_predictions_per_seq) == (128, 20)
+    assert (phase2.data.max_seq_length, phase2.data.max_predictions_per_seq) == (512, 80)
+    for config in (phase1, phase2):
+        assert model_config(config) == configs.named_config("base", dtype=config.model.dtype)
+        assert config.data.masked_lm_prob == 0.15 and config.data.short_seq_prob == 0.1
+        opt = optimizer_config(config)
+        # google-research/bert optimization.py: AdamWeightDecayOptimizer (no bias correction), clip 1.0.
+        assert (opt.name, opt.b1, opt.b2, opt.eps, opt.weight_decay) == ("adamw", 0.9, 0.999, 1e-6, 0.01)
+        assert (opt.bias_correction, opt.clip_global_norm, opt.schedule) == (False, 1.0, "linear")
+    assert optimizer_config(phase1).warmup_steps == 10_000
+
+
+def test_base_phases_run_one_schedule_over_1m_steps(loaded):
+    """Phase 1 then phase 2 follow the paper's single schedule: warmup 10k to 1e-4, linear decay to 0 at 1M."""
+    phase1 = optim.learning_rate_schedule(optimizer_config(loaded["bert_base_phase1"]))
+    phase2 = optim.learning_rate_schedule(optimizer_config(loaded["bert_base_phase2"]))
+
+    def original(step: int) -> float:
+        return 1e-4 * step / 10_000 if step < 10_000 else 1e-4 * (1 - step / 1_000_000)
+
+    steps1 = [0, 5_000, 9_999, 10_000, 123_456, 450_000, 899_999, 900_000]
+    steps2 = [0, 1, 50_000, 99_999, 100_000]
+    got = np.concatenate([phase1(np.array(steps1)), phase2(np.array(steps2))])
+    want = [original(s) for s in steps1] + [original(900_000 + s) for s in steps2]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
+
+
+def test_large_lamb_is_the_64k_phase_1(loaded):
+    config = loaded["bert_large_lamb"]
+    assert model_config(config) == configs.named_config("large", dtype="bfloat16")  # 24 x 1024, 16 heads, bf16
+    assert config.global_batch_size == 65_536 and config.num_train_steps == 7_038
+    assert (config.data.max_seq_length, config.data.max_predictions_per_seq) == (128, 20)
+    opt = optimizer_config(config)
+    assert (opt.name, opt.learning_rate, opt.warmup_steps) == ("lamb", 6e-3, 2_000)
+    assert abs(0.2843 * 7_038 - opt.warmup_steps) < 1  # NVIDIA's warmup proportion, 2,000 steps in their TF script
+    assert (opt.schedule, opt.power, opt.decay_from_warmup_end) == ("polynomial", 0.5, False)
+    assert (opt.b1, opt.b2, opt.eps, opt.weight_decay, opt.bias_correction) == (0.9, 0.999, 1e-6, 0.01, True)
+    schedule = optim.learning_rate_schedule(opt)
+    np.testing.assert_allclose(float(schedule(5_000)), 6e-3 * (1 - 5_000 / 7_038) ** 0.5, rtol=1e-5)
+    # FSDP shards params and LAMB state; 32 sequences per device per microbatch on 256 devices.
+    mesh = mesh_config(config)
+    assert mesh.fsdp > 1 and mesh.tensor == 1
+    assert config.global_batch_size // (256 * config.num_microbatches) == 32
