@@ -350,7 +350,12 @@ def global_batch_from_process_local(
     """Global `jax.Array`s from this process's rows of the batch (`make_array_from_process_local_data`).
 
     Each process passes its own rows (the same number in every process); the global batch is their
-    concatenation in process order, split over the batch mesh axes.
+    concatenation in the order of the processes' devices along the batch mesh axes (process order for
+    `make_mesh` over `jax.devices()` on CPU), split over those axes. Every batch shard must
+    therefore lie on the devices of one process: a mesh whose batch axes do not separate the processes
+    (e.g. tensor parallelism across hosts with data * fsdp smaller than the process count) raises a
+    `ConfigError`, since the processes' different rows would otherwise silently become inconsistent
+    copies of one shard.
     """
     sharding = batch_sharding(mesh, rules)
     shards = _axis_size(mesh, sharding.spec[0])
@@ -363,7 +368,24 @@ def global_batch_from_process_local(
             f"Global batch of {global_rows} rows does not split over the {shards} batch shards "
             f"(mesh axes {sharding.spec[0]}); use a global batch size that is a multiple of {shards}."
         )
+    if jax.process_count() > 1:
+        _check_batch_shards_per_process(sharding, global_rows)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def _check_batch_shards_per_process(sharding: NamedSharding, global_rows: int) -> None:
+    """Each batch shard (a range of rows) must be held by the devices of a single process."""
+    owners: dict[int, set[int]] = {}
+    for device, index in sharding.devices_indices_map((global_rows,)).items():
+        owners.setdefault(index[0].start or 0, set()).add(device.process_index)
+    shared = sorted(tuple(sorted(p)) for p in owners.values() if len(p) > 1)
+    if shared:
+        raise ConfigError(
+            f"The batch mesh axes {sharding.spec[0]} ({_plural(len(owners), 'shard', 'shards')}) do not separate the "
+            f"{jax.process_count()} processes: processes {list(shared[0])} hold the same batch shard but each feeds "
+            "its own rows. Give every process its own data/fsdp positions: make mesh data * fsdp (times dcn_data) "
+            "a multiple of the process count, and keep tensor parallelism within a process."
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
