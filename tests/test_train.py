@@ -1,0 +1,571 @@
+"""The train and eval steps (`bert_jax.train`) against independent references.
+
+- Gradient accumulation: `num_microbatches=2` equals one pass over the whole batch (params and metrics).
+- The first two updates equal a hand computation: the loss written out here (log-softmax cross-entropy at
+  gathered positions from the model's full-sequence logits, plus NSP), `jax.grad` of it, and AdamW with
+  clipping, decoupled masked weight decay, bias correction and the linear schedule, written out by hand.
+- Dropout keys: the step is bitwise deterministic, its mask is `fold_in(key(seed), step)`, so it changes with
+  the step, and a state restored from host copies reproduces the uninterrupted run bitwise.
+- Sharded equals unsharded: on 8 simulated CPU devices, two jitted steps on a (2, 2, 2) mesh match the same
+  steps on a 1-device mesh; the params and Adam moments really are sharded and the input state is donated.
+  `XLA_FLAGS=--xla_force_host_platform_device_count=8` must be set before jax is imported, so that part runs
+  this file as a script in a subprocess (`python -m tests.test_train`), which prints a JSON report.
+- Eval sums add up over batches, and `losses.summarize` of them gives the full-batch means.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bert_jax import losses, train
+from bert_jax.configs import BertConfig
+from bert_jax.model import BertForPreTraining
+from bert_jax.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
+from bert_jax.sharding import MeshConfig, global_batch_from_process_local, make_mesh, param_shardings
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+NUM_SIM_DEVICES = 8
+BATCH, LENGTH, PREDICTIONS = 8, 32, 5
+SEED = 0
+
+# Adam settings of the hand-computed reference (test 2). Weight decay is large enough that decaying a
+# LayerNorm scale (~1) by mistake moves it by lr * wd = 1e-4, far above the tolerance.
+LR, TOTAL_STEPS, WEIGHT_DECAY, CLIP, B1, B2, EPS = 1e-3, 100, 0.1, 0.5, 0.9, 0.999, 1e-6
+
+
+def small_config(dropout: float = 0.0) -> BertConfig:
+    return BertConfig(
+        vocab_size=1000,
+        hidden_size=64,
+        num_hidden_layers=1,  # the step's logic does not depend on depth; one layer halves the compile time
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+
+
+def numpy_batch(
+    config: BertConfig, batch: int = BATCH, length: int = LENGTH, predictions: int = PREDICTIONS, seed: int = 1
+) -> dict[str, np.ndarray]:
+    """A synthetic pretraining batch: padded sequences, two segments, distinct masked positions, weights 1."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(length // 2, length + 1, batch)
+    lengths[0] = length  # at least one row without padding
+    positions_in_row = np.arange(length)[None, :]
+    attention_mask = (positions_in_row < lengths[:, None]).astype(np.int32)
+    input_ids = rng.integers(5, config.vocab_size, (batch, length)).astype(np.int32) * attention_mask
+    token_type_ids = ((positions_in_row >= (lengths // 2)[:, None]) * attention_mask).astype(np.int32)
+    positions = np.stack([np.sort(rng.choice(np.arange(1, n), predictions, replace=False)) for n in lengths])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": token_type_ids,
+        "masked_lm_positions": positions.astype(np.int32),
+        "masked_lm_ids": rng.integers(5, config.vocab_size, (batch, predictions)).astype(np.int32),
+        "masked_lm_weights": np.ones((batch, predictions), np.float32),
+        "next_sentence_labels": rng.integers(0, 2, batch).astype(np.int32),
+    }
+
+
+def adamw_config(**overrides: Any) -> OptimizerConfig:
+    fields = dict(
+        learning_rate=LR,
+        warmup_steps=0,
+        total_steps=TOTAL_STEPS,
+        weight_decay=WEIGHT_DECAY,
+        clip_global_norm=CLIP,
+        b1=B1,
+        b2=B2,
+        eps=EPS,
+    )
+    return OptimizerConfig(**{**fields, **overrides})
+
+
+def flat(tree: Any) -> dict[str, np.ndarray]:
+    """`{"bert/embeddings/...": array}` on the host."""
+    return {
+        "/".join(str(k.key) for k in path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
+def max_abs_diff(a: Any, b: Any) -> float:
+    fa, fb = flat(a), flat(b)
+    assert fa.keys() == fb.keys()
+    return max(float(np.abs(fa[k] - fb[k]).max()) for k in fa)
+
+
+def bitwise_equal(a: Any, b: Any) -> bool:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb, strict=True))
+
+
+def host_copy(state: train.TrainState) -> train.TrainState:
+    """The state as a checkpoint restore would give it: NumPy copies put back on the device."""
+    return jax.tree.map(lambda x: jnp.asarray(np.array(x)), state)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fixtures: one model and initial params per dropout setting, one batch.
+
+
+@pytest.fixture(scope="module")
+def model() -> BertForPreTraining:
+    return BertForPreTraining(small_config(dropout=0.0))
+
+
+@pytest.fixture(scope="module")
+def dropout_model() -> BertForPreTraining:
+    return BertForPreTraining(small_config(dropout=0.1))
+
+
+@pytest.fixture(scope="module")
+def batch(model) -> dict[str, jax.Array]:
+    return {k: jnp.asarray(v) for k, v in numpy_batch(model.config).items()}
+
+
+@pytest.fixture(scope="module")
+def adamw_state(model) -> train.TrainState:
+    """The initial state, shared (compiling the init costs seconds); dropout does not change the params."""
+    return train.create_train_state(model, make_optimizer(adamw_config()), jax.random.key(SEED))
+
+
+@pytest.fixture(scope="module")
+def adamw_step(model) -> Any:
+    """The jitted train step without dropout and without accumulation, shared by several tests."""
+    config = adamw_config()
+    return jax.jit(
+        train.make_train_step(model, make_optimizer(config), learning_rate_schedule(config), dropout_seed=SEED)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Gradient accumulation inside the jitted step
+
+
+def test_two_microbatches_equal_one_full_batch_step(model, batch, adamw_state, adamw_step):
+    """Dropout is 0, so the step is deterministic. The MLM loss is normalized per microbatch by its own
+    masked_lm_weights and the microbatch results are averaged; with every weight 1 each microbatch has the same
+    total weight (4 rows x 5 predictions), so the mean of the microbatch means IS the full-batch mean and the
+    two steps are mathematically equal (with unequal totals they would differ by design).
+
+    AdamW's first update is ~lr * sign(g), which alone would hide a wrong gradient scale; so the Adam moments
+    are compared too (mu and nu fix the clipped gradient's direction) and grad_norm (before clipping) fixes
+    its scale: together they pin down the accumulated gradient."""
+    assert np.all(np.asarray(batch["masked_lm_weights"]) == 1)
+    config = adamw_config()
+    accumulating = jax.jit(
+        train.make_train_step(
+            model, make_optimizer(config), learning_rate_schedule(config), dropout_seed=SEED, num_microbatches=2
+        )
+    )
+    full, full_metrics = adamw_step(adamw_state, batch)
+    accumulated, accumulated_metrics = accumulating(adamw_state, batch)
+
+    assert int(full.step) == int(accumulated.step) == 1
+    assert full_metrics.keys() == accumulated_metrics.keys()
+    for name in ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "grad_norm", "learning_rate"):
+        np.testing.assert_allclose(accumulated_metrics[name], full_metrics[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert float(full_metrics["grad_norm"]) > 0.1
+
+    old, new_full, new_accumulated = flat(adamw_state.params), flat(full.params), flat(accumulated.params)
+    for name in old:
+        np.testing.assert_allclose(new_accumulated[name], new_full[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    for moment in ("mu", "nu"):
+        want = {name: np.asarray(_find(full.opt_state, name, moment)) for name in old}
+        got = {name: np.asarray(_find(accumulated.opt_state, name, moment)) for name in old}
+        # Relative to the largest moment entry: some gradients are exactly 0 in exact arithmetic (the attention
+        # key bias: softmax ignores a shift), so they are pure rounding noise, ~1e-14, in both runs.
+        scale = max(float(np.abs(x).max()) for x in want.values())
+        assert scale > 0
+        for name in old:
+            assert np.abs(got[name] - want[name]).max() <= 1e-4 * scale, (moment, name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. The first updates equal a hand computation
+
+
+def hand_loss(model: BertForPreTraining, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+    """The pretraining loss written out: MLM logits at every position (no gather in the model), picked at the
+    masked positions by indexing, log-softmax cross-entropy against one-hot targets weighted and divided by the
+    weight sum, plus the mean NSP cross-entropy."""
+    all_logits, nsp_logits = model.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["token_type_ids"],
+        deterministic=True,
+    )
+    rows = jnp.arange(all_logits.shape[0])[:, None]
+    logits = all_logits[rows, batch["masked_lm_positions"]]  # [B, P, V]
+    targets = jax.nn.one_hot(batch["masked_lm_ids"], logits.shape[-1])
+    token_nll = -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
+    weights = batch["masked_lm_weights"]
+    mlm = jnp.sum(token_nll * weights) / jnp.sum(weights)
+    nsp_targets = jax.nn.one_hot(batch["next_sentence_labels"], 2)
+    nsp = jnp.mean(-jnp.sum(nsp_targets * jax.nn.log_softmax(nsp_logits), axis=-1))
+    return mlm + nsp
+
+
+def is_decayed(name: str) -> bool:
+    """Hand labels: the original excludes every bias and all LayerNorm parameters from weight decay."""
+    parts = name.split("/")
+    return parts[-1] != "bias" and "LayerNorm" not in parts
+
+
+def hand_adamw_steps(model, params, batch, num_steps):
+    """AdamW written out in NumPy (float64 moments): clip to global norm CLIP, bias-corrected Adam direction,
+    + WEIGHT_DECAY * param for decayed params, times the linear decay LR * (1 - step / TOTAL_STEPS).
+
+    Returns the params after each step, and the loss and gradient norm (before clipping) at each step."""
+    loss_and_grad = jax.jit(jax.value_and_grad(lambda p: hand_loss(model, p, batch)))
+    names = list(flat(params))
+    treedef = jax.tree.structure(params)
+    p = {k: v.astype(np.float64) for k, v in flat(params).items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v = {k: np.zeros_like(x) for k, x in p.items()}
+    after, step_losses, norms = [], [], []
+    for step in range(num_steps):
+        loss, grads = loss_and_grad(jax.tree.unflatten(treedef, [jnp.asarray(p[k], jnp.float32) for k in names]))
+        step_losses.append(float(loss))
+        g = {k: x.astype(np.float64) for k, x in flat(grads).items()}
+        norm = float(np.sqrt(sum(np.sum(x**2) for x in g.values())))
+        norms.append(norm)
+        g = {k: x * min(1.0, CLIP / norm) for k, x in g.items()}
+        t = step + 1
+        lr = LR * (1.0 - step / TOTAL_STEPS)
+        for k in names:
+            m[k] = B1 * m[k] + (1 - B1) * g[k]
+            v[k] = B2 * v[k] + (1 - B2) * g[k] ** 2
+            direction = (m[k] / (1 - B1**t)) / (np.sqrt(v[k] / (1 - B2**t)) + EPS)
+            if is_decayed(k):
+                direction = direction + WEIGHT_DECAY * p[k]
+            p[k] = p[k] - lr * direction
+        after.append(dict(p))
+    return after, step_losses, norms
+
+
+def test_first_two_updates_equal_hand_adamw(model, batch, adamw_state, adamw_step):
+    states, metrics = [adamw_state], []
+    for _ in range(2):
+        state, m = adamw_step(states[-1], batch)
+        states.append(state)
+        metrics.append(m)
+    expected, expected_losses, expected_norms = hand_adamw_steps(model, adamw_state.params, batch, 2)
+
+    assert [int(s.step) for s in states] == [0, 1, 2]
+    for i in range(2):
+        np.testing.assert_allclose(metrics[i]["loss"], expected_losses[i], rtol=1e-5)
+        np.testing.assert_allclose(metrics[i]["grad_norm"], expected_norms[i], rtol=1e-5)
+        np.testing.assert_allclose(metrics[i]["learning_rate"], LR * (1 - i / TOTAL_STEPS), rtol=1e-6)
+    assert expected_norms[0] > CLIP  # the clipping is exercised
+    assert expected_losses[1] < expected_losses[0]  # the steps descend
+
+    initial = flat(adamw_state.params)
+    for i in range(2):
+        got = flat(states[i + 1].params)
+        assert got.keys() == expected[i].keys()
+        for name, want in expected[i].items():
+            # Each step moves a parameter by up to ~LR; the change must match the hand change to 1% of that.
+            change, want_change = got[name] - initial[name], want - initial[name]
+            np.testing.assert_allclose(change, want_change, rtol=0, atol=1e-2 * LR, err_msg=f"step {i}: {name}")
+            np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6, err_msg=f"step {i}: {name}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Determinism and dropout keys
+
+
+def test_dropout_step_is_deterministic_and_keyed_by_seed_and_step(dropout_model, batch, adamw_state):
+    config = adamw_config()
+    seed = 7
+    step = jax.jit(
+        train.make_train_step(dropout_model, make_optimizer(config), learning_rate_schedule(config), dropout_seed=seed)
+    )
+
+    @jax.jit
+    def loss_with_key(params, step_number):
+        """The loss under the documented dropout key, fold_in(key(dropout_seed), step)."""
+        mlm_logits, nsp_logits = dropout_model.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["token_type_ids"],
+            batch["masked_lm_positions"],
+            deterministic=False,
+            rngs={"dropout": jax.random.fold_in(jax.random.key(seed), step_number)},
+        )
+        return losses.pretraining_loss(mlm_logits, nsp_logits, batch)[0]
+
+    state0 = adamw_state
+    # Bitwise determinism: the same state and batch twice.
+    state1, metrics0 = step(state0, batch)
+    again1, again_metrics0 = step(state0, batch)
+    assert bitwise_equal(state1, again1) and bitwise_equal(metrics0, again_metrics0)
+
+    # The mask is the one of fold_in(key(seed), step), and dropout is really on.
+    np.testing.assert_allclose(metrics0["loss"], loss_with_key(state0.params, 0), rtol=1e-6)
+    assert abs(float(metrics0["loss"]) - float(loss_with_key(state0.params, 1))) > 1e-4
+
+    # Same params and batch at step 1: another mask, so another loss (the lr differs too, but the loss is
+    # computed before the update, so only the mask can change it; see the dropout-free control below).
+    _, metrics_at_1 = step(state0.replace(step=jnp.ones((), jnp.int32)), batch)
+    assert abs(float(metrics_at_1["loss"]) - float(metrics0["loss"])) > 1e-4
+    np.testing.assert_allclose(metrics_at_1["loss"], loss_with_key(state0.params, 1), rtol=1e-6)
+
+    # Resume: a state restored from host copies at step 1 reproduces the uninterrupted run's step 2 bitwise.
+    state2, metrics1 = step(state1, batch)
+    resumed2, resumed_metrics1 = step(host_copy(state1), batch)
+    assert bitwise_equal(state2, resumed2) and bitwise_equal(metrics1, resumed_metrics1)
+    assert int(state2.step) == 2
+    assert not bitwise_equal(state2.params, state1.params)
+
+
+def test_without_dropout_the_step_number_does_not_change_the_loss(batch, adamw_state, adamw_step):
+    """The control for the test above: with dropout 0 the same params give the same loss at any step."""
+    _, at_0 = adamw_step(adamw_state, batch)
+    _, at_5 = adamw_step(adamw_state.replace(step=jnp.full((), 5, jnp.int32)), batch)
+    np.testing.assert_array_equal(at_5["loss"], at_0["loss"])
+    assert float(at_5["learning_rate"]) != float(at_0["learning_rate"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. Eval sums add up over batches
+
+
+def test_eval_sums_add_up_and_summarize_to_full_batch_means(model, batch, adamw_state):
+    params = adamw_state.params
+    # Unequal weights: some predictions are padding, and the halves carry different totals, so averaging the
+    # two half-batch means would NOT give the full-batch mean; only adding sums does.
+    weights = np.ones((BATCH, PREDICTIONS), np.float32)
+    weights[0, 2:] = 0
+    weights[1, 1:] = 0
+    weights[5, 4:] = 0
+    full = {**batch, "masked_lm_weights": jnp.asarray(weights)}
+    halves = [{k: v[i * BATCH // 2 : (i + 1) * BATCH // 2] for k, v in full.items()} for i in range(2)]
+
+    mesh = make_mesh(MeshConfig(data=1), jax.devices()[:1])
+    eval_step = train.jit_eval_step(train.make_eval_step(model), param_shardings(model, mesh), mesh)
+    full_sums = eval_step(params, full)
+    half_sums = [eval_step(params, half) for half in halves]
+    added = {k: half_sums[0][k] + half_sums[1][k] for k in full_sums}
+    assert full_sums.keys() == {
+        "mlm_loss_sum",
+        "mlm_correct_sum",
+        "mlm_count",
+        "nsp_loss_sum",
+        "nsp_correct_sum",
+        "nsp_count",
+    }
+    for name in full_sums:
+        np.testing.assert_allclose(added[name], full_sums[name], rtol=1e-5, err_msg=name)
+    assert float(full_sums["mlm_count"]) == weights.sum()
+    assert float(full_sums["nsp_count"]) == BATCH
+
+    # The full-batch means, computed by hand in NumPy from the model's logits at the masked positions.
+    inputs = ("input_ids", "attention_mask", "token_type_ids", "masked_lm_positions")
+    logits = jax.jit(lambda p: tuple(model.apply({"params": p}, *(full[k] for k in inputs))))(params)
+    mlm_logits, nsp_logits = (np.asarray(x, np.float64) for x in logits)
+    ids, labels = np.asarray(full["masked_lm_ids"]), np.asarray(full["next_sentence_labels"])
+    log_probs = mlm_logits - np.log(np.exp(mlm_logits).sum(-1, keepdims=True))
+    token_nll = -np.take_along_axis(log_probs, ids[..., None], -1)[..., 0]
+    mlm_loss = (token_nll * weights).sum() / weights.sum()
+    mlm_accuracy = ((mlm_logits.argmax(-1) == ids) * weights).sum() / weights.sum()
+    nsp_log_probs = nsp_logits - np.log(np.exp(nsp_logits).sum(-1, keepdims=True))
+    nsp_loss = -nsp_log_probs[np.arange(BATCH), labels].mean()
+    nsp_accuracy = (nsp_logits.argmax(-1) == labels).mean()
+    expected = {
+        "loss": mlm_loss + nsp_loss,
+        "mlm_loss": mlm_loss,
+        "mlm_accuracy": mlm_accuracy,
+        "nsp_loss": nsp_loss,
+        "nsp_accuracy": nsp_accuracy,
+    }
+    summary = losses.summarize(added)
+    assert summary.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_allclose(summary[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+    # The sums matter: the mean of the two half-batch MLM losses is off.
+    half_means = [losses.summarize(s)["mlm_loss"] for s in half_sums]
+    assert abs(float(np.mean(half_means)) - mlm_loss) > 1e-4
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. Sharded equals unsharded (8 simulated CPU devices, in a subprocess)
+
+
+def _find(tree: Any, suffix: str, attribute: str | None = None) -> jax.Array:
+    """The one leaf whose dict-key path ends with `suffix` (and, for optimizer states, lies under `attribute`)."""
+    found = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        keys = "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+        attrs = [k.name for k in path if isinstance(k, jax.tree_util.GetAttrKey)]
+        if (keys == suffix or keys.endswith("/" + suffix)) and (attribute is None or attribute in attrs):
+            found.append(leaf)
+    assert len(found) == 1, (suffix, attribute, len(found))
+    return found[0]
+
+
+def _spec(spec: Any) -> list[Any]:
+    return [list(a) if isinstance(a, tuple) else a for a in spec]
+
+
+def _shard_shapes(array: jax.Array) -> list[list[int]]:
+    """The distinct shapes of the shards the devices hold."""
+    return [list(shape) for shape in sorted({tuple(s.data.shape) for s in array.addressable_shards})]
+
+
+def _run_steps(model, optimizer, schedule, mesh, batch, num_steps, initial_state=None):
+    """`jit_train_step` on `mesh` from `create_train_state` (or from `initial_state`, host arrays, placed in the
+    state shardings): the initial state (host copies), the final params (host) and a report."""
+    shardings = train.state_shardings(model, optimizer, mesh)
+    if initial_state is None:
+        state = train.create_train_state(model, optimizer, jax.random.key(SEED), shardings)
+    else:
+        state = jax.device_put(initial_state, shardings)
+    # Real copies: on CPU, np.asarray / device_get give zero-copy views of the buffers, and a live view makes
+    # XLA skip the donation of that buffer (it copies instead).
+    initial = jax.tree.map(lambda x: np.array(x, copy=True), state)
+    step = train.jit_train_step(train.make_train_step(model, optimizer, schedule, dropout_seed=SEED), shardings, mesh)
+    global_batch = global_batch_from_process_local(batch, mesh)
+    kernel = "bert/encoder/layer_0/attention/self/query/kernel"
+    info: dict[str, Any] = {
+        "param_spec": _spec(_find(state.params, kernel).sharding.spec),
+        "mu_spec": _spec(_find(state.opt_state, kernel, "mu").sharding.spec),
+        "devices": len(_find(state.params, kernel).sharding.device_set),
+        "losses": [],
+        "donated": [],
+    }
+    for _ in range(num_steps):
+        old = state
+        state, metrics = step(state, global_batch)
+        info["losses"].append(float(metrics["loss"]))
+        old_leaves = jax.tree.leaves(old.params) + jax.tree.leaves(old.opt_state)
+        info["donated"].append(all(leaf.is_deleted() for leaf in old_leaves))
+    info["batch_deleted"] = any(x.is_deleted() for x in global_batch.values())
+    info["step"] = int(state.step)
+    # The shards each device really holds, after the steps (the step keeps the state's sharding).
+    query = _find(state.params, kernel)
+    info["final_spec"] = _spec(query.sharding.spec)
+    info["param_shard"] = _shard_shapes(query)
+    for moment in ("mu", "nu"):
+        info[f"{moment}_shard"] = _shard_shapes(_find(state.opt_state, kernel, moment))
+    info["word_shard"] = _shard_shapes(_find(state.params, "word_embeddings/embedding"))
+    return initial, jax.device_get(state.params), info
+
+
+def _multidevice_report() -> dict[str, Any]:
+    config = small_config(dropout=0.0)
+    model = BertForPreTraining(config)
+    opt_config = adamw_config()
+    optimizer, schedule = make_optimizer(opt_config), learning_rate_schedule(opt_config)
+    batch = numpy_batch(config)
+    sharded_mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    single_mesh = make_mesh(MeshConfig(data=1), jax.devices()[:1])
+    initial, sharded, sharded_info = _run_steps(model, optimizer, schedule, sharded_mesh, batch, 2)
+    # The single-device run starts from the same values (saves compiling a second init).
+    _, single, single_info = _run_steps(model, optimizer, schedule, single_mesh, batch, 2, initial_state=initial)
+    return {
+        "device_count": jax.device_count(),
+        "sharded": sharded_info,
+        "single": single_info,
+        "params_max_abs_diff": max_abs_diff(sharded, single),
+        "params_max_abs": max(float(np.abs(x).max()) for x in flat(single).values()),
+        "update_max_abs": max_abs_diff(single, initial.params),
+    }
+
+
+class _Subprocess:
+    """`python -m tests.test_train` with 8 simulated devices, started once, early, so that its compiles overlap
+    the single-device tests' (XLA compiles mostly on one core)."""
+
+    def __init__(self) -> None:
+        # LLVM optimization level 0 halves the CPU compile time; the SPMD partitioning under test is unchanged,
+        # and both runs compared are compiled the same way.
+        flags = f"--xla_force_host_platform_device_count={NUM_SIM_DEVICES} --xla_backend_optimization_level=0"
+        env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+        self.stdout, self.stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.test_train"], cwd=REPO_ROOT, env=env, stdout=self.stdout, stderr=self.stderr
+        )
+
+    def report(self) -> dict[str, Any]:
+        returncode = self.process.wait(timeout=300)
+        self.stdout.seek(0)
+        self.stderr.seek(0)
+        assert returncode == 0, self.stderr.read()[-4000:]
+        return json.loads(self.stdout.read().strip().splitlines()[-1])
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.stdout.close()
+        self.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def _multidevice_process() -> Any:
+    started = _Subprocess()
+    yield started
+    started.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_multidevice_early(request) -> None:
+    """Starts the subprocess before the first test of this module when any selected test of it needs it."""
+    mine = [item for item in request.session.items if getattr(item, "module", None) is request.module]
+    if any("multidevice" in getattr(item, "fixturenames", ()) for item in mine):
+        request.getfixturevalue("_multidevice_process")
+
+
+@pytest.fixture(scope="module")
+def multidevice(_multidevice_process) -> dict[str, Any]:
+    return _multidevice_process.report()
+
+
+def test_sharded_train_steps_match_a_single_device(multidevice):
+    assert multidevice["device_count"] == NUM_SIM_DEVICES
+    sharded, single = multidevice["sharded"], multidevice["single"]
+    assert sharded["devices"] == NUM_SIM_DEVICES and single["devices"] == 1
+    assert sharded["step"] == single["step"] == 2
+    # The same losses and the same params after two AdamW steps (which moved them by ~2 * lr).
+    np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=0, atol=1e-5)
+    assert multidevice["update_max_abs"] > LR
+    assert multidevice["params_max_abs_diff"] <= 1e-5 * max(1.0, multidevice["params_max_abs"])
+
+
+def test_sharded_state_is_really_sharded(multidevice):
+    sharded, single = multidevice["sharded"], multidevice["single"]
+    # query kernel [hidden 64, heads 4, head_dim 16]: hidden over fsdp, heads over tensor; Adam's moments alike,
+    # and the step keeps the sharding.
+    assert sharded["param_spec"] == sharded["mu_spec"] == sharded["final_spec"] == ["fsdp", "tensor", None]
+    assert sharded["param_shard"] == sharded["mu_shard"] == sharded["nu_shard"] == [[32, 2, 16]]
+    assert sharded["word_shard"] == [[500, 32]]  # [vocab 1000, hidden 64] over (tensor, fsdp)
+    assert single["param_shard"] == single["mu_shard"] == [[64, 4, 16]]
+
+
+def test_train_step_donates_the_state(multidevice):
+    # The CPU client supports donation: the input state's params and optimizer state are deleted after each
+    # call (updated in place); the batch is not donated.
+    for info in (multidevice["sharded"], multidevice["single"]):
+        assert info["donated"] == [True, True]
+        assert info["batch_deleted"] is False
+
+
+if __name__ == "__main__":
+    print(json.dumps(_multidevice_report()))
