@@ -221,3 +221,29 @@ def test_cli_builds_and_reports_user_errors_in_one_line(tmp_path):
     )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("bert-jax-build-corpus: error: Input")
+
+
+def test_sentencepiece_corpus_builds_and_masks_with_its_own_special_ids(tmp_path):
+    """A SentencePiece model (trained here on a real book) drives the same builder and masking config."""
+    from bert_jax.data.corpus import masking_config_from_corpus
+
+    book = shared_path("gutenberg", "pg11-alice-in-wonderland.txt")
+    model = tokenizers.train_sentencepiece([book], 800, tmp_path / "spm.model")
+    spm = tokenizers.SentencePieceTokenizer(model)
+    options = _options(input_files=(str(book),), vocab_file=None, spm_model=str(model), max_seq_length=64)
+    result = build_corpus(options, tmp_path / "out", num_shards=2)
+    items = _all(result.dataset_dir, "train")
+    assert len(items) > 100
+    for x in items[:200]:
+        tokens = x["tokens"]
+        assert tokens[0] == spm.cls_id and tokens[-1] == spm.sep_id and len(tokens) <= 64
+        assert np.count_nonzero(tokens == spm.sep_id) == 2
+        pieces = spm.convert_ids_to_tokens(tokens.tolist())
+        for piece, start in zip(pieces, x["word_starts"], strict=True):
+            if piece.startswith("▁"):
+                assert start  # every "▁" piece starts a word (a sentence's first piece does too, "▁" or not)
+        flagged = [p.startswith("▁") for p, s in zip(pieces, x["word_starts"], strict=True) if s and p[0] != "["]
+        assert np.mean(flagged) > 0.9
+    masking = masking_config_from_corpus(result.dataset_dir, 10)
+    assert masking.mask_id == spm.mask_id and masking.vocab_size == spm.vocab_size
+    assert set(masking.special_ids) == {spm.pad_id, spm.cls_id, spm.sep_id}
