@@ -569,3 +569,21 @@ def test_train_step_donates_the_state(multidevice):
 
 if __name__ == "__main__":
     print(json.dumps(_multidevice_report()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. One compilation for the whole run
+
+
+def test_nothing_recompiles_after_the_first_step(model, adamw_state):
+    """New batches of the same shapes, a growing step counter and the updated state reuse one executable."""
+    config = adamw_config()
+    step = jax.jit(
+        train.make_train_step(model, make_optimizer(config), learning_rate_schedule(config), dropout_seed=SEED)
+    )
+    state = host_copy(adamw_state)  # a private copy: the shared fixture must stay untouched
+    for seed in range(4):
+        state, metrics = step(state, {k: jnp.asarray(v) for k, v in numpy_batch(small_config(), seed=seed).items()})
+    jax.block_until_ready(metrics)
+    assert int(state.step) == 4
+    assert step._cache_size() == 1
