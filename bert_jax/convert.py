@@ -63,12 +63,9 @@ class ParamEntry:
     tf_transposed: bool = False
 
     def from_flat(self, array: np.ndarray, transposed: bool) -> np.ndarray:
+        """The Flax-shaped parameter from its flat form (the caller has checked the flat shape)."""
         array = np.asarray(array)
-        if transposed:
-            array = array.T
-        if array.shape != self.flat_shape:
-            return array  # the caller reports the mismatch with names
-        return np.ascontiguousarray(array.reshape(self.shape))
+        return np.ascontiguousarray((array.T if transposed else array).reshape(self.shape))
 
     def to_flat(self, array: np.ndarray, transposed: bool) -> np.ndarray:
         array = np.asarray(array).reshape(self.flat_shape)
