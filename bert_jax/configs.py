@@ -14,6 +14,7 @@ from typing import Any
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 # Keys that Hugging Face / the original code write into a config but which carry no information
 # for this model (or only the value we already assume). Anything else unknown is an error.
@@ -55,9 +56,19 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-    """Hyperparameters of a BERT encoder (the `bert_config.json` fields) plus the compute dtype.
+    """Hyperparameters of a BERT encoder (the `bert_config.json` fields) plus three compute options.
 
-    `dtype` is the dtype of activations and matmuls; parameters are always stored in float32.
+    The compute options do not change what the model computes, only how, and are not written to a
+    Hugging Face `config.json`:
+    - `dtype`: the dtype of activations and matmuls; parameters are always stored in float32.
+    - `vocab_pad_multiple`: the word embedding table and the MLM output bias get
+      `padded_vocab_size` rows (vocab_size rounded up to this multiple) so that the vocabulary splits
+      evenly over a tensor-parallel mesh axis and matmuls get hardware-friendly shapes (128 on TPU).
+      The padding rows are never looked up, their logits are masked out of the softmax, and exports
+      strip them (`convert.unpad_vocab`).
+    - `remat_policy`: what each encoder layer keeps for the backward pass ("none": everything, no
+      recomputation; "full": nothing, the layer is recomputed; "dots": matmul outputs;
+      "dots_no_batch": matmul outputs without batch dimensions, i.e. weight-gradient inputs).
     """
 
     vocab_size: int = 30522
@@ -73,6 +84,8 @@ class BertConfig:
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     dtype: str = "float32"
+    vocab_pad_multiple: int = 1
+    remat_policy: str = "none"
 
     def __post_init__(self) -> None:
         positive = (
@@ -83,6 +96,7 @@ class BertConfig:
             "intermediate_size",
             "max_position_embeddings",
             "type_vocab_size",
+            "vocab_pad_multiple",
         )
         for name in positive:
             value = getattr(self, name)
@@ -102,6 +116,10 @@ class BertConfig:
             raise ConfigError(
                 f"BertConfig.dtype={self.dtype!r} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}."
             )
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ConfigError(
+                f"BertConfig.remat_policy={self.remat_policy!r} is not supported; use one of {', '.join(REMAT_POLICIES)}."
+            )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -115,6 +133,11 @@ class BertConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the word embedding table: `vocab_size` rounded up to `vocab_pad_multiple`."""
+        return -(-self.vocab_size // self.vocab_pad_multiple) * self.vocab_pad_multiple
+
     def replace(self, **changes: Any) -> BertConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
@@ -125,7 +148,8 @@ class BertConfig:
     def to_hf_dict(self) -> dict[str, Any]:
         """The fields a Hugging Face `config.json` for `BertForPreTraining` needs."""
         fields = self.to_dict()
-        fields.pop("dtype")
+        for compute_option in ("dtype", "vocab_pad_multiple", "remat_policy"):
+            fields.pop(compute_option)
         fields.update(
             architectures=["BertForPreTraining"],
             model_type="bert",

@@ -368,6 +368,42 @@ def _write_tokenizer_files(directory: str, vocab_file: str, do_lower_case: bool,
         json.dump(special, f, indent=2)
 
 
+def _is_vocab_row_param(path: tuple[str, ...]) -> bool:
+    """The word embedding table and the MLM output bias: the params with one row per vocabulary id."""
+    return path[-3:] == ("embeddings", "word_embeddings", "embedding") or path[-2:] == ("predictions", "bias")
+
+
+def unpad_vocab(config: BertConfig, params: Params) -> tuple[BertConfig, Params]:
+    """`(config, params)` without the vocabulary padding rows (`vocab_pad_multiple` back to 1).
+
+    Exports go through this, so a Hugging Face directory always has exactly `vocab_size` rows.
+    """
+    if config.padded_vocab_size == config.vocab_size:
+        return config.replace(vocab_pad_multiple=1), params
+    flat = traverse_util.flatten_dict(params)
+    flat = {k: (v[: config.vocab_size] if _is_vocab_row_param(k) else v) for k, v in flat.items()}
+    return config.replace(vocab_pad_multiple=1), traverse_util.unflatten_dict(flat)
+
+
+def pad_vocab(config: BertConfig, params: Params, multiple: int) -> tuple[BertConfig, Params]:
+    """`(config, params)` with the vocabulary rows padded (with zeros) to a multiple of `multiple`.
+
+    The inverse of `unpad_vocab`, for loading exported or Hugging Face weights into a model that shards
+    its vocabulary; padding rows are masked out of the MLM softmax, so their values do not matter.
+    """
+    config, params = unpad_vocab(config, params)
+    padded = config.replace(vocab_pad_multiple=multiple)
+    extra = padded.padded_vocab_size - config.vocab_size
+    if extra == 0:
+        return padded, params
+    flat = traverse_util.flatten_dict(params)
+    for key, value in flat.items():
+        if _is_vocab_row_param(key):
+            widths = [(0, extra)] + [(0, 0)] * (np.ndim(value) - 1)
+            flat[key] = np.pad(np.asarray(value), widths)
+    return padded, traverse_util.unflatten_dict(flat)
+
+
 def to_hf(
     config: BertConfig,
     params: Params,
@@ -385,6 +421,7 @@ def to_hf(
     from safetensors.numpy import save_file
 
     out_dir = os.fspath(out_dir)
+    config, params = unpad_vocab(config, params)
     with_heads = "cls" in params
     flat = traverse_util.flatten_dict(params)
     tensors: dict[str, np.ndarray] = {}
@@ -484,6 +521,7 @@ def to_native(
     from safetensors.numpy import save_file
 
     out_dir = os.fspath(out_dir)
+    config, params = unpad_vocab(config, params)
     tensors = {"/".join(k): np.asarray(v, dtype=np.float32) for k, v in traverse_util.flatten_dict(params).items()}
     staging = _atomic_output_dir(out_dir, overwrite)
     try:

@@ -6,16 +6,23 @@ the mean cross-entropy of the two-way classifier (label 1 = "B is random"). Ever
 
 Metrics come as sums and counts (`*_sum`, `*_count`), so that evaluation over many batches, or over
 processes, adds them up exactly before dividing; `summarize` turns them into the reported means.
+
+`vocab_parallel_masked_lm_terms` computes the same MLM sums with `shard_map` when the logits are split
+over the vocabulary (the "tensor" mesh axis): every device reduces its own slice of the vocabulary and
+only [B, P]-sized partial results cross devices (a max, a sum of exponentials, the target logit, the
+best index), never the [B, P, V] logits themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 
 Array = jax.Array
+MaskedLmTerms = Callable[[Array, Array, Array], dict[str, Array]]
 
 
 def masked_lm_terms(mlm_logits: Array, masked_lm_ids: Array, masked_lm_weights: Array) -> dict[str, Array]:
@@ -32,6 +39,51 @@ def masked_lm_terms(mlm_logits: Array, masked_lm_ids: Array, masked_lm_weights: 
     }
 
 
+def vocab_parallel_masked_lm_terms(
+    mesh: Mesh, batch_axes: str | tuple[str, ...] | None, vocab_axis: str = "tensor"
+) -> MaskedLmTerms:
+    """`masked_lm_terms` for logits sharded `[batch over batch_axes, P, vocab over vocab_axis]`, via `shard_map`.
+
+    Equal to `masked_lm_terms` (up to float rounding in the sum of exponentials), including the accuracy's
+    tie-breaking: the predicted id is the smallest id among the maxima, as `jnp.argmax` picks. The softmax
+    shift (the global max) is a constant for differentiation, which is exact because log-softmax does not
+    depend on it.
+    """
+    reduce_axes = tuple(a for a in ((batch_axes,) if isinstance(batch_axes, str) else batch_axes or ()))
+
+    def per_device(logits: Array, ids: Array, weights: Array) -> dict[str, Array]:
+        logits = logits.astype(jnp.float32)
+        weights = weights.astype(jnp.float32)
+        ids = ids.astype(jnp.int32)
+        local_vocab = logits.shape[-1]
+        first_id = jax.lax.axis_index(vocab_axis) * local_vocab
+        local_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
+        global_max = jax.lax.pmax(local_max, vocab_axis)
+        sum_exp = jax.lax.psum(jnp.sum(jnp.exp(logits - global_max[..., None]), axis=-1), vocab_axis)
+        local_ids = ids - first_id
+        here = (local_ids >= 0) & (local_ids < local_vocab)
+        picked = jnp.take_along_axis(logits, jnp.clip(local_ids, 0, local_vocab - 1)[..., None], axis=-1)[..., 0]
+        target_logit = jax.lax.psum(jnp.where(here, picked, 0.0), vocab_axis)
+        target_log_probs = target_logit - global_max - jnp.log(sum_exp)
+        candidate = jnp.where(local_max == global_max, jnp.argmax(logits, axis=-1) + first_id, jnp.iinfo(jnp.int32).max)
+        predicted = jax.lax.pmin(candidate, vocab_axis)
+        correct = (predicted == ids).astype(jnp.float32)
+        sums = {
+            "mlm_loss_sum": -jnp.sum(target_log_probs * weights),
+            "mlm_correct_sum": jnp.sum(correct * weights),
+            "mlm_count": jnp.sum(weights),
+        }
+        return jax.lax.psum(sums, reduce_axes) if reduce_axes else sums
+
+    rows = PartitionSpec(batch_axes)
+    return jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(PartitionSpec(batch_axes, None, vocab_axis), rows, rows),
+        out_specs=PartitionSpec(),
+    )
+
+
 def next_sentence_terms(nsp_logits: Array, labels: Array, example_weights: Array | None = None) -> dict[str, Array]:
     """Sums for the NSP loss and accuracy: [B, 2] logits, [B] labels (1 = random next), optional [B] weights."""
     logits = nsp_logits.astype(jnp.float32)
@@ -46,14 +98,22 @@ def next_sentence_terms(nsp_logits: Array, labels: Array, example_weights: Array
     }
 
 
-def pretraining_terms(mlm_logits: Array, nsp_logits: Array, batch: Mapping[str, Array]) -> dict[str, Array]:
-    """All sums for one batch (eval batches may carry `example_weights` marking padding examples)."""
+def pretraining_terms(
+    mlm_logits: Array,
+    nsp_logits: Array,
+    batch: Mapping[str, Array],
+    mlm_terms: MaskedLmTerms = masked_lm_terms,
+) -> dict[str, Array]:
+    """All sums for one batch (eval batches may carry `example_weights` marking padding examples).
+
+    `mlm_terms` computes the MLM sums: `masked_lm_terms`, or `vocab_parallel_masked_lm_terms(...)`.
+    """
     example_weights = batch.get("example_weights")
     mlm_weights = batch["masked_lm_weights"]
     if example_weights is not None:
         mlm_weights = mlm_weights * example_weights[:, None]
     return {
-        **masked_lm_terms(mlm_logits, batch["masked_lm_ids"], mlm_weights),
+        **mlm_terms(mlm_logits, batch["masked_lm_ids"], mlm_weights),
         **next_sentence_terms(nsp_logits, batch["next_sentence_labels"], example_weights),
     }
 
@@ -73,7 +133,12 @@ def summarize(terms: Mapping[str, Array]) -> dict[str, Array]:
     }
 
 
-def pretraining_loss(mlm_logits: Array, nsp_logits: Array, batch: Mapping[str, Array]) -> tuple[Array, dict]:
+def pretraining_loss(
+    mlm_logits: Array,
+    nsp_logits: Array,
+    batch: Mapping[str, Array],
+    mlm_terms: MaskedLmTerms = masked_lm_terms,
+) -> tuple[Array, dict]:
     """The training objective (MLM + NSP mean losses) and its metrics for one batch."""
-    metrics = summarize(pretraining_terms(mlm_logits, nsp_logits, batch))
+    metrics = summarize(pretraining_terms(mlm_logits, nsp_logits, batch, mlm_terms))
     return metrics["loss"], metrics

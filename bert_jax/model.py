@@ -127,7 +127,7 @@ class BertEmbeddings(nn.Module):
                 name=name,
             )
 
-        words = embed(config.vocab_size, ("vocab", "embed"), "word_embeddings")(input_ids)
+        words = embed(config.padded_vocab_size, ("vocab", "embed"), "word_embeddings")(input_ids)
         positions = embed(config.max_position_embeddings, (None, "embed"), "position_embeddings")(position_ids)
         types = embed(config.type_vocab_size, (None, "embed"), "token_type_embeddings")(token_type_ids)
         x = _layer_norm(config)(words + positions + types)
@@ -225,9 +225,27 @@ class BertEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+        layer = _remat_layer(self.config.remat_policy)
         for i in range(self.config.num_hidden_layers):
-            x = BertLayer(self.config, name=f"layer_{i}")(x, mask, deterministic)
+            x = layer(self.config, name=f"layer_{i}")(x, mask, deterministic)
         return x
+
+
+def _remat_layer(policy: str) -> type[nn.Module]:
+    """`BertLayer`, wrapped in `nn.remat` with the checkpoint policy named by `policy`.
+
+    Rematerialization trades compute for memory: the backward pass recomputes what the policy did not
+    save. Parameter names are unchanged (`nn.remat` keeps the module's scope), so checkpoints and
+    conversions do not depend on the policy.
+    """
+    if policy == "none":
+        return BertLayer
+    policies = {
+        "full": jax.checkpoint_policies.nothing_saveable,
+        "dots": jax.checkpoint_policies.checkpoint_dots,
+        "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    }
+    return nn.remat(BertLayer, policy=policies[policy], static_argnums=(3,))
 
 
 class BertPooler(nn.Module):
@@ -308,9 +326,14 @@ class BertLMPredictionHead(nn.Module):
     def __call__(self, hidden: Array, word_embeddings: Array) -> Array:
         config = self.config
         transformed = BertPredictionTransform(config, name="transform")(hidden)
-        bias = self.param("bias", _zeros(("vocab",)), (config.vocab_size,), jnp.float32)
+        bias = self.param("bias", _zeros(("vocab",)), (config.padded_vocab_size,), jnp.float32)
         logits = jnp.einsum("...h,vh->...v", transformed, word_embeddings.astype(config.dtype))
-        return logits.astype(jnp.float32) + bias
+        logits = logits.astype(jnp.float32) + bias
+        if config.padded_vocab_size != config.vocab_size:
+            # Padding ids are not tokens: no probability mass, no gradient into their rows.
+            is_token = jnp.arange(config.padded_vocab_size) < config.vocab_size
+            logits = jnp.where(is_token, logits, jnp.finfo(jnp.float32).min)
+        return logits
 
 
 class BertPreTrainingHeads(nn.Module):

@@ -3,13 +3,15 @@
 Steps: resolve the corpus (build it into `workdir/corpus` from `data.train_files` unless `data.corpus_dir`
 names a built one), the tokenizer's vocabulary size, the mesh and everything that must fit together (all
 checked before anything compiles); create the sharded train state; then loop: this process's batch ->
-global array -> jitted step. The host reads metrics back only at log and eval steps, so steps otherwise
-queue up on the devices. At the end the weights are exported (a Hugging Face directory and our own).
+global array (two batches in flight to the devices) -> jitted step. The host reads metrics back only at
+log and eval steps, so steps otherwise queue up on the devices; a transfer guard makes any other
+device-to-host transfer inside the loop an error. At the end the weights are exported (a Hugging Face directory and our own).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from typing import Any
@@ -20,6 +22,7 @@ import numpy as np
 
 from bert_jax import configs, convert, flops, optim, sharding, tokenizers, train
 from bert_jax.data import corpus, documents, pipeline
+from bert_jax.data.device_prefetch import prefetch_to_mesh
 from bert_jax.losses import summarize
 from bert_jax.metrics_log import MetricsLog
 from bert_jax.model import BertForPreTraining
@@ -129,6 +132,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     vocab_size = _vocab_size(config)
     model_config = _model_config(config, vocab_size)
     mesh_config = sharding.MeshConfig(**config.mesh.to_dict())
+    # The vocabulary rows always split evenly over the mesh: pad to a multiple of the vocab shards too.
+    vocab_shards = sharding.vocab_shards(mesh_config, len(jax.devices()))
+    model_config = model_config.replace(vocab_pad_multiple=math.lcm(model_config.vocab_pad_multiple, vocab_shards))
     sharding.validate_parallelism(model_config, mesh_config, config.global_batch_size, len(jax.devices()))
     optimizer_config = _optimizer_config(config)
     corpus_dir = _prepare_corpus(config, workdir)
@@ -148,12 +154,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = train.create_train_state(model, optimizer, jax.random.key(config.seed), shardings)
     train_step = train.jit_train_step(
         train.make_train_step(
-            model, optimizer, schedule, dropout_seed=config.seed + 1, num_microbatches=config.num_microbatches
+            model,
+            optimizer,
+            schedule,
+            dropout_seed=config.seed + 1,
+            num_microbatches=config.num_microbatches,
+            mesh=mesh,
         ),
         shardings,
         mesh,
     )
-    eval_step = train.jit_eval_step(train.make_eval_step(model), shardings.params, mesh)
+    eval_step = train.jit_eval_step(train.make_eval_step(model, mesh), shardings.params, mesh)
 
     topology = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     batches = pipeline.PretrainingBatches(
@@ -207,11 +218,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     job_start = time.perf_counter()
     metrics = None
     final_eval: dict[str, float] = {}
+    device_batches = prefetch_to_mesh(batches, mesh, depth=2, source_state=batches.state)
     try:
         for step in range(start_step, config.num_train_steps):
-            local = next(batches)
-            window_tokens += int(local["attention_mask"].sum()) * topology["process_count"]
-            state, metrics = train_step(state, sharding.global_batch_from_process_local(local, mesh))
+            batch = next(device_batches)
+            window_tokens += batch.local_tokens * topology["process_count"]
+            # Between log steps nothing may wait for a device: steps queue up asynchronously. The guard
+            # turns any device-to-host transfer here (a stray float(), a print of an array) into an error.
+            with jax.transfer_guard_device_to_host("disallow"):
+                state, metrics = train_step(state, batch.arrays)
             window_steps += 1
             done = step + 1
             if done % config.log_every_steps == 0 or done == config.num_train_steps:

@@ -399,6 +399,12 @@ def padded_vocab_size(vocab_size: int, multiple: int) -> int:
     return -(-vocab_size // multiple) * multiple
 
 
+def vocab_shards(mesh_config: MeshConfig, devices: int | Mesh, rules: LogicalRules = LOGICAL_AXIS_RULES) -> int:
+    """Into how many parts the vocabulary rows are split on this mesh (the tensor axis by default)."""
+    sizes = _mesh_axis_sizes(mesh_config, devices)
+    return math.prod(sizes[a] for a in _rule_axes(rules, "vocab"))
+
+
 def _mesh_axis_sizes(mesh_config: MeshConfig, devices: int | Mesh) -> dict[str, int]:
     if isinstance(devices, Mesh):
         return dict(devices.shape)
@@ -459,15 +465,15 @@ def validate_parallelism(
             f"or change mesh.data / mesh.fsdp / mesh.dcn_data."
         )
     vocab_ways = math.prod(sizes[a] for a in _rule_axes(rules, "vocab"))
-    padded = padded_vocab_size(model_config.vocab_size, vocab_ways)
     vocab_hint = (
-        f"pad the vocabulary to padded_vocab_size({model_config.vocab_size}, {vocab_ways}) = {padded} ids "
-        "(the model has no built-in vocab padding: add unused tokens to the vocabulary and set vocab_size), or "
+        f"set model.vocab_pad_multiple to a multiple of {vocab_ways} (the padded vocabulary then has "
+        f"{padded_vocab_size(model_config.vocab_size, math.lcm(vocab_ways, model_config.vocab_pad_multiple))} "
+        "rows; padding ids are masked out and stripped on export), or "
     )
     checks = (
         ("num_attention_heads", model_config.num_attention_heads, "heads", ""),
         ("intermediate_size", model_config.intermediate_size, "mlp", ""),
-        ("vocab_size", model_config.vocab_size, "vocab", vocab_hint),
+        ("padded_vocab_size", model_config.padded_vocab_size, "vocab", vocab_hint),
         ("hidden_size", model_config.hidden_size, "embed", ""),
         ("hidden_size", model_config.hidden_size, "embed_out", ""),
     )
@@ -496,4 +502,5 @@ __all__ = [
     "param_partition_specs",
     "param_shardings",
     "validate_parallelism",
+    "vocab_shards",
 ]

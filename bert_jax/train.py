@@ -116,6 +116,22 @@ def create_train_state(
     return jax.jit(init, out_shardings=shardings)(rng)
 
 
+def mlm_terms_for(mesh: Mesh | None, rules: Any = None) -> losses.MaskedLmTerms:
+    """The MLM loss sums to use on `mesh`: vocab-parallel (`shard_map`) when the vocabulary is split.
+
+    With the vocabulary over a mesh axis of size > 1 the logits stay split and each device reduces its
+    slice; otherwise (one device, or no vocab split) the plain `masked_lm_terms`.
+    """
+    if mesh is None:
+        return losses.masked_lm_terms
+    rules = sharding.LOGICAL_AXIS_RULES if rules is None else rules
+    vocab_axes = [axis for name, axis in rules if name == "vocab" and axis]
+    if len(vocab_axes) != 1 or not isinstance(vocab_axes[0], str) or mesh.shape[vocab_axes[0]] == 1:
+        return losses.masked_lm_terms
+    batch_axes = sharding.batch_sharding(mesh, rules).spec[0]
+    return losses.vocab_parallel_masked_lm_terms(mesh, batch_axes, vocab_axes[0])
+
+
 def make_train_step(
     model: BertForPreTraining,
     optimizer: optax.GradientTransformation,
@@ -123,17 +139,20 @@ def make_train_step(
     *,
     dropout_seed: int,
     num_microbatches: int = 1,
+    mesh: Mesh | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """`(state, batch) -> (state, metrics)`: one optimizer step over the global batch.
 
     Metrics: loss, mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy (means over the batch), grad_norm (before
-    clipping) and learning_rate (the one this step used).
+    clipping) and learning_rate (the one this step used). With `mesh`, the MLM loss is vocab-parallel
+    when the mesh splits the vocabulary (`mlm_terms_for`).
     """
+    mlm_terms = mlm_terms_for(mesh)
 
     def loss_and_grad(params: Any, batch: Batch, rng: jax.Array) -> tuple[Metrics, Any]:
         def loss_fn(p: Any) -> tuple[jax.Array, Metrics]:
             mlm_logits, nsp_logits = _forward(model, p, batch, deterministic=False, rng=rng)
-            return losses.pretraining_loss(mlm_logits, nsp_logits, batch)
+            return losses.pretraining_loss(mlm_logits, nsp_logits, batch, mlm_terms)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return metrics, grads
@@ -149,12 +168,13 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(model: BertForPreTraining) -> Callable[[Any, Batch], Metrics]:
+def make_eval_step(model: BertForPreTraining, mesh: Mesh | None = None) -> Callable[[Any, Batch], Metrics]:
     """`(params, batch) -> sums` (see `losses.pretraining_terms`); add them over batches, then `summarize`."""
+    mlm_terms = mlm_terms_for(mesh)
 
     def eval_step(params: Any, batch: Batch) -> Metrics:
         mlm_logits, nsp_logits = _forward(model, params, batch, deterministic=True, rng=None)
-        return losses.pretraining_terms(mlm_logits, nsp_logits, batch)
+        return losses.pretraining_terms(mlm_logits, nsp_logits, batch, mlm_terms)
 
     return eval_step
 

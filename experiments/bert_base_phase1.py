@@ -57,6 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dtype = "bfloat16"
     config.model.hidden_dropout_prob = 0.1
     config.model.attention_probs_dropout_prob = 0.1
+    # Vocabulary rows padded to a multiple of 128 (and of the tensor-parallel size, always): MXU-friendly
+    # shapes, and a vocabulary that splits over "tensor". Exports strip the padding.
+    config.model.vocab_pad_multiple = 128
+    config.model.remat_policy = "none"  # or "full", "dots", "dots_no_batch": trade compute for memory
 
     config.data = ml_collections.ConfigDict()
     config.data.train_files = ""  # required: your corpus (a glob or comma-separated list), or set corpus_dir

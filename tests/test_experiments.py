@@ -197,9 +197,17 @@ def test_recipes_need_the_users_corpus(name, loaded):
 def test_base_parameter_count_is_the_published_one(loaded):
     # BertForPreTraining, tied decoder (DESIGN.md). Large's 336,226,108 is checked on named_config("large") in
     # test_model.py; test_large_lamb_is_the_64k_phase_1 checks that this config is that model.
-    model = BertForPreTraining(model_config(loaded["bert_base_phase1"]))
-    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-    assert sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes)) == 110_106_428
+    config = model_config(loaded["bert_base_phase1"])
+
+    def count(model_config) -> int:
+        shapes = jax.eval_shape(lambda: init_params(BertForPreTraining(model_config), jax.random.key(0)))
+        return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
+
+    assert count(config.replace(vocab_pad_multiple=1)) == 110_106_428
+    # The recipe pads the 30,522 vocabulary rows to 30,592 (a multiple of 128): 70 more embedding rows and
+    # output biases, which exports strip.
+    assert config.padded_vocab_size == 30_592
+    assert count(config) == 110_106_428 + 70 * (768 + 1)
 
 
 def test_mini_is_l4_h256(loaded):
@@ -217,7 +225,7 @@ def test_base_phases_are_the_original_recipe(loaded):
     assert (phase1.data.max_seq_length, phase1.data.max_predictions_per_seq) == (128, 20)
     assert (phase2.data.max_seq_length, phase2.data.max_predictions_per_seq) == (512, 80)
     for config in (phase1, phase2):
-        assert model_config(config) == configs.named_config("base", dtype=config.model.dtype)
+        assert model_config(config) == configs.named_config("base", dtype=config.model.dtype, vocab_pad_multiple=128)
         assert config.data.masked_lm_prob == 0.15 and config.data.short_seq_prob == 0.1
         opt = optimizer_config(config)
         # google-research/bert optimization.py: AdamWeightDecayOptimizer (no bias correction), clip 1.0.
@@ -243,7 +251,8 @@ def test_base_phases_run_one_schedule_over_1m_steps(loaded):
 
 def test_large_lamb_is_the_64k_phase_1(loaded):
     config = loaded["bert_large_lamb"]
-    assert model_config(config) == configs.named_config("large", dtype="bfloat16")  # 24 x 1024, 16 heads, bf16
+    # 24 x 1024, 16 heads, bf16, vocabulary rows padded to a multiple of 128
+    assert model_config(config) == configs.named_config("large", dtype="bfloat16", vocab_pad_multiple=128)
     assert config.global_batch_size == 65_536 and config.num_train_steps == 7_038
     assert (config.data.max_seq_length, config.data.max_predictions_per_seq) == (128, 20)
     opt = optimizer_config(config)

@@ -89,6 +89,76 @@ def test_pretraining_logits_match_transformers(name, tmp_path):
     np.testing.assert_allclose(np.take_along_axis(np.asarray(full), positions[..., None], 1), mlm, atol=1e-5)
 
 
+def test_padded_vocabulary_matches_transformers_and_exports_unpadded(tmp_path):
+    """vocab 997 padded to 1024 rows: real-id logits equal the reference, padding ids get no probability,
+    and the export holds exactly 997 rows again (transformers loads it)."""
+    from bert_jax.convert import pad_vocab, to_hf
+
+    config = PARITY_CONFIGS["odd"]
+    reference = save_random_hf_model(config, tmp_path / "src", seed=5)
+    _, params = from_hf(tmp_path / "src")
+    padded_config, padded_params = pad_vocab(config, params, 128)
+    assert padded_config.padded_vocab_size == 1024 and padded_config.vocab_size == 997
+    assert padded_params["bert"]["embeddings"]["word_embeddings"]["embedding"].shape == (1024, 60)
+    assert padded_params["cls"]["predictions"]["bias"].shape == (1024,)
+    ids, mask, types, positions = random_batch(config, batch=3, length=24, num_predictions=4, seed=6)
+    want_mlm, want_nsp = torch_pretraining_logits(reference, ids, mask, types, positions)
+    mlm, nsp = _jit_apply(BertForPreTraining(padded_config))(
+        {"params": padded_params}, *(jnp.asarray(a) for a in (ids, mask, types, positions))
+    )
+    assert mlm.shape == (3, 4, 1024)
+    assert max_relative_error(mlm[..., :997], want_mlm) < 1e-4 and max_relative_error(nsp, want_nsp) < 1e-4
+    probs = jax.nn.softmax(mlm, axis=-1)
+    assert float(jnp.max(probs[..., 997:])) == 0.0
+    to_hf(padded_config, padded_params, tmp_path / "export")
+    import transformers
+
+    loaded = transformers.BertForPreTraining.from_pretrained(tmp_path / "export")
+    assert loaded.config.vocab_size == 997 and "vocab_pad_multiple" not in loaded.config.to_dict()
+    got_mlm, _ = torch_pretraining_logits(loaded.eval(), ids, mask, types, positions)
+    np.testing.assert_array_equal(got_mlm, want_mlm)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_policies_do_not_change_the_loss_or_the_gradients(policy):
+    config = BertConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    )
+    ids, mask, types, positions = (jnp.asarray(a) for a in random_batch(config, 2, 16, 3, seed=7))
+    params = init_params(BertForPreTraining(config), jax.random.key(0))
+
+    def loss_and_grad(model_config):
+        def loss(p):
+            mlm, nsp = BertForPreTraining(model_config).apply(
+                {"params": p}, ids, mask, types, positions, deterministic=False, rngs={"dropout": jax.random.key(1)}
+            )
+            return jnp.mean(jax.nn.logsumexp(mlm, -1)) + jnp.mean(nsp**2)
+
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    plain_loss, plain_grad = loss_and_grad(config)
+    remat_config = config.replace(remat_policy=policy)
+    remat_loss, remat_grad = loss_and_grad(remat_config)
+    # Recomputation replays the same dropout masks: equal up to float reassociation.
+    assert float(remat_loss) == pytest.approx(float(plain_loss), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(plain_grad), jax.tree.leaves(remat_grad), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # The policy really is in the compiled backward pass (a checkpoint/remat primitive appears).
+    jaxpr = str(
+        jax.make_jaxpr(
+            lambda p: BertForPreTraining(remat_config).apply({"params": p}, ids, deterministic=True).mlm_logits.sum()
+        )(params)
+    )
+    assert "checkpoint" in jaxpr or "remat" in jaxpr
+
+
 def test_padding_does_not_change_real_tokens(tmp_path):
     config = PARITY_CONFIGS["mini"]
     save_random_hf_model(config, tmp_path)

@@ -83,3 +83,53 @@ def test_user_errors_end_in_one_line(tmp_path, override, message):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("bert-jax-pretrain: error:") and message in last, last
+
+
+def test_the_step_loop_reads_devices_only_at_log_and_eval_steps(tmp_path, monkeypatch):
+    """Every device-to-host read of an array's value (`ArrayImpl._value`: float(), np.asarray, device_get)
+    is recorded with the number of train steps dispatched so far: reads happen only before the first step,
+    at log steps and at eval steps, so between them the steps queue up on the devices without waiting."""
+    import runpy
+
+    import jax
+    import jax._src.array as jax_array
+
+    from bert_jax import pretrain_loop
+
+    sample = shared_path("gutenberg", "pg11-alice-in-wonderland.txt")
+    config = runpy.run_path(str(REPO_ROOT / "experiments" / "bert_tiny.py"))["get_config"]()
+    config.data.train_files = str(sample)
+    config.num_train_steps, config.global_batch_size = 13, 8
+    config.log_every_steps, config.eval_every_steps, config.eval_batches = 5, 10, 1
+    config.peak_flops_per_device, config.export = 1e11, False
+    config.optimizer.warmup_steps = 2
+    config.data.eval_fraction = 0.02
+
+    dispatched = [0]
+    reads_at: list[int] = []
+    original_value = jax_array.ArrayImpl._value
+
+    def recording_value(self):
+        reads_at.append(dispatched[0])
+        return original_value.fget(self)
+
+    original_jit = pretrain_loop.train.jit_train_step
+
+    def counting_jit(*args, **kwargs):
+        step = original_jit(*args, **kwargs)
+
+        def counted(*a, **k):
+            dispatched[0] += 1
+            return step(*a, **k)
+
+        return counted
+
+    monkeypatch.setattr(pretrain_loop.train, "jit_train_step", counting_jit)
+    monkeypatch.setattr(jax_array.ArrayImpl, "_value", property(recording_value))
+    # The instrument works: a float() of an array is recorded.
+    float(jax.numpy.ones(()))
+    assert reads_at == [0]
+    pretrain_loop.train_and_evaluate(config, str(tmp_path))
+    assert dispatched[0] == 13
+    assert {5, 10, 13} <= set(reads_at)  # log steps 5, 10, the last step 13; eval at 10 and 13
+    assert set(reads_at) <= {0, 5, 10, 13}, sorted(set(reads_at))

@@ -291,9 +291,13 @@ def test_validate_intermediate_not_divisible_by_tensor():
 def test_validate_vocab_not_divisible_suggests_padding():
     config = SMALL.replace(vocab_size=30522)
     message = _problems(config, MeshConfig(data=1, tensor=8), 8)
-    assert "vocab_size=30522 is not divisible by the 8-way 'vocab' sharding (mesh tensor=8)" in message
-    assert "padded_vocab_size(30522, 8) = 30528" in message
+    assert "padded_vocab_size=30522 is not divisible by the 8-way 'vocab' sharding (mesh tensor=8)" in message
+    assert "set model.vocab_pad_multiple to a multiple of 8 (the padded vocabulary then has 30528 rows" in message
     assert message.count("\n  - ") == 1
+
+
+def test_validate_accepts_a_vocab_padded_to_the_tensor_axis():
+    validate_parallelism(SMALL.replace(vocab_size=30522, vocab_pad_multiple=128), MeshConfig(data=1, tensor=8), 8, 8)
 
 
 def test_validate_hidden_not_divisible_by_fsdp():
@@ -305,7 +309,7 @@ def test_validate_hidden_not_divisible_by_fsdp():
 def test_validate_reports_every_problem_at_once():
     message = _problems(named_config("tiny"), MeshConfig(data=1, tensor=8), 12)
     assert "num_attention_heads=2" in message
-    assert "vocab_size=30522" in message
+    assert "padded_vocab_size=30522" in message
     assert message.count("\n  - ") == 2
 
 
@@ -504,7 +508,7 @@ def test_param_shardings_on_a_2x2x2_mesh(multidevice, name, spec, shard):
 def test_tiny_on_tensor8_fails_clearly_before_compiling(multidevice):
     message = multidevice["specs"]["tiny_tensor8_validate"]
     assert "num_attention_heads=2 is not divisible by the 8-way 'heads' sharding" in message
-    assert "padded_vocab_size(30522, 8) = 30528" in message
+    assert "set model.vocab_pad_multiple to a multiple of 8 (the padded vocabulary then has 30528 rows" in message
     assert "is not divisible by mesh axes tensor (8-way)" in multidevice["specs"]["tiny_tensor8_shardings"]
 
 

@@ -6,8 +6,11 @@
   clipping, decoupled masked weight decay, bias correction and the linear schedule, written out by hand.
 - Dropout keys: the step is bitwise deterministic, its mask is `fold_in(key(seed), step)`, so it changes with
   the step, and a state restored from host copies reproduces the uninterrupted run bitwise.
-- Sharded equals unsharded: on 8 simulated CPU devices, two jitted steps on a (2, 2, 2) mesh match the same
-  steps on a 1-device mesh; the params and Adam moments really are sharded and the input state is donated.
+- Sharded equals unsharded: on 8 simulated CPU devices, two jitted steps on each of the meshes (8,1,1), (2,4,1),
+  (2,2,2), (1,1,8) and (1,2,4) match the same steps on one device (the vocabulary padded 997 -> 1000 so that
+  it splits 8 ways; the MLM loss vocab-parallel via shard_map wherever the tensor axis is > 1); the
+  params and Adam moments really are sharded and the input state is donated. The shard_map loss alone
+  equals the plain one, values and gradients, ties included.
   `XLA_FLAGS=--xla_force_host_platform_device_count=8` must be set before jax is imported, so that part runs
   this file as a script in a subprocess (`python -m tests.test_train`), which prints a JSON report.
 - Eval sums add up over batches, and `losses.summarize` of them gives the full-batch means.
@@ -429,21 +432,23 @@ def _shard_shapes(array: jax.Array) -> list[list[int]]:
     return [list(shape) for shape in sorted({tuple(s.data.shape) for s in array.addressable_shards})]
 
 
-def _run_steps(model, optimizer, schedule, mesh, batch, num_steps, initial_state=None):
-    """`jit_train_step` on `mesh` from `create_train_state` (or from `initial_state`, host arrays, placed in the
-    state shardings): the initial state (host copies), the final params (host) and a report."""
+def _run_steps(model, optimizer, schedule, mesh, batch, num_steps):
+    """`jit_train_step` on `mesh` from `create_train_state` (the state created directly in its shardings): the
+    initial params (host copies), the final params (host) and a report."""
     shardings = train.state_shardings(model, optimizer, mesh)
-    if initial_state is None:
-        state = train.create_train_state(model, optimizer, jax.random.key(SEED), shardings)
-    else:
-        state = jax.device_put(initial_state, shardings)
+    state = train.create_train_state(model, optimizer, jax.random.key(SEED), shardings)
     # Real copies: on CPU, np.asarray / device_get give zero-copy views of the buffers, and a live view makes
     # XLA skip the donation of that buffer (it copies instead).
-    initial = jax.tree.map(lambda x: np.array(x, copy=True), state)
-    step = train.jit_train_step(train.make_train_step(model, optimizer, schedule, dropout_seed=SEED), shardings, mesh)
+    initial = jax.tree.map(lambda x: np.array(x, copy=True), state.params)
+    train_step = train.make_train_step(model, optimizer, schedule, dropout_seed=SEED, mesh=mesh)
+    step = train.jit_train_step(train_step, shardings, mesh)
     global_batch = global_batch_from_process_local(batch, mesh)
     kernel = "bert/encoder/layer_0/attention/self/query/kernel"
     info: dict[str, Any] = {
+        "mesh": list(mesh.devices.shape),
+        "vocab_parallel_loss": train.mlm_terms_for(mesh) is not losses.masked_lm_terms,
+        # The global batch holds exactly the host batch, in order, whatever the mesh.
+        "batch_equal": all(np.array_equal(np.asarray(global_batch[k]), batch[k]) for k in batch),
         "param_spec": _spec(_find(state.params, kernel).sharding.spec),
         "mu_spec": _spec(_find(state.opt_state, kernel, "mu").sharding.spec),
         "devices": len(_find(state.params, kernel).sharding.device_set),
@@ -456,6 +461,7 @@ def _run_steps(model, optimizer, schedule, mesh, batch, num_steps, initial_state
         info["losses"].append(float(metrics["loss"]))
         old_leaves = jax.tree.leaves(old.params) + jax.tree.leaves(old.opt_state)
         info["donated"].append(all(leaf.is_deleted() for leaf in old_leaves))
+    info["mlm_accuracy"] = float(metrics["mlm_accuracy"])
     info["batch_deleted"] = any(x.is_deleted() for x in global_batch.values())
     info["step"] = int(state.step)
     # The shards each device really holds, after the steps (the step keeps the state's sharding).
@@ -468,25 +474,68 @@ def _run_steps(model, optimizer, schedule, mesh, batch, num_steps, initial_state
     return initial, jax.device_get(state.params), info
 
 
+# The meshes (data, fsdp, tensor) of the issue, each compared with one device.
+MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8), (1, 2, 4))
+
+
+def mesh_test_config() -> BertConfig:
+    """8 heads and a vocabulary of 997 padded to 1000 rows, so that every mesh above can split the model."""
+    return small_config(dropout=0.0).replace(vocab_size=997, vocab_pad_multiple=8, num_attention_heads=8)
+
+
+def _vocab_parallel_report() -> dict[str, Any]:
+    """`vocab_parallel_masked_lm_terms` on a (2, 1, 4) mesh against `masked_lm_terms`: values and gradients."""
+    mesh = make_mesh(MeshConfig(data=2, fsdp=1, tensor=4))
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(8, 5, 1000)).astype(np.float32) * 3
+    logits[0, 0, [10, 700]] = 50.0  # a tie across two vocab shards: argmax picks the smaller id
+    logits[1, 1, [260, 261]] = 50.0  # a tie inside one shard
+    ids = rng.integers(0, 1000, (8, 5)).astype(np.int32)
+    ids[0, 0], ids[1, 1] = 10, 260
+    weights = (rng.random((8, 5)) < 0.8).astype(np.float32)
+    parallel = train.mlm_terms_for(mesh)
+
+    def loss(terms_fn, x):
+        sums = terms_fn(x, ids, weights)
+        return sums["mlm_loss_sum"] / sums["mlm_count"], sums
+
+    x = jax.device_put(
+        logits, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor"))
+    )
+    (_, plain_sums), plain_grad = jax.value_and_grad(lambda x: loss(losses.masked_lm_terms, x), has_aux=True)(logits)
+    (_, par_sums), par_grad = jax.jit(jax.value_and_grad(lambda x: loss(parallel, x), has_aux=True))(x)
+    return {
+        "is_shard_map": parallel is not losses.masked_lm_terms,
+        "plain": {k: float(v) for k, v in plain_sums.items()},
+        "parallel": {k: float(v) for k, v in par_sums.items()},
+        "grad_max_abs_diff": float(np.abs(np.asarray(plain_grad) - np.asarray(par_grad)).max()),
+        "grad_max_abs": float(np.abs(np.asarray(plain_grad)).max()),
+    }
+
+
 def _multidevice_report() -> dict[str, Any]:
-    config = small_config(dropout=0.0)
+    config = mesh_test_config()
     model = BertForPreTraining(config)
     opt_config = adamw_config()
     optimizer, schedule = make_optimizer(opt_config), learning_rate_schedule(opt_config)
     batch = numpy_batch(config)
-    sharded_mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     single_mesh = make_mesh(MeshConfig(data=1), jax.devices()[:1])
-    initial, sharded, sharded_info = _run_steps(model, optimizer, schedule, sharded_mesh, batch, 2)
-    # The single-device run starts from the same values (saves compiling a second init).
-    _, single, single_info = _run_steps(model, optimizer, schedule, single_mesh, batch, 2, initial_state=initial)
-    return {
+    initial, single, single_info = _run_steps(model, optimizer, schedule, single_mesh, batch, 2)
+    report: dict[str, Any] = {
         "device_count": jax.device_count(),
-        "sharded": sharded_info,
         "single": single_info,
-        "params_max_abs_diff": max_abs_diff(sharded, single),
         "params_max_abs": max(float(np.abs(x).max()) for x in flat(single).values()),
-        "update_max_abs": max_abs_diff(single, initial.params),
+        "update_max_abs": max_abs_diff(single, initial),
+        "meshes": {},
+        "vocab_parallel": _vocab_parallel_report(),
     }
+    for shape in MESHES:
+        mesh = make_mesh(MeshConfig(data=shape[0], fsdp=shape[1], tensor=shape[2]))
+        mesh_initial, params, info = _run_steps(model, optimizer, schedule, mesh, batch, 2)
+        info["initial_max_abs_diff"] = max_abs_diff(mesh_initial, initial)
+        info["params_max_abs_diff"] = max_abs_diff(params, single)
+        report["meshes"]["x".join(map(str, shape))] = info
+    return report
 
 
 class _Subprocess:
@@ -538,31 +587,50 @@ def multidevice(_multidevice_process) -> dict[str, Any]:
     return _multidevice_process.report()
 
 
-def test_sharded_train_steps_match_a_single_device(multidevice):
+@pytest.mark.parametrize("shape", ["x".join(map(str, m)) for m in MESHES])
+def test_sharded_train_steps_match_a_single_device(multidevice, shape):
     assert multidevice["device_count"] == NUM_SIM_DEVICES
-    sharded, single = multidevice["sharded"], multidevice["single"]
+    sharded, single = multidevice["meshes"][shape], multidevice["single"]
     assert sharded["devices"] == NUM_SIM_DEVICES and single["devices"] == 1
     assert sharded["step"] == single["step"] == 2
-    # The same losses and the same params after two AdamW steps (which moved them by ~2 * lr).
-    np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=0, atol=1e-5)
+    # The same data in the same order, the same initial params (created directly in the mesh's shardings).
+    assert sharded["batch_equal"] and single["batch_equal"]
+    assert sharded["initial_max_abs_diff"] == 0.0
+    # The vocab-parallel (shard_map) loss runs exactly where the mesh splits the vocabulary.
+    assert sharded["vocab_parallel_loss"] == (sharded["mesh"][2] > 1)
+    assert single["vocab_parallel_loss"] is False
+    # The same losses and the same params after two AdamW steps (which moved them by ~2 * lr), fp32 1e-5.
+    np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-5, atol=0)
+    assert sharded["mlm_accuracy"] == pytest.approx(single["mlm_accuracy"], abs=1e-6)
     assert multidevice["update_max_abs"] > LR
-    assert multidevice["params_max_abs_diff"] <= 1e-5 * max(1.0, multidevice["params_max_abs"])
+    assert sharded["params_max_abs_diff"] <= 1e-5 * max(1.0, multidevice["params_max_abs"])
+
+
+def test_vocab_parallel_loss_equals_the_plain_loss(multidevice):
+    report = multidevice["vocab_parallel"]
+    assert report["is_shard_map"]
+    for name, value in report["plain"].items():
+        assert report["parallel"][name] == pytest.approx(value, rel=1e-5, abs=1e-5), name
+    # The two planted ties are predicted correctly only if the smallest id among the maxima wins.
+    assert report["plain"]["mlm_correct_sum"] >= 2
+    assert report["grad_max_abs_diff"] <= 1e-6 * max(1.0, report["grad_max_abs"])
 
 
 def test_sharded_state_is_really_sharded(multidevice):
-    sharded, single = multidevice["sharded"], multidevice["single"]
-    # query kernel [hidden 64, heads 4, head_dim 16]: hidden over fsdp, heads over tensor; Adam's moments alike,
+    sharded, single = multidevice["meshes"]["2x2x2"], multidevice["single"]
+    # query kernel [hidden 64, heads 8, head_dim 8]: hidden over fsdp, heads over tensor; Adam's moments alike,
     # and the step keeps the sharding.
     assert sharded["param_spec"] == sharded["mu_spec"] == sharded["final_spec"] == ["fsdp", "tensor", None]
-    assert sharded["param_shard"] == sharded["mu_shard"] == sharded["nu_shard"] == [[32, 2, 16]]
-    assert sharded["word_shard"] == [[500, 32]]  # [vocab 1000, hidden 64] over (tensor, fsdp)
-    assert single["param_shard"] == single["mu_shard"] == [[64, 4, 16]]
+    assert sharded["param_shard"] == sharded["mu_shard"] == sharded["nu_shard"] == [[32, 4, 8]]
+    assert sharded["word_shard"] == [[500, 32]]  # [padded vocab 1000, hidden 64] over (tensor, fsdp)
+    assert multidevice["meshes"]["1x1x8"]["word_shard"] == [[125, 64]]
+    assert single["param_shard"] == single["mu_shard"] == [[64, 8, 8]]
 
 
 def test_train_step_donates_the_state(multidevice):
     # The CPU client supports donation: the input state's params and optimizer state are deleted after each
     # call (updated in place); the batch is not donated.
-    for info in (multidevice["sharded"], multidevice["single"]):
+    for info in (*multidevice["meshes"].values(), multidevice["single"]):
         assert info["donated"] == [True, True]
         assert info["batch_deleted"] is False
 
