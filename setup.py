@@ -57,6 +57,7 @@ setup(
             "bert-jax-build-corpus=bert_jax_tools.build_corpus:run",
             "bert-jax-train-vocab=bert_jax_tools.train_vocab:run",
             "bert-jax-benchmark-data=bert_jax_tools.benchmark_data:run",
+            "bert-jax-export=bert_jax_tools.export:run",
         ]
     },
 )

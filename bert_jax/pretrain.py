@@ -4,16 +4,19 @@
   bert-jax-pretrain --config=experiments/bert_base_phase1.py --workdir=gs://... --config.num_train_steps=1000
 
 Only this entry point reads flags; the job itself is `pretrain_loop.train_and_evaluate(config, workdir)`.
+Run the same command again to resume: the job continues from the workdir's latest checkpoint. Stopped by
+SIGTERM or Ctrl-C (or a preemption notice on multi-host), it saves a checkpoint of the current step and
+exits with status 0.
 """
 
 from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import tokenizers
+from bert_jax import checkpoint, tokenizers
 from bert_jax.data import documents
 
 FLAGS = flags.FLAGS
@@ -26,20 +29,32 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        # Library INFO logs (orbax logs every save in detail) would drown the job's own progress lines.
+        logging.set_verbosity(logging.WARNING)
     import jax
 
     if FLAGS.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize()
     from bert_jax import pretrain_loop
 
-    pretrain_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    result = pretrain_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if result.stopped_by is not None:
+        # A clean, resumable stop (preemption): exit 0, the checkpoint is complete.
+        raise SystemExit(0)
 
 
 def run() -> None:
     """Console-script entry point; configuration and data mistakes end in one line, not a traceback."""
     try:
         app.run(main)
-    except (ValueError, documents.CorpusError, tokenizers.TokenizerError, FileNotFoundError) as e:
+    except (
+        ValueError,
+        documents.CorpusError,
+        tokenizers.TokenizerError,
+        checkpoint.CheckpointError,
+        FileNotFoundError,
+    ) as e:
         raise SystemExit(f"bert-jax-pretrain: error: {e}") from None
 
 

@@ -2,15 +2,20 @@
 
 Steps: resolve the corpus (build it into `workdir/corpus` from `data.train_files` unless `data.corpus_dir`
 names a built one), the tokenizer's vocabulary size, the mesh and everything that must fit together (all
-checked before anything compiles); create the sharded train state; then loop: this process's batch ->
-global array (two batches in flight to the devices) -> jitted step. The host reads metrics back only at
-log and eval steps, so steps otherwise queue up on the devices; a transfer guard makes any other
-device-to-host transfer inside the loop an error. At the end the weights are exported (a Hugging Face directory and our own).
+checked before anything compiles); restore the sharded train state from the workdir's latest checkpoint
+(onto the current mesh), or create it (warm-started from `init_from` when set); then loop: this
+process's batch -> global array (two batches in flight to the devices) -> jitted step. The host reads
+metrics back only at log and eval steps and copies the state off the devices at checkpoint steps, so
+steps otherwise queue up on the devices (on accelerators a transfer guard turns any other
+device-to-host transfer in the loop into an error). SIGTERM / Ctrl-C / a preemption notice stop the
+loop after the current step with a checkpoint. At the end the weights are exported (a Hugging Face
+directory and our own) from the final state.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -20,12 +25,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import configs, convert, flops, optim, sharding, tokenizers, train
+from bert_jax import checkpoint, configs, convert, flops, optim, sharding, tokenizers, train, warm_start
 from bert_jax.data import corpus, documents, pipeline
 from bert_jax.data.device_prefetch import prefetch_to_mesh
 from bert_jax.losses import summarize
 from bert_jax.metrics_log import MetricsLog
 from bert_jax.model import BertForPreTraining
+from bert_jax.preemption import StopRequest
 
 
 class JobConfigError(ValueError):
@@ -108,8 +114,10 @@ def _vocab_size(config: ml_collections.ConfigDict) -> int:
 def _check_job(config: ml_collections.ConfigDict) -> None:
     if config.num_train_steps < 1:
         raise JobConfigError(f"num_train_steps must be >= 1, got {config.num_train_steps}.")
-    if config.log_every_steps < 1 or config.eval_every_steps < 1:
-        raise JobConfigError("log_every_steps and eval_every_steps must be >= 1.")
+    if min(config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps) < 1:
+        raise JobConfigError("log_every_steps, eval_every_steps and checkpoint_every_steps must be >= 1.")
+    if config.max_checkpoints_to_keep < 1:
+        raise JobConfigError(f"max_checkpoints_to_keep must be >= 1, got {config.max_checkpoints_to_keep}.")
     if config.global_batch_size % config.num_microbatches:
         raise JobConfigError(
             f"global_batch_size={config.global_batch_size} is not divisible by num_microbatches="
@@ -117,17 +125,73 @@ def _check_job(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Runs the pretraining job; returns the final eval metrics."""
-    _check_job(config)
-    export_dir = os.path.join(workdir, "export")
-    if config.export and os.path.exists(export_dir):
+@dataclasses.dataclass
+class JobResult:
+    """How the job ended: the last eval metrics, the last step trained, and whether a signal stopped it."""
+
+    eval_metrics: dict[str, float]
+    step: int
+    stopped_by: str | None = None  # "SIGTERM", "SIGINT" or "preemption notice" when stopped early
+
+
+def _check_resume_shapes(checkpointer: checkpoint.Checkpointer, model_config: configs.BertConfig) -> int | None:
+    """The latest checkpoint's step, after checking its model shape (before the corpus build and compiles)."""
+    step = checkpointer.latest_step()
+    if step is None:
+        return None
+    try:
+        saved = checkpoint.model_config_from_meta(checkpointer.read_meta(step))
+    except Exception:  # unreadable: `restore` sets it aside and falls back, with a warning
+        return step
+    differences = checkpoint.shape_differences(saved, model_config)
+    if differences:
         raise JobConfigError(
-            f"{workdir} already holds the export of a finished run ({export_dir}); this job does not resume yet, "
-            "so pass a new --workdir (or delete that one) rather than overwrite it."
+            f"The workdir's latest checkpoint (step {step}) has another model shape than this config "
+            f"({'; '.join(differences)}). Resume with the config it was written with, or use a new --workdir "
+            "(with --config.init_from pointing at the old one to start from its weights)."
         )
+    return step
+
+
+def _place(host_tree: Any, shardings: Any) -> Any:
+    """Host arrays (the same on every process) as global arrays with `shardings`."""
+    return jax.tree.map(
+        lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda index, x=x: np.asarray(x)[index]),
+        host_tree,
+        shardings,
+    )
+
+
+def _host_params(params: Any) -> Any:
+    """The full params on the host of every process (gathered across processes when sharded over them)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(params, tiled=True)
+    return jax.device_get(params)
+
+
+def _export(export_dir: str, model_config: configs.BertConfig, params: Any, data: Any, step: int) -> None:
+    """Writes `export/hf` and `export/bert_jax`; an export of an earlier step is renamed aside, not lost."""
+    if os.path.exists(export_dir):
+        aside = f"{export_dir}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.rename(export_dir, aside)
+        print(f"Moved the previous export to {aside}", flush=True)
+    vocab = data.vocab_file or None
+    hf_dir, native_dir = os.path.join(export_dir, "hf"), os.path.join(export_dir, "bert_jax")
+    convert.to_hf(model_config, params, hf_dir, vocab_file=vocab, do_lower_case=data.lowercase)
+    convert.to_native(model_config, params, native_dir, vocab)
+    with open(os.path.join(export_dir, "step.txt"), "w", encoding="utf-8") as f:
+        f.write(f"{step}\n")
+    print(f"Exported the weights of step {step} to {hf_dir} (Hugging Face) and {native_dir} (bert_jax)", flush=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> JobResult:
+    """Runs the pretraining job, resuming from the workdir's latest checkpoint when there is one."""
+    _check_job(config)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
+    export_dir = os.path.join(workdir, "export")
     # Everything that can be checked is checked before the corpus is built and anything compiles.
     vocab_size = _vocab_size(config)
     model_config = _model_config(config, vocab_size)
@@ -137,119 +201,196 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     model_config = model_config.replace(vocab_pad_multiple=math.lcm(model_config.vocab_pad_multiple, vocab_shards))
     sharding.validate_parallelism(model_config, mesh_config, config.global_batch_size, len(jax.devices()))
     optimizer_config = _optimizer_config(config)
-    corpus_dir = _prepare_corpus(config, workdir)
-    if int(corpus.corpus_metadata(corpus_dir)["vocab_size"]) != vocab_size:
-        raise JobConfigError(f"The corpus {corpus_dir} was built with another vocabulary than data.vocab_file.")
-    mesh = sharding.make_mesh(mesh_config)
-    data = config.data
-    max_predictions = data.max_predictions_per_seq
-    masking = corpus.masking_config_from_corpus(
-        corpus_dir, max_predictions, masked_lm_prob=data.masked_lm_prob, whole_word=data.whole_word
+    if not config.data.get("corpus_dir"):
+        _corpus_options(config.data)  # the input files exist and are readable, before anything else starts
+    checkpointer = checkpoint.Checkpointer(
+        checkpoint.checkpoint_dir(workdir),
+        save_every_steps=config.checkpoint_every_steps,
+        max_to_keep=config.max_checkpoints_to_keep,
     )
-
-    model = BertForPreTraining(model_config)
-    optimizer = optim.make_optimizer(optimizer_config)
-    schedule = optim.learning_rate_schedule(optimizer_config)
-    shardings = train.state_shardings(model, optimizer, mesh)
-    state = train.create_train_state(model, optimizer, jax.random.key(config.seed), shardings)
-    train_step = train.jit_train_step(
-        train.make_train_step(
-            model,
-            optimizer,
-            schedule,
-            dropout_seed=config.seed + 1,
-            num_microbatches=config.num_microbatches,
-            mesh=mesh,
-        ),
-        shardings,
-        mesh,
-    )
-    eval_step = train.jit_eval_step(train.make_eval_step(model, mesh), shardings.params, mesh)
-
-    topology = {"process_index": jax.process_index(), "process_count": jax.process_count()}
-    batches = pipeline.PretrainingBatches(
-        corpus.open_corpus(corpus_dir, "train"),
-        pipeline.PipelineConfig(
-            global_batch_size=config.global_batch_size, max_seq_length=data.max_seq_length, seed=config.seed
-        ),
-        masking,
-        **topology,
-    )
-    log = MetricsLog(workdir, is_main)
-    peak = config.peak_flops_per_device or flops.measure_matmul_peak(model_config.dtype)
-    flops_per_sequence = flops.training_flops_per_sequence(model_config, data.max_seq_length, max_predictions)
-    if is_main:
-        count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
-        print(
-            f"Model {config.model.size}: {count:,} parameters; mesh {dict(mesh.shape)}; global batch "
-            f"{config.global_batch_size}; corpus {corpus_dir}; peak {peak / 1e9:.1f} GFLOP/s per device",
-            flush=True,
+    try:
+        resume_step = _check_resume_shapes(checkpointer, model_config)
+        if resume_step is None and config.init_from and not os.path.exists(config.init_from):
+            raise JobConfigError(
+                f"init_from={config.init_from} does not exist; give a workdir, export or HF directory."
+            )
+        corpus_dir = _prepare_corpus(config, workdir)
+        if int(corpus.corpus_metadata(corpus_dir)["vocab_size"]) != vocab_size:
+            raise JobConfigError(f"The corpus {corpus_dir} was built with another vocabulary than data.vocab_file.")
+        mesh = sharding.make_mesh(mesh_config)
+        data = config.data
+        max_predictions = data.max_predictions_per_seq
+        masking = corpus.masking_config_from_corpus(
+            corpus_dir, max_predictions, masked_lm_prob=data.masked_lm_prob, whole_word=data.whole_word
         )
 
-    def evaluate(step: int) -> dict[str, float]:
-        eval_source = corpus.open_corpus(corpus_dir, "validation")
-        totals: dict[str, Any] | None = None
-        eval_batches = pipeline.padded_eval_batches(
-            eval_source,
+        model = BertForPreTraining(model_config)
+        optimizer = optim.make_optimizer(optimizer_config)
+        schedule = optim.learning_rate_schedule(optimizer_config)
+        shardings = train.state_shardings(model, optimizer, mesh)
+        topology = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+        batches = pipeline.PretrainingBatches(
+            corpus.open_corpus(corpus_dir, "train"),
+            pipeline.PipelineConfig(
+                global_batch_size=config.global_batch_size, max_seq_length=data.max_seq_length, seed=config.seed
+            ),
             masking,
-            global_batch_size=config.global_batch_size,
-            max_seq_length=data.max_seq_length,
-            seed=config.seed,
             **topology,
         )
-        for i, local in enumerate(eval_batches):
-            if config.eval_batches and i >= config.eval_batches:
-                break
-            sums = eval_step(state.params, sharding.global_batch_from_process_local(local, mesh))
-            totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
-        assert totals is not None
-        results = {k: float(v) for k, v in jax.device_get(summarize(totals)).items()}
-        log.write(step, results, prefix="eval_")
+
+        abstract = jax.eval_shape(train.init_fn(model, optimizer), jax.random.key(config.seed))
+        restored = checkpointer.restore(
+            checkpoint.abstract_like(abstract.params, shardings.params),
+            checkpoint.abstract_like(abstract.opt_state, shardings.opt_state),
+            model_config,
+        )
+        if restored is not None:
+            step_array = jax.device_put(np.int32(restored.step), shardings.step)
+            state = train.TrainState(step=step_array, params=restored.params, opt_state=restored.opt_state)
+            batches.restore(restored.meta["data_state"])
+            if is_main:
+                print(f"Resumed from the checkpoint of step {restored.step} in {checkpointer.directory}", flush=True)
+        else:
+            state = train.create_train_state(model, optimizer, jax.random.key(config.seed), shardings)
+            if config.init_from:
+                start = warm_start.load(config.init_from, model_config, state.params)
+                state = state.replace(params=_place(start.params, shardings.params))
+                if is_main:
+                    print(f"Initialized the params from {start.source} (optimizer fresh, step 0)", flush=True)
+                    if start.kept_fresh:
+                        print(f"  not in the source, freshly initialized: {', '.join(start.kept_fresh)}", flush=True)
+        tokenizer_files = checkpoint.tokenizer_payload(data.vocab_file or None, data.get("spm_model") or None)
+        checkpoint_meta = {
+            "job_config": json.loads(config.to_json_best_effort()),
+            "model_config": model_config.to_dict(),
+            "seed": config.seed,
+            "process_count": jax.process_count(),
+        }
+
+        train_step = train.jit_train_step(
+            train.make_train_step(
+                model,
+                optimizer,
+                schedule,
+                dropout_seed=config.seed + 1,
+                num_microbatches=config.num_microbatches,
+                mesh=mesh,
+            ),
+            shardings,
+            mesh,
+        )
+        eval_step = train.jit_eval_step(train.make_eval_step(model, mesh), shardings.params, mesh)
+        log = MetricsLog(workdir, is_main)
+        peak = config.peak_flops_per_device or flops.measure_matmul_peak(model_config.dtype)
+        flops_per_sequence = flops.training_flops_per_sequence(model_config, data.max_seq_length, max_predictions)
         if is_main:
+            count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(abstract.params))
             print(
-                f"eval at step {step}: loss {results['loss']:.4f} | mlm_acc {results['mlm_accuracy']:.4f} | "
-                f"nsp_acc {results['nsp_accuracy']:.4f}",
+                f"Model {config.model.size}: {count:,} parameters; mesh {dict(mesh.shape)}; global batch "
+                f"{config.global_batch_size}; corpus {corpus_dir}; peak {peak / 1e9:.1f} GFLOP/s per device",
                 flush=True,
             )
-        return results
 
-    start_step = int(state.step)
-    window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
-    job_start = time.perf_counter()
-    metrics = None
-    final_eval: dict[str, float] = {}
-    device_batches = prefetch_to_mesh(batches, mesh, depth=2, source_state=batches.state)
-    try:
-        for step in range(start_step, config.num_train_steps):
-            batch = next(device_batches)
-            window_tokens += batch.local_tokens * topology["process_count"]
-            # Between log steps nothing may wait for a device: steps queue up asynchronously. The guard
-            # turns any device-to-host transfer here (a stray float(), a print of an array) into an error.
-            with jax.transfer_guard_device_to_host("disallow"):
-                state, metrics = train_step(state, batch.arrays)
-            window_steps += 1
-            done = step + 1
-            if done % config.log_every_steps == 0 or done == config.num_train_steps:
-                values = {k: float(v) for k, v in jax.device_get(metrics).items()}  # the only sync
-                elapsed = time.perf_counter() - window_start
-                sequences_per_sec = window_steps * config.global_batch_size / elapsed
-                values["tokens_per_sec"] = window_tokens / elapsed
-                values["mfu"] = sequences_per_sec * flops_per_sequence / (peak * len(jax.devices()))
-                eta = (time.perf_counter() - job_start) / (done - start_step) * (config.num_train_steps - done)
-                log.write(done, values)
-                log.console(done, config.num_train_steps, values, eta)
-                window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
-            if done % config.eval_every_steps == 0 or done == config.num_train_steps:
-                final_eval = evaluate(done)
-                window_start = time.perf_counter()
+        def evaluate(step: int) -> dict[str, float]:
+            eval_source = corpus.open_corpus(corpus_dir, "validation")
+            totals: dict[str, Any] | None = None
+            eval_batches = pipeline.padded_eval_batches(
+                eval_source,
+                masking,
+                global_batch_size=config.global_batch_size,
+                max_seq_length=data.max_seq_length,
+                seed=config.seed,
+                **topology,
+            )
+            for i, local in enumerate(eval_batches):
+                if config.eval_batches and i >= config.eval_batches:
+                    break
+                sums = eval_step(state.params, sharding.global_batch_from_process_local(local, mesh))
+                totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
+            assert totals is not None
+            results = {k: float(v) for k, v in jax.device_get(summarize(totals)).items()}
+            log.write(step, results, prefix="eval_")
+            if is_main:
+                print(
+                    f"eval at step {step}: loss {results['loss']:.4f} | mlm_acc {results['mlm_accuracy']:.4f} | "
+                    f"nsp_acc {results['nsp_accuracy']:.4f}",
+                    flush=True,
+                )
+            return results
+
+        start_step = restored.step if restored is not None else 0
+        done = start_step
+        window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
+        job_start = time.perf_counter()
+        final_eval: dict[str, float] = {}
+        stopped_by = None
+        device_batches = prefetch_to_mesh(batches, mesh, depth=2, source_state=batches.state)
+        stop = StopRequest()
+        try:
+            for step in range(start_step, config.num_train_steps):
+                batch = next(device_batches)
+                window_tokens += batch.local_tokens * topology["process_count"]
+                # Between log steps nothing may wait for a device: steps queue up asynchronously. The guard
+                # turns any device-to-host transfer here (a stray float(), a print of an array) into an error.
+                with jax.transfer_guard_device_to_host("disallow"):
+                    state, metrics = train_step(state, batch.arrays)
+                window_steps += 1
+                done = step + 1
+                if done % config.log_every_steps == 0 or done == config.num_train_steps:
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}  # the only sync
+                    elapsed = time.perf_counter() - window_start
+                    sequences_per_sec = window_steps * config.global_batch_size / elapsed
+                    values["tokens_per_sec"] = window_tokens / elapsed
+                    values["mfu"] = sequences_per_sec * flops_per_sequence / (peak * len(jax.devices()))
+                    eta = (time.perf_counter() - job_start) / (done - start_step) * (config.num_train_steps - done)
+                    log.write(done, values)
+                    log.console(done, config.num_train_steps, values, eta)
+                    window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
+                if done % config.eval_every_steps == 0 or done == config.num_train_steps:
+                    final_eval = evaluate(done)
+                    window_start = time.perf_counter()
+                stopping = stop.should_stop(done)
+                if stopping or done == config.num_train_steps or checkpointer.should_save(done):
+                    checkpointer.save(
+                        done,
+                        state.params,
+                        state.opt_state,
+                        {**checkpoint_meta, "data_state": batch.source_state},
+                        tokenizer_files,
+                        force=True,
+                    )
+                if stopping:
+                    stopped_by = stop.signal_name
+                    break
+            checkpointer.wait_until_finished()
+        finally:
+            stop.close()
+            batches.close()
+            log.close()
+        if stopped_by is not None:
+            if is_main:
+                print(
+                    f"Stopped by {stopped_by} after step {done}; the checkpoint of step {done} is saved in "
+                    f"{checkpointer.directory}. Run the same command to continue.",
+                    flush=True,
+                )
+            return JobResult(final_eval, done, stopped_by)
+        if start_step >= config.num_train_steps and is_main:
+            print(
+                f"Nothing to train: the latest checkpoint is step {start_step} of {config.num_train_steps}.", flush=True
+            )
+        if config.export:
+            params = _host_params(state.params)
+            if is_main and not _export_is_current(export_dir, done):
+                _export(export_dir, model_config, params, data, done)
+        return JobResult(final_eval, done)
     finally:
-        batches.close()
-        log.close()
-    if config.export and is_main:
-        params = jax.device_get(state.params)
-        vocab = data.vocab_file or None
-        hf_dir, native_dir = os.path.join(export_dir, "hf"), os.path.join(export_dir, "bert_jax")
-        convert.to_hf(model_config, params, hf_dir, vocab_file=vocab, do_lower_case=data.lowercase)
-        convert.to_native(model_config, params, native_dir, vocab)
-        print(f"Exported the weights to {hf_dir} (Hugging Face) and {native_dir} (bert_jax)")
-    return final_eval
+        checkpointer.close()  # also when anything above fails: orbax threads must stop
+
+
+def _export_is_current(export_dir: str, step: int) -> bool:
+    try:
+        with open(os.path.join(export_dir, "step.txt"), encoding="utf-8") as f:
+            return int(f.read().strip()) == step
+    except (OSError, ValueError):
+        return False

@@ -1,14 +1,15 @@
 """bert_base_phase2: BERT-base, the original recipe, phase 2: the last 100,000 steps at seq 512.
 
 bert-jax-pretrain --config=experiments/bert_base_phase2.py --workdir=/shared/runs/base_p2 \
-    --config.data.train_files='/shared/text/*.txt'
+    --config.data.train_files='/shared/text/*.txt' --config.init_from=/shared/runs/base_p1
 
 Phase 1 (bert_base_phase1) with seq 512 and 80 predictions per sequence (0.15 * 512, google-research/bert's README),
 the same 256 sequences per step (Devlin et al. 2019, Appendix A.2) and the rest of the optimizer unchanged.
 
-Warm start: this phase is meant to start from phase 1's weights. There is no setting for that yet; it
-arrives with checkpointing (restoring from a phase-1 checkpoint). Until then this config trains from a
-fresh initialization, which is only useful as a smoke test of seq-512 training.
+Warm start: this phase starts from phase 1's weights: `--config.init_from=<phase-1 workdir>` takes the
+parameters of its latest checkpoint (weights only, a fresh optimizer, step 0, as the original's
+`init_checkpoint`). Without it the run starts from a fresh initialization, which is only useful as a smoke
+test of seq-512 training.
 
 Learning rate, a choice: the paper runs ONE schedule over all 1M steps (warmup 10,000, then linear decay
 from 1e-4 to 0), so phase 2 continues it rather than restarting: 1e-5 at its first step (the value phase 1

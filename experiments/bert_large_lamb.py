@@ -16,9 +16,9 @@ on LayerNorm and biases, which LAMB also leaves without a trust ratio), gradient
 Phase 2 (seq 512) is this file with
     --config.global_batch_size=32768 --config.num_train_steps=1563 --config.data.max_seq_length=512
     --config.data.max_predictions_per_seq=80 --config.optimizer.learning_rate=4e-3
-    --config.optimizer.warmup_steps=200
-(NVIDIA's phase 2: 1,563 updates, 12.8% warmup), started from phase 1's weights once warm starts exist
-(they come with checkpointing; there is no setting for them yet).
+    --config.optimizer.warmup_steps=200 --config.init_from=<phase-1 workdir>
+(NVIDIA's phase 2: 1,563 updates, 12.8% warmup), started from phase 1's weights (`init_from`: the
+parameters of its latest checkpoint, a fresh optimizer).
 
 Memory: one microbatch is global_batch_size / num_microbatches sequences, 65,536 / (devices *
 num_microbatches) per device. The default, 8, gives 32 per device on 256 devices (a TPU v4-512 or v5p-512

@@ -27,6 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batches = 4  # 0 = the whole validation split
     config.peak_flops_per_device = 0.0  # 0 = measure a matmul at start-up
     config.export = True
+    config.checkpoint_every_steps = 100  # also on the last step and when stopped by SIGTERM
+    config.max_checkpoints_to_keep = 3
+    config.init_from = ""  # warm start: a workdir/checkpoint of ours, an export or a Hugging Face BERT directory
 
     config.model = ml_collections.ConfigDict()
     config.model.size = "tiny"

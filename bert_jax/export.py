@@ -1,0 +1,77 @@
+"""Weights out of a training checkpoint: a Hugging Face directory or our own params-only layout.
+
+`export_checkpoint(workdir, output_dir)` reads the params of one checkpoint (the latest by default) onto
+this host, strips the vocabulary padding and writes
+  * "hf": config.json, model.safetensors, vocab.txt, tokenizer_config.json, special_tokens_map.json;
+    transformers' `BertForPreTraining` and `BertModel` load it;
+  * "bert_jax": bert_config.json + params.safetensors (+ vocab.txt), what our fine-tuning loads.
+The vocabulary comes from the checkpoint itself (saved with it), so the export does not depend on files
+that may have moved since training. Output directories are written beside the target and moved into
+place when complete; an existing non-empty one is replaced only with `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import jax
+
+from bert_jax import checkpoint, convert
+from bert_jax.model import BertForPreTraining, init_params
+
+FORMATS = ("hf", "bert_jax")
+
+
+def _resolve(workdir_or_checkpoints: str) -> str:
+    """The checkpoints directory of a workdir (or the directory itself when it already is one)."""
+    candidate = checkpoint.checkpoint_dir(workdir_or_checkpoints)
+    if os.path.isdir(candidate):
+        return candidate
+    if os.path.isdir(workdir_or_checkpoints) and any(e.isdigit() for e in os.listdir(workdir_or_checkpoints)):
+        return workdir_or_checkpoints
+    raise checkpoint.CheckpointError(
+        f"No checkpoints found in {workdir_or_checkpoints} (expected {candidate}); pass the --workdir of a "
+        "pretraining run that saved at least one checkpoint."
+    )
+
+
+def export_checkpoint(
+    workdir: str, output_dir: str, *, step: int | None = None, fmt: str = "hf", overwrite: bool = False
+) -> int:
+    """Exports the checkpoint of `step` (default: the latest complete one); returns the step exported."""
+    if fmt not in FORMATS:
+        raise ValueError(f"Unknown export format {fmt!r}; use one of {', '.join(FORMATS)}.")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise FileExistsError(f"{output_dir} exists and is not empty; choose a new --output_dir or pass --overwrite.")
+    ckpt = checkpoint.Checkpointer(_resolve(workdir), save_every_steps=1, async_save=False)
+    try:
+        steps = ckpt.steps()
+        if not steps:
+            raise checkpoint.CheckpointError(f"{ckpt.directory} holds no complete checkpoint to export.")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise checkpoint.CheckpointError(
+                f"There is no checkpoint of step {step} in {ckpt.directory}; available: {steps}."
+            )
+        meta = ckpt.read_meta(step)
+        config = checkpoint.model_config_from_meta(meta)
+        shapes = jax.eval_shape(lambda: init_params(BertForPreTraining(config), jax.random.key(0)))
+        restored = ckpt.restore_params(step, checkpoint.abstract_like(shapes, checkpoint.host_shardings(shapes)))
+        params = jax.device_get(restored)
+        tokenizer = ckpt.read_tokenizer(step)
+    finally:
+        ckpt.close()
+    lowercase = bool(meta.get("job_config", {}).get("data", {}).get("lowercase", True))
+    with tempfile.TemporaryDirectory() as scratch:
+        files = checkpoint.write_tokenizer_files(tokenizer, scratch)
+        vocab = files.get("vocab_file")
+        if fmt == "hf":
+            convert.to_hf(config, params, output_dir, vocab_file=vocab, do_lower_case=lowercase, overwrite=overwrite)
+        else:
+            convert.to_native(config, params, output_dir, vocab, overwrite=overwrite)
+            if "spm_model" in files:
+                shutil.copyfile(files["spm_model"], os.path.join(output_dir, "spm.model"))
+    return step

@@ -1,0 +1,113 @@
+"""Warm starts: a model's parameters from one of our checkpoints, an export, or a Hugging Face directory.
+
+`--config.init_from=PATH` takes the parameters only (a new optimizer state, step 0), as the original
+BERT's `init_checkpoint` does. PATH may be:
+  * a workdir of ours (its latest checkpoint), its `checkpoints/` directory, or one step directory
+    (`checkpoints/1200`);
+  * an export of ours (`bert_config.json` + `params.safetensors`), a Hugging Face BERT directory
+    (`config.json` + `model.safetensors` / `pytorch_model.bin`) or an original TF checkpoint.
+The source's model shape must equal the job's (the differing fields are named otherwise). Parameters the
+source lacks (e.g. the MLM/NSP heads of a `BertModel` checkpoint such as all-MiniLM-L6-v2) keep their
+fresh initialization and are listed; the vocabulary padding is adapted to the job's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from bert_jax import checkpoint, convert
+from bert_jax.configs import BertConfig
+from bert_jax.model import BertForPreTraining, init_params
+
+
+class WarmStartError(ValueError):
+    """A warm-start source that cannot initialize this model; the message names the problem and the fix."""
+
+
+@dataclasses.dataclass
+class WarmStart:
+    params: Any  # host arrays, the job's full param tree
+    source: str
+    kept_fresh: list[str]  # params the source lacks, left at their initialization
+    ignored: list[str]  # source params this model has no place for
+
+
+def _checkpoint_location(path: str) -> tuple[str, int | None] | None:
+    """(checkpoints directory, step or None for the latest) when `path` is one of our checkpoints."""
+    path = os.path.abspath(path)
+    candidates = [
+        (os.path.join(path, checkpoint.CHECKPOINTS_SUBDIR), None),  # a workdir
+        (path, None),  # the checkpoints directory itself
+    ]
+    name = os.path.basename(path)
+    if name.isdigit():
+        candidates.append((os.path.dirname(path), int(name)))  # one step
+    for directory, step in candidates:
+        if os.path.isdir(directory) and any(e.isdigit() for e in os.listdir(directory)):
+            if step is None or os.path.isdir(os.path.join(directory, str(step))):
+                return directory, step
+    return None
+
+
+def _from_checkpoint(directory: str, step: int | None) -> tuple[BertConfig, Any]:
+    ckpt = checkpoint.Checkpointer(directory, save_every_steps=1, async_save=False)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise WarmStartError(f"{directory} holds no complete checkpoint to initialize from.")
+        config = checkpoint.model_config_from_meta(ckpt.read_meta(step))
+        shapes = jax.eval_shape(lambda: init_params(BertForPreTraining(config), jax.random.key(0)))
+        params = ckpt.restore_params(step, checkpoint.abstract_like(shapes, checkpoint.host_shardings(shapes)))
+        return config, jax.device_get(params)
+    finally:
+        ckpt.close()
+
+
+def load(path: str, model_config: BertConfig, fresh_params: Any) -> WarmStart:
+    """The job's params with every leaf the source at `path` has replaced by the source's value."""
+    if not os.path.exists(path):
+        raise WarmStartError(f"init_from={path} does not exist; give a workdir, checkpoint, export or HF directory.")
+    location = _checkpoint_location(path)
+    try:
+        if location is not None:
+            source_config, params = _from_checkpoint(*location)
+        else:
+            source_config, params = convert.load_pretrained(path)
+    except (convert.ConversionError, checkpoint.CheckpointError) as e:
+        raise WarmStartError(f"init_from={path}: {e}") from None
+    source_config, params = convert.unpad_vocab(source_config, params)
+    differences = [
+        f"{name}: source {getattr(source_config, name)} vs config {getattr(model_config, name)}"
+        for name in checkpoint.SHAPE_FIELDS
+        if name != "padded_vocab_size" and getattr(source_config, name) != getattr(model_config, name)
+    ]
+    if differences:
+        raise WarmStartError(
+            f"init_from={path} has another model shape than this job ({'; '.join(differences)}); set the "
+            "job's model.* (and vocab) to the source's."
+        )
+    if "bert" not in params:  # a BertModel checkpoint (no heads): its tree is the encoder's
+        params = {"bert": params}
+    _, params = convert.pad_vocab(source_config, params, model_config.vocab_pad_multiple)
+    source = traverse_util.flatten_dict(params)
+    target = traverse_util.flatten_dict(jax.device_get(fresh_params))
+    merged, kept_fresh = {}, []
+    for key, fresh in target.items():
+        if key in source:
+            value = np.asarray(source[key], dtype=np.float32)
+            if value.shape != fresh.shape:
+                raise WarmStartError(
+                    f"init_from={path}: {'/'.join(key)} has shape {value.shape}, expected {fresh.shape}."
+                )
+            merged[key] = value
+        else:
+            merged[key] = fresh
+            kept_fresh.append("/".join(key))
+    ignored = sorted("/".join(k) for k in source if k not in target)
+    return WarmStart(traverse_util.unflatten_dict(merged), os.path.abspath(path), kept_fresh, ignored)
