@@ -400,3 +400,101 @@ def test_warm_start_from_a_checkpoint_and_from_a_hugging_face_model(reference_ru
     assert start.kept_fresh and all(name.startswith("cls/") for name in start.kept_fresh)
     with pytest.raises(warm_start.WarmStartError, match="hidden_size: source 384 vs config 128"):
         warm_start.load(str(minilm_dir), tiny, init_params(BertForPreTraining(tiny), jax.random.key(0)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. Another topology: saved on (2, 2, 2) of 8 devices, restored on 1 device and on (1, 1, 4) (a subprocess)
+
+
+def _topology_report(directory: str) -> dict[str, Any]:
+    from bert_jax import train
+    from bert_jax.model import BertForPreTraining
+    from bert_jax.optim import learning_rate_schedule, make_optimizer
+    from bert_jax.sharding import MeshConfig, global_batch_from_process_local, make_mesh
+    from tests.test_train import adamw_config, flat, mesh_test_config, numpy_batch
+
+    config = mesh_test_config()  # 8 heads, vocab 997 padded to 1000: every mesh here can split it
+    model = BertForPreTraining(config)
+    optimizer, schedule = make_optimizer(adamw_config()), learning_rate_schedule(adamw_config())
+    batches = [numpy_batch(config, seed=seed) for seed in (1, 2, 3)]
+
+    def compiled(mesh):
+        shardings = train.state_shardings(model, optimizer, mesh)
+        step = train.make_train_step(model, optimizer, schedule, dropout_seed=0, mesh=mesh)
+        return shardings, train.jit_train_step(step, shardings, mesh)
+
+    mesh8 = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    shardings8, step8 = compiled(mesh8)
+    state = train.create_train_state(model, optimizer, jax.random.key(0), shardings8)
+    for batch in batches[:2]:
+        state, _ = step8(state, global_batch_from_process_local(batch, mesh8))
+    ckpt = checkpoint.Checkpointer(directory, save_every_steps=1)
+    ckpt.save(2, state.params, state.opt_state, {"model_config": config.to_dict()}, {}, force=True)
+    ckpt.wait_until_finished()
+    saved = jax.tree.map(lambda x: np.array(x, copy=True), state.params)
+    state, metrics = step8(state, global_batch_from_process_local(batches[2], mesh8))
+    expected_params, expected_loss = jax.device_get(state.params), float(metrics["loss"])
+
+    report: dict[str, Any] = {"expected_loss": expected_loss}
+    for name, mesh in {
+        "1": make_mesh(MeshConfig(data=1), jax.devices()[:1]),
+        "1x1x4": make_mesh(MeshConfig(data=1, fsdp=1, tensor=4), jax.devices()[:4]),
+    }.items():
+        shardings, step = compiled(mesh)
+        abstract = jax.eval_shape(train.init_fn(model, optimizer), jax.random.key(0))
+        restored = ckpt.restore(
+            checkpoint.abstract_like(abstract.params, shardings.params),
+            checkpoint.abstract_like(abstract.opt_state, shardings.opt_state),
+            config,
+        )
+        word = restored.params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+        placement = {
+            "devices": len(word.sharding.device_set),
+            "word_shard": sorted({tuple(s.data.shape) for s in word.addressable_shards}),
+        }
+        state = train.TrainState(
+            step=jax.device_put(np.int32(restored.step), shardings.step),
+            params=restored.params,
+            opt_state=restored.opt_state,
+        )
+        restored_params = jax.device_get(restored.params)
+        exact = all(
+            np.array_equal(a, b) for a, b in zip(jax.tree.leaves(restored_params), jax.tree.leaves(saved), strict=True)
+        )
+        state, metrics = step(state, global_batch_from_process_local(batches[2], mesh))
+        params = flat(jax.device_get(state.params))
+        reference = flat(expected_params)
+        report[name] = {
+            **placement,
+            "restored_exactly": exact,
+            "step": int(state.step),
+            "loss": float(metrics["loss"]),
+            "params_max_abs_diff": max(float(np.abs(params[k] - reference[k]).max()) for k in params),
+        }
+    ckpt.close()
+    return report
+
+
+def test_a_2x2x2_checkpoint_restores_on_1_device_and_on_1x1x4(tmp_path):
+    flags = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.test_checkpoint", str(tmp_path / "ckpt")],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**ENV, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"},
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for name, devices, shard in (("1", 1, [1000, 64]), ("1x1x4", 4, [250, 64])):
+        info = report[name]
+        assert info["devices"] == devices and info["word_shard"] == [shard]  # really placed on the new mesh
+        assert info["restored_exactly"]
+        assert info["step"] == 3
+        assert info["loss"] == pytest.approx(report["expected_loss"], rel=1e-5)
+        assert info["params_max_abs_diff"] <= 1e-5
+
+
+if __name__ == "__main__":
+    print(json.dumps(_topology_report(sys.argv[1])))
