@@ -24,6 +24,9 @@ config_flags.DEFINE_config_file("config", None, "An experiments/*.py config file
 flags.DEFINE_string("workdir", None, "Where the corpus, metrics, TensorBoard logs and exports go.")
 flags.mark_flags_as_required(["config", "workdir"])
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU, SLURM).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (only where it is not auto-detected).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (only where it is not auto-detected).")
+flags.DEFINE_integer("process_id", None, "This process's index (only where it is not auto-detected).")
 
 
 def main(argv: list[str]) -> None:
@@ -34,8 +37,14 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     import jax
 
-    if FLAGS.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()
+    if FLAGS.distributed or FLAGS.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        # CPU processes need a collectives backend (GPU/TPU ignore this setting).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
     from bert_jax import pretrain_loop
 
     result = pretrain_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
