@@ -61,6 +61,7 @@ setup(
             "bert-jax-train-vocab=bert_jax_tools.train_vocab:run",
             "bert-jax-benchmark-data=bert_jax_tools.benchmark_data:run",
             "bert-jax-export=bert_jax_tools.export:run",
+            "bert-jax-finetune=bert_jax.finetune.cli:run",
         ]
     },
 )

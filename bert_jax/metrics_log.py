@@ -64,8 +64,10 @@ class MetricsLog:
             ("loss", "loss {:.4f}"),
             ("mlm_accuracy", "mlm_acc {:.4f}"),
             ("nsp_accuracy", "nsp_acc {:.4f}"),
+            ("accuracy", "acc {:.4f}"),
             ("learning_rate", "lr {:.2e}"),
             ("tokens_per_sec", "{:,.0f} tok/s"),
+            ("examples_per_sec", "{:,.1f} ex/s"),
             ("mfu", "MFU {:.1%}"),
         ):
             if key in metrics:

@@ -132,29 +132,26 @@ def mlm_terms_for(mesh: Mesh | None, rules: Any = None) -> losses.MaskedLmTerms:
     return losses.vocab_parallel_masked_lm_terms(mesh, batch_axes, vocab_axes[0])
 
 
-def make_train_step(
-    model: BertForPreTraining,
+LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, Metrics]]
+
+
+def make_step(
+    loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     *,
     dropout_seed: int,
     num_microbatches: int = 1,
-    mesh: Mesh | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """`(state, batch) -> (state, metrics)`: one optimizer step over the global batch.
+    """`(state, batch) -> (state, metrics)` for any objective: the step both jobs (pretraining, fine-tuning) use.
 
-    Metrics: loss, mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy (means over the batch), grad_norm (before
-    clipping) and learning_rate (the one this step used). With `mesh`, the MLM loss is vocab-parallel
-    when the mesh splits the vocabulary (`mlm_terms_for`).
+    `loss_fn(params, batch, dropout_rng) -> (loss, metrics)` is differentiated over `num_microbatches` slices
+    of the batch (`lax.scan`), then the optimizer updates the params. Adds grad_norm (before clipping) and
+    learning_rate (the one this step used) to the metrics. The dropout key is `fold_in(key(seed), step)`.
     """
-    mlm_terms = mlm_terms_for(mesh)
 
     def loss_and_grad(params: Any, batch: Batch, rng: jax.Array) -> tuple[Metrics, Any]:
-        def loss_fn(p: Any) -> tuple[jax.Array, Metrics]:
-            mlm_logits, nsp_logits = _forward(model, p, batch, deterministic=False, rng=rng)
-            return losses.pretraining_loss(mlm_logits, nsp_logits, batch, mlm_terms)
-
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
         return metrics, grads
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -166,6 +163,30 @@ def make_train_step(
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
+
+
+def make_train_step(
+    model: BertForPreTraining,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    dropout_seed: int,
+    num_microbatches: int = 1,
+    mesh: Mesh | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """The pretraining step: `make_step` with the MLM + NSP objective.
+
+    Metrics: loss, mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy (means over the batch), grad_norm (before
+    clipping) and learning_rate (the one this step used). With `mesh`, the MLM loss is vocab-parallel
+    when the mesh splits the vocabulary (`mlm_terms_for`).
+    """
+    mlm_terms = mlm_terms_for(mesh)
+
+    def loss_fn(params: Any, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics]:
+        mlm_logits, nsp_logits = _forward(model, params, batch, deterministic=False, rng=rng)
+        return losses.pretraining_loss(mlm_logits, nsp_logits, batch, mlm_terms)
+
+    return make_step(loss_fn, optimizer, schedule, dropout_seed=dropout_seed, num_microbatches=num_microbatches)
 
 
 def make_eval_step(model: BertForPreTraining, mesh: Mesh | None = None) -> Callable[[Any, Batch], Metrics]:

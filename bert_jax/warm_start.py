@@ -55,7 +55,7 @@ def _checkpoint_location(path: str) -> tuple[str, int | None] | None:
     return None
 
 
-def _from_checkpoint(directory: str, step: int | None) -> tuple[BertConfig, Any]:
+def _from_checkpoint(directory: str, step: int | None) -> tuple[BertConfig, Any, dict[str, str]]:
     ckpt = checkpoint.Checkpointer(directory, save_every_steps=1, async_save=False)
     try:
         step = ckpt.latest_step() if step is None else step
@@ -64,43 +64,64 @@ def _from_checkpoint(directory: str, step: int | None) -> tuple[BertConfig, Any]
         config = checkpoint.model_config_from_meta(ckpt.read_meta(step))
         shapes = jax.eval_shape(lambda: init_params(BertForPreTraining(config), jax.random.key(0)))
         params = ckpt.restore_params(step, checkpoint.abstract_like(shapes, checkpoint.host_shardings(shapes)))
-        return config, jax.device_get(params)
+        return config, jax.device_get(params), ckpt.read_tokenizer(step)
     finally:
         ckpt.close()
 
 
-def load(path: str, model_config: BertConfig, fresh_params: Any) -> WarmStart:
-    """The job's params with every leaf the source at `path` has replaced by the source's value."""
+@dataclasses.dataclass
+class Source:
+    """Weights to start from: the source's model config and params (vocabulary unpadded), and its tokenizer."""
+
+    path: str
+    config: BertConfig
+    params: Any  # host arrays; {"bert": ..., maybe "cls": ...}
+    tokenizer_files: dict[str, str]  # `checkpoint.tokenizer_payload` form; empty when the source has none
+
+
+def read_source(path: str) -> Source:
+    """Reads a warm-start source (see the module docstring) onto the host."""
     if not os.path.exists(path):
         raise WarmStartError(f"init_from={path} does not exist; give a workdir, checkpoint, export or HF directory.")
     location = _checkpoint_location(path)
+    tokenizer: dict[str, str] = {}
     try:
         if location is not None:
-            source_config, params = _from_checkpoint(*location)
+            config, params, tokenizer = _from_checkpoint(*location)
         else:
-            source_config, params = convert.load_pretrained(path)
+            config, params = convert.load_pretrained(path)
+            directory = path if os.path.isdir(path) else os.path.dirname(path)
+            vocab = os.path.join(directory, "vocab.txt")
+            if os.path.exists(vocab):
+                tokenizer = checkpoint.tokenizer_payload(vocab_file=vocab)
     except (convert.ConversionError, checkpoint.CheckpointError) as e:
         raise WarmStartError(f"init_from={path}: {e}") from None
-    source_config, params = convert.unpad_vocab(source_config, params)
+    config, params = convert.unpad_vocab(config, params)
+    if "bert" not in params:  # a BertModel checkpoint (no heads): its tree is the encoder's
+        params = {"bert": params}
+    return Source(os.path.abspath(path), config, params, tokenizer)
+
+
+def merge(source: Source, model_config: BertConfig, fresh_params: Any) -> WarmStart:
+    """The job's params with every leaf the source has replaced by the source's value."""
+    path = source.path
     differences = [
-        f"{name}: source {getattr(source_config, name)} vs config {getattr(model_config, name)}"
+        f"{name}: source {getattr(source.config, name)} vs config {getattr(model_config, name)}"
         for name in checkpoint.SHAPE_FIELDS
-        if name != "padded_vocab_size" and getattr(source_config, name) != getattr(model_config, name)
+        if name != "padded_vocab_size" and getattr(source.config, name) != getattr(model_config, name)
     ]
     if differences:
         raise WarmStartError(
             f"init_from={path} has another model shape than this job ({'; '.join(differences)}); set the "
             "job's model.* (and vocab) to the source's."
         )
-    if "bert" not in params:  # a BertModel checkpoint (no heads): its tree is the encoder's
-        params = {"bert": params}
-    _, params = convert.pad_vocab(source_config, params, model_config.vocab_pad_multiple)
-    source = traverse_util.flatten_dict(params)
+    _, params = convert.pad_vocab(source.config, source.params, model_config.vocab_pad_multiple)
+    flat_source = traverse_util.flatten_dict(params)
     target = traverse_util.flatten_dict(jax.device_get(fresh_params))
     merged, kept_fresh = {}, []
     for key, fresh in target.items():
-        if key in source:
-            value = np.asarray(source[key], dtype=np.float32)
+        if key in flat_source:
+            value = np.asarray(flat_source[key], dtype=np.float32)
             if value.shape != fresh.shape:
                 raise WarmStartError(
                     f"init_from={path}: {'/'.join(key)} has shape {value.shape}, expected {fresh.shape}."
@@ -109,5 +130,10 @@ def load(path: str, model_config: BertConfig, fresh_params: Any) -> WarmStart:
         else:
             merged[key] = fresh
             kept_fresh.append("/".join(key))
-    ignored = sorted("/".join(k) for k in source if k not in target)
-    return WarmStart(traverse_util.unflatten_dict(merged), os.path.abspath(path), kept_fresh, ignored)
+    ignored = sorted("/".join(k) for k in flat_source if k not in target)
+    return WarmStart(traverse_util.unflatten_dict(merged), path, kept_fresh, ignored)
+
+
+def load(path: str, model_config: BertConfig, fresh_params: Any) -> WarmStart:
+    """`merge(read_source(path), ...)`: the job's params, initialized from `path` wherever it has them."""
+    return merge(read_source(path), model_config, fresh_params)

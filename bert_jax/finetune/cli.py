@@ -1,0 +1,50 @@
+"""bert-jax-finetune: fine-tune and evaluate on GLUE, CoNLL-2003 NER or SQuAD (absl flags + a config file).
+
+  bert-jax-finetune --config=experiments/glue_sst2.py --workdir=/tmp/sst2 --config.init_from=/tmp/bert_tiny
+  bert-jax-finetune --config=experiments/conll_ner.py --workdir=/tmp/ner --config.init_from=bert-base-hf-dir
+
+Run the same command again to resume from the workdir's latest checkpoint. Only this entry point reads flags;
+the job is `bert_jax.finetune.job.finetune_and_evaluate(config, workdir)`.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from bert_jax import checkpoint, convert, tokenizers
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "An experiments/*.py fine-tuning config.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, eval_results.json and predictions go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    from bert_jax.finetune import job
+
+    result = job.finetune_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if result.stopped_by is not None:
+        raise SystemExit(0)
+
+
+def run() -> None:
+    """Console-script entry point; user errors end in one line, not a traceback."""
+    try:
+        app.run(main)
+    except (
+        ValueError,
+        FileNotFoundError,
+        checkpoint.CheckpointError,
+        convert.ConversionError,
+        tokenizers.TokenizerError,
+    ) as e:
+        raise SystemExit(f"bert-jax-finetune: error: {e}") from None
+
+
+if __name__ == "__main__":
+    run()

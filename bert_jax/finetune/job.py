@@ -1,0 +1,296 @@
+"""`finetune_and_evaluate(config, workdir)`: fine-tune a BERT on a task, evaluate it, save predictions.
+
+The weights come from `init_from` (a pretraining workdir or checkpoint of ours, an export, a Hugging Face
+BERT directory; the task head is new) or, without it, from a fresh initialization of `model.size`. The
+same machinery as pretraining: a mesh from `config.mesh`, the train state created in its shardings, one
+jitted step (`train.make_step` with the task's loss, donated state), orbax checkpoints every
+`checkpoint_every_steps` with automatic resume, SIGTERM stops with a checkpoint, metrics to the console,
+`metrics.jsonl` and TensorBoard. The training order is a permutation of the examples per (seed, epoch), so
+a step number alone says which rows it trains on, and a resumed run is the uninterrupted one.
+
+At every `eval_every_steps` and at the end the eval split is scored with the task's official metrics;
+the final scores go to `eval_results.json` and one prediction per eval example to
+`predictions_<split>.jsonl` in the workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from bert_jax import checkpoint, configs, optim, sharding, tokenizers, train, warm_start
+from bert_jax.data.pipeline import epoch_permutation
+from bert_jax.finetune.tasks import SquadOptions, Task, TaskSplit, make_task
+from bert_jax.metrics_log import MetricsLog
+from bert_jax.preemption import StopRequest
+
+
+class FinetuneConfigError(ValueError):
+    """A fine-tuning configuration that cannot run; raised before anything compiles."""
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    eval_metrics: dict[str, float]
+    step: int
+    stopped_by: str | None = None
+
+
+def task_from_config(config: ml_collections.ConfigDict) -> Task:
+    squad = SquadOptions(**config.squad.to_dict()) if config.get("squad") else None
+    return make_task(config.task, squad)
+
+
+def _steps(config: ml_collections.ConfigDict, num_examples: int) -> tuple[int, int]:
+    """(total train steps, steps per epoch)."""
+    per_epoch = num_examples // config.global_batch_size
+    if per_epoch < 1:
+        raise FinetuneConfigError(
+            f"The training split has {num_examples} examples, fewer than global_batch_size={config.global_batch_size}."
+        )
+    total = config.num_train_steps or math.ceil(config.num_epochs * per_epoch)
+    if total < 1:
+        raise FinetuneConfigError("Set num_train_steps or num_epochs to a positive value.")
+    return total, per_epoch
+
+
+def _rows(step: int, per_epoch: int, num_examples: int, global_batch: int, seed: int) -> np.ndarray:
+    """The example indices of the global batch of `step` (a pure function of the step: exact resumption)."""
+    epoch, index = divmod(step, per_epoch)
+    order = epoch_permutation(num_examples, seed=seed, epoch=epoch)
+    return order[index * global_batch : (index + 1) * global_batch]
+
+
+def _local(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """This process's share of the global batch `rows`."""
+    count, index = jax.process_count(), jax.process_index()
+    share = len(rows) // count
+    mine = rows[index * share : (index + 1) * share]
+    return {k: v[mine] for k, v in arrays.items()}
+
+
+def _eval_batches(split: TaskSplit, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """Every row of `split` in order, the last batch padded (example_weights 0 on padding rows)."""
+    n = len(split)
+    for start in range(0, n, global_batch):
+        rows = np.arange(start, min(start + global_batch, n))
+        weights = np.ones(global_batch, np.float32)
+        if len(rows) < global_batch:
+            weights[len(rows) :] = 0.0
+            rows = np.concatenate([rows, np.zeros(global_batch - len(rows), rows.dtype)])
+        batch = {k: v[rows] for k, v in split.arrays.items()}
+        batch["example_weights"] = weights
+        yield _local(batch, np.arange(global_batch))
+
+
+def _model_and_tokenizer(
+    config: ml_collections.ConfigDict,
+) -> tuple[configs.BertConfig, tokenizers.Tokenizer, warm_start.Source | None, dict[str, str]]:
+    """The encoder config, the tokenizer, the warm-start source (if any) and the tokenizer files to save."""
+    source = warm_start.read_source(config.init_from) if config.init_from else None
+    payload = checkpoint.tokenizer_payload(config.vocab_file) if config.vocab_file else {}
+    if not payload and source is not None:
+        payload = source.tokenizer_files
+    if "vocab.txt" not in payload:
+        raise FinetuneConfigError(
+            "No vocabulary: set --config.vocab_file (the source "
+            f"{config.init_from or '(none)'} has no vocab.txt beside its weights)."
+        )
+    scratch = tempfile.mkdtemp(prefix="bert_jax_vocab_")
+    vocab = checkpoint.write_tokenizer_files(payload, scratch)["vocab_file"]
+    tokenizer = tokenizers.load_tokenizer(vocab, None, config.lowercase)
+    overrides = {k: v for k, v in config.model.to_dict().items() if k != "size" and v is not None}
+    if source is not None:
+        model_config = source.config.replace(**overrides)
+    else:
+        model_config = configs.named_config(config.model.size, vocab_size=tokenizer.vocab_size, **overrides)
+    if model_config.vocab_size != tokenizer.vocab_size:
+        raise FinetuneConfigError(
+            f"The vocabulary has {tokenizer.vocab_size} entries but the model {model_config.vocab_size}; use the "
+            "vocab.txt that belongs to init_from."
+        )
+    return model_config, tokenizer, source, payload
+
+
+def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> FinetuneResult:
+    """Runs the fine-tuning job, resuming from the workdir's latest checkpoint when there is one."""
+    task = task_from_config(config)
+    if not os.path.isdir(config.data_dir):
+        raise FinetuneConfigError(f"data_dir={config.data_dir} is not a directory; point it at the task's data.")
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    model_config, tokenizer, source, tokenizer_files = _model_and_tokenizer(config)
+    mesh_config = sharding.MeshConfig(**config.mesh.to_dict())
+    vocab_shards = sharding.vocab_shards(mesh_config, len(jax.devices()))
+    model_config = model_config.replace(vocab_pad_multiple=math.lcm(model_config.vocab_pad_multiple, vocab_shards))
+    sharding.validate_parallelism(model_config, mesh_config, config.global_batch_size, len(jax.devices()))
+    if config.max_seq_length > model_config.max_position_embeddings:
+        raise FinetuneConfigError(
+            f"max_seq_length={config.max_seq_length} exceeds the model's max_position_embeddings="
+            f"{model_config.max_position_embeddings}."
+        )
+    train_split = task.load(config.data_dir, task.train_split, tokenizer, config.max_seq_length)
+    eval_split = task.load(config.data_dir, config.eval_split or task.eval_split, tokenizer, config.max_seq_length)
+    total_steps, per_epoch = _steps(config, len(train_split))
+    optimizer_config = optim.OptimizerConfig(
+        name="adamw",
+        learning_rate=config.learning_rate,
+        warmup_steps=int(config.warmup_fraction * total_steps),
+        total_steps=total_steps,
+        weight_decay=config.weight_decay,
+        clip_global_norm=1.0,
+    )
+    mesh = sharding.make_mesh(mesh_config)
+    model = task.model(model_config)
+    optimizer = optim.make_optimizer(optimizer_config)
+    schedule = optim.learning_rate_schedule(optimizer_config)
+    shardings = train.state_shardings(model, optimizer, mesh)
+    checkpointer = checkpoint.Checkpointer(
+        checkpoint.checkpoint_dir(workdir),
+        save_every_steps=config.checkpoint_every_steps,
+        max_to_keep=config.max_checkpoints_to_keep,
+    )
+    try:
+        abstract = jax.eval_shape(train.init_fn(model, optimizer), jax.random.key(config.seed))
+        restored = checkpointer.restore(
+            checkpoint.abstract_like(abstract.params, shardings.params),
+            checkpoint.abstract_like(abstract.opt_state, shardings.opt_state),
+            model_config,
+        )
+        if restored is not None:
+            state = train.TrainState(
+                step=jax.device_put(np.int32(restored.step), shardings.step),
+                params=restored.params,
+                opt_state=restored.opt_state,
+            )
+            if is_main:
+                print(f"Resumed from the checkpoint of step {restored.step} in {checkpointer.directory}", flush=True)
+        else:
+            state = train.create_train_state(model, optimizer, jax.random.key(config.seed), shardings)
+            if source is not None:
+                start = warm_start.merge(source, model_config, state.params)
+                placed = jax.tree.map(
+                    lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda i, x=x: np.asarray(x)[i]),
+                    start.params,
+                    shardings.params,
+                )
+                state = state.replace(params=placed)
+                if is_main:
+                    print(
+                        f"Initialized the encoder from {start.source}; new: {', '.join(start.kept_fresh)}", flush=True
+                    )
+
+        def loss_fn(params: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
+            outputs = model.apply(
+                {"params": params},
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["token_type_ids"],
+                deterministic=False,
+                rngs={"dropout": rng},
+            )
+            return task.loss(outputs, batch)
+
+        step_fn = train.jit_train_step(
+            train.make_step(loss_fn, optimizer, schedule, dropout_seed=config.seed + 1), shardings, mesh
+        )
+        replicated = NamedSharding(mesh, PartitionSpec())
+        predict = jax.jit(
+            lambda params, batch: model.apply(
+                {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+            ),
+            in_shardings=(shardings.params, sharding.batch_sharding(mesh)),
+            out_shardings=replicated,
+        )
+        log = MetricsLog(workdir, is_main)
+
+        def evaluate(step: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+            chunks = []
+            for local in _eval_batches(eval_split, config.global_batch_size):
+                inputs = {k: local[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+                chunks.append(np.asarray(predict(state.params, sharding.global_batch_from_process_local(inputs, mesh))))
+            outputs = np.concatenate(chunks, axis=0)[: len(eval_split)]
+            results, records = task.evaluate(outputs, eval_split)
+            log.write(step, results, prefix="eval_")
+            if is_main:
+                shown = " | ".join(f"{k} {v:.4f}" for k, v in results.items())
+                print(f"eval at step {step}: {shown}", flush=True)
+            return results, records
+
+        start_step = restored.step if restored is not None else 0
+        if is_main:
+            print(
+                f"Task {task.name}: {len(train_split)} training rows, {len(eval_split)} eval rows; {total_steps} steps "
+                f"of {config.global_batch_size} ({per_epoch} per epoch); mesh {dict(mesh.shape)}",
+                flush=True,
+            )
+        meta = {
+            "job_config": json.loads(config.to_json_best_effort()),
+            "model_config": model_config.to_dict(),
+            "task": task.name,
+            "labels": getattr(task, "labels", None),
+            "max_seq_length": config.max_seq_length,
+            "lowercase": config.lowercase,
+        }
+        done, stopped_by, results, records = start_step, None, {}, []
+        window_start, job_start = time.perf_counter(), time.perf_counter()
+        stop = StopRequest()
+        try:
+            for step in range(start_step, total_steps):
+                rows = _rows(step, per_epoch, len(train_split), config.global_batch_size, config.seed)
+                batch = sharding.global_batch_from_process_local(_local(train_split.arrays, rows), mesh)
+                state, metrics = step_fn(state, batch)
+                done = step + 1
+                if done % config.log_every_steps == 0 or done == total_steps:
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    elapsed = time.perf_counter() - window_start
+                    values["examples_per_sec"] = config.log_every_steps * config.global_batch_size / max(elapsed, 1e-9)
+                    log.write(done, values)
+                    eta = (time.perf_counter() - job_start) / (done - start_step) * (total_steps - done)
+                    log.console(done, total_steps, values, eta)
+                    window_start = time.perf_counter()
+                if done % config.eval_every_steps == 0 or done == total_steps:
+                    results, records = evaluate(done)
+                    window_start = time.perf_counter()
+                stopping = stop.should_stop(done)
+                if stopping or done == total_steps or checkpointer.should_save(done):
+                    checkpointer.save(done, state.params, state.opt_state, meta, tokenizer_files, force=True)
+                if stopping:
+                    stopped_by = stop.signal_name
+                    break
+            checkpointer.wait_until_finished()
+        finally:
+            stop.close()
+            log.close()
+        if stopped_by is not None:
+            if is_main:
+                print(
+                    f"Stopped by {stopped_by} after step {done}; the checkpoint of step {done} is saved in "
+                    f"{checkpointer.directory}. Run the same command to continue.",
+                    flush=True,
+                )
+            return FinetuneResult(results, done, stopped_by)
+        if not results:  # nothing left to train: score the restored model
+            results, records = evaluate(done)
+    finally:
+        checkpointer.close()
+    if is_main:
+        split_name = config.eval_split or task.eval_split
+        with open(os.path.join(workdir, "eval_results.json"), "w", encoding="utf-8") as f:
+            json.dump({"task": task.name, "split": split_name, "step": done, **results}, f, indent=2)
+        with open(os.path.join(workdir, f"predictions_{split_name}.jsonl"), "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        print(f"Wrote {workdir}/eval_results.json: {json.dumps(results)}", flush=True)
+    return FinetuneResult(results, done)

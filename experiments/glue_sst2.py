@@ -1,0 +1,52 @@
+"""glue_sst2: fine-tune on SST-2 (binary sentiment), the GLUE recipe of the original BERT paper.
+
+bert-jax-finetune --config=experiments/glue_sst2.py --workdir=/tmp/sst2 --config.init_from=/tmp/bert_tiny
+
+`init_from`: a pretraining workdir of ours (its latest checkpoint), an export, or a Hugging Face BERT
+directory; empty trains `model.size` from scratch (with `vocab_file`). Devlin et al. 2019, A.3: batch 32,
+learning rate in {5e-5, 3e-5, 2e-5}, 3 epochs, warmup 10%, dropout 0.1. The other GLUE configs change the task
+(and, for small tasks, the epochs).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SHARED_GLUE = os.path.join(_HERE, "..", "..", "shared", "data", "glue")
+
+
+def get_config(task: str = "glue_sst2") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.task = task
+    config.data_dir = os.path.normpath(SHARED_GLUE)  # the GLUE root: <data_dir>/SST-2/train.tsv, ...
+    config.eval_split = ""  # default: the task's dev split
+    config.init_from = ""
+    config.vocab_file = ""  # default: the vocab.txt of init_from
+    config.lowercase = True
+    config.seed = 0
+    config.max_seq_length = 128
+    config.global_batch_size = 32
+    config.num_train_steps = 0  # 0: num_epochs over the training split
+    config.num_epochs = 3.0
+    config.learning_rate = 2e-5
+    config.warmup_fraction = 0.1
+    config.weight_decay = 0.01
+    config.log_every_steps = 50
+    config.eval_every_steps = 1000
+    config.checkpoint_every_steps = 500
+    config.max_checkpoints_to_keep = 2
+
+    config.model = ml_collections.ConfigDict()
+    config.model.size = "base"  # only without init_from
+    config.model.dtype = "float32"
+    config.model.hidden_dropout_prob = 0.1
+    config.model.attention_probs_dropout_prob = 0.1
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1
+    config.mesh.fsdp = 1
+    config.mesh.tensor = 1
+    return config
