@@ -62,6 +62,7 @@ setup(
             "bert-jax-benchmark-data=bert_jax_tools.benchmark_data:run",
             "bert-jax-export=bert_jax_tools.export:run",
             "bert-jax-finetune=bert_jax.finetune.cli:run",
+            "bert-jax-predict=bert_jax_tools.predict:run",
         ]
     },
 )

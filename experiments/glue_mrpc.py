@@ -1,0 +1,22 @@
+"""glue_mrpc: fine-tune on MRPC (paraphrase), accuracy and F1; small: 5 epochs.
+
+bert-jax-finetune --config=experiments/glue_mrpc.py --workdir=/tmp/mrpc --config.init_from=DIR
+
+The settings of glue_sst2.py (the original paper's GLUE recipe) with this task. GLUE tasks not in
+../shared/data/glue need their directory: --config.data_dir=<GLUE root>.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+
+import ml_collections
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = runpy.run_path(os.path.join(_HERE, "glue_sst2.py"))["get_config"](task="glue_mrpc")
+    config.num_epochs = 5.0
+    return config

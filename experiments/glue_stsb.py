@@ -1,0 +1,22 @@
+"""glue_stsb: fine-tune on STS-B (similarity, regression), Pearson and Spearman; small: 5 epochs.
+
+bert-jax-finetune --config=experiments/glue_stsb.py --workdir=/tmp/stsb --config.init_from=DIR
+
+The settings of glue_sst2.py (the original paper's GLUE recipe) with this task. GLUE tasks not in
+../shared/data/glue need their directory: --config.data_dir=<GLUE root>.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+
+import ml_collections
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = runpy.run_path(os.path.join(_HERE, "glue_sst2.py"))["get_config"](task="glue_stsb")
+    config.num_epochs = 5.0
+    return config
