@@ -19,6 +19,7 @@ CORE = [
     "tensorflow>=2.16; sys_platform != 'linux'",
     "importlib_resources>=6",
     "tensorboard>=2.16",  # tf.summary needs it to write event files
+    "matplotlib>=3.7",  # bert-jax-plot: loss / accuracy curves as a PNG
 ]
 
 TEST = [
@@ -63,6 +64,7 @@ setup(
             "bert-jax-export=bert_jax_tools.export:run",
             "bert-jax-finetune=bert_jax.finetune.cli:run",
             "bert-jax-predict=bert_jax_tools.predict:run",
+            "bert-jax-plot=bert_jax_tools.plot_metrics:run",
         ]
     },
 )
