@@ -65,6 +65,7 @@ setup(
             "bert-jax-finetune=bert_jax.finetune.cli:run",
             "bert-jax-predict=bert_jax_tools.predict:run",
             "bert-jax-plot=bert_jax_tools.plot_metrics:run",
+            "bert-jax-benchmark=bert_jax_tools.benchmark:run",
         ]
     },
 )
