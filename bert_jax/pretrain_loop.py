@@ -153,15 +153,6 @@ def _check_resume_shapes(checkpointer: checkpoint.Checkpointer, model_config: co
     return step
 
 
-def _place(host_tree: Any, shardings: Any) -> Any:
-    """Host arrays (the same on every process) as global arrays with `shardings`."""
-    return jax.tree.map(
-        lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda index, x=x: np.asarray(x)[index]),
-        host_tree,
-        shardings,
-    )
-
-
 def _host_params(params: Any) -> Any:
     """The full params on the host of every process (gathered across processes when sharded over them)."""
     if jax.process_count() > 1:
@@ -254,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> JobRe
             state = train.create_train_state(model, optimizer, jax.random.key(config.seed), shardings)
             if config.init_from:
                 start = warm_start.load(config.init_from, model_config, state.params)
-                state = state.replace(params=_place(start.params, shardings.params))
+                state = state.replace(params=sharding.place_host_tree(start.params, shardings.params))
                 if is_main:
                     print(f"Initialized the params from {start.source} (optimizer fresh, step 0)", flush=True)
                     if start.kept_fresh:

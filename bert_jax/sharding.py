@@ -373,6 +373,16 @@ def global_batch_from_process_local(
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
+def place_host_tree(host_tree: Any, shardings: Any) -> Any:
+    """Host arrays (the same full values on every process) as global arrays with `shardings`; each process
+    transfers only the slices its devices hold (warm starts, restored host copies)."""
+    return jax.tree.map(
+        lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda index, x=x: np.asarray(x)[index]),
+        host_tree,
+        shardings,
+    )
+
+
 def _check_batch_shards_per_process(sharding: NamedSharding, global_rows: int) -> None:
     """Each batch shard (a range of rows) must be held by the devices of a single process."""
     owners: dict[int, set[int]] = {}
@@ -501,6 +511,7 @@ __all__ = [
     "padded_vocab_size",
     "param_partition_specs",
     "param_shardings",
+    "place_host_tree",
     "validate_parallelism",
     "vocab_shards",
 ]

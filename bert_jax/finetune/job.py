@@ -16,6 +16,7 @@ the final scores go to `eval_results.json` and one prediction per eval example t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -65,10 +66,16 @@ def _steps(config: ml_collections.ConfigDict, num_examples: int) -> tuple[int, i
     return total, per_epoch
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    return epoch_permutation(num_examples, seed=seed, epoch=epoch)
+
+
 def _rows(step: int, per_epoch: int, num_examples: int, global_batch: int, seed: int) -> np.ndarray:
-    """The example indices of the global batch of `step` (a pure function of the step: exact resumption)."""
+    """The example indices of the global batch of `step` (a pure function of the step: exact resumption);
+    the epoch's permutation is computed once per epoch, not per step."""
     epoch, index = divmod(step, per_epoch)
-    order = epoch_permutation(num_examples, seed=seed, epoch=epoch)
+    order = _epoch_order(num_examples, seed, epoch)
     return order[index * global_batch : (index + 1) * global_batch]
 
 
@@ -180,12 +187,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Fi
             state = train.create_train_state(model, optimizer, jax.random.key(config.seed), shardings)
             if source is not None:
                 start = warm_start.merge(source, model_config, state.params)
-                placed = jax.tree.map(
-                    lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda i, x=x: np.asarray(x)[i]),
-                    start.params,
-                    shardings.params,
-                )
-                state = state.replace(params=placed)
+                state = state.replace(params=sharding.place_host_tree(start.params, shardings.params))
                 if is_main:
                     print(
                         f"Initialized the encoder from {start.source}; new: {', '.join(start.kept_fresh)}", flush=True

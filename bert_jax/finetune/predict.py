@@ -25,6 +25,7 @@ from bert_jax import checkpoint, tokenizers
 from bert_jax.configs import BertConfig
 from bert_jax.finetune import conll_data, glue_data, metrics, squad_data
 from bert_jax.finetune.tasks import ConllNer, GlueClassification, Squad, SquadOptions, Task, TaskSplit, make_task
+from bert_jax.model import init_params
 
 
 class PredictError(ValueError):
@@ -59,10 +60,7 @@ class Predictor:
             task = make_task(meta["task"], SquadOptions(**squad) if squad else None)
             config = checkpoint.model_config_from_meta(meta)
             model = task.model(config)
-            shapes = jax.eval_shape(
-                lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 8), jax.numpy.int32))["params"]
-            )
-            shapes = jax.tree.map(lambda x: getattr(x, "value", x), shapes, is_leaf=lambda x: hasattr(x, "value"))
+            shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
             params = ckpt.restore_params(step, checkpoint.abstract_like(shapes, checkpoint.host_shardings(shapes)))
             payload = ckpt.read_tokenizer(step)
         finally:
