@@ -149,8 +149,8 @@ class BertSelfAttention(nn.Module):
         value = _dense(config, (heads, head_dim), names, "value")(x)
         rate = config.attention_probs_dropout_prob
         if deterministic or rate == 0.0:
-            # One fused op: XLA's implementation on CPU/TPU, cuDNN flash attention where available.
-            return jax.nn.dot_product_attention(query, key, value, mask=mask)
+            # One fused op (XLA's): no [B, heads, T, T] probabilities kept in float32 for a dropout.
+            return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation="xla")
         # Dropout on the attention probabilities (as the original) needs the explicit form.
         scores = jnp.einsum("bqnd,bknd->bnqk", query, key) / jnp.sqrt(jnp.asarray(head_dim, query.dtype))
         scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)

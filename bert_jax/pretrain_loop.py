@@ -96,7 +96,9 @@ def _prepare_corpus(config: ml_collections.ConfigDict, workdir: str) -> str:
 
         multihost_utils.sync_global_devices("corpus built")
     if jax.process_index() != 0:
-        builder = corpus.BertPretrainingCorpus(options=options, data_dir=os.path.join(workdir, "corpus"))
+        from bert_jax.data.corpus_builder import BertPretrainingCorpus
+
+        builder = BertPretrainingCorpus(options=options, data_dir=os.path.join(workdir, "corpus"))
         directory = builder.data_dir
     return directory
 

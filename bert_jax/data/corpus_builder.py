@@ -1,0 +1,153 @@
+"""The TFDS builder of the pretraining corpus (`BertPretrainingCorpus`) and its Apache Beam engine.
+
+Kept apart from `corpus.py` so that TensorFlow Datasets (and TensorFlow under it) is imported only by code that
+builds or opens a corpus: training on synthetic batches or on arrays (the benchmark, fine-tuning, a GPU/TPU image
+without TensorFlow) never pays for it. `corpus.build_corpus` is the entry point; see `corpus.py` for the format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from bert_jax.data import documents as documents_lib
+from bert_jax.data.corpus import (
+    _KEY_BASE,
+    CorpusOptions,
+    _instances_of,
+    _tokenize_document,
+    document_key,
+)
+from bert_jax.data.token_store import TokenStore, TokenStoreWriter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(eq=False)
+class CorpusBuilderConfig(tfds.core.BuilderConfig):
+    options: CorpusOptions | None = None
+
+
+class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
+    """NSP instances for BERT pretraining, built from the user's text (see the module docstring)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "Unpadded NSP instances with word-start flags; masking happens at batch time."
+    }
+
+    def __init__(self, *, options: CorpusOptions, data_dir: str, **kwargs: Any):
+        config = CorpusBuilderConfig(name=options.config_name(), options=options, description="bert_jax corpus")
+        self._options = options
+        self._store_dir: str | None = None
+        self.read_stats = documents_lib.ReadStats()
+        super().__init__(config=config, data_dir=data_dir, file_format="array_record", **kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        options = self._options
+        tokenizer = options.tokenizer()
+        metadata = tfds.core.MetadataDict(
+            options=dataclasses.asdict(options),
+            vocab_size=tokenizer.vocab_size,
+            special_ids=dict(tokenizer.special_ids),
+        )
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="BERT pretraining instances: [CLS] A [SEP] B [SEP] token ids, segment ids, word starts.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+                    "segment_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+                    "word_starts": tfds.features.Tensor(shape=(None,), dtype=np.bool_),
+                    "is_random_next": np.int64,
+                }
+            ),
+            metadata=metadata,
+        )
+
+    def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
+        del dl_manager
+        if self._options.use_beam:
+            return {split: _beam_examples(self._options, split) for split in self._options.splits}
+        self._store_dir = tempfile.mkdtemp(prefix="bert_jax_tokens_", dir=self._data_dir_root)
+        self._tokenize_to_store(self._store_dir)
+        return {split: self._generate_examples(split) for split in self._options.splits}
+
+    def _tokenize_to_store(self, directory: str) -> None:
+        """Pass 1: every document, tokenized, appended to an on-disk store."""
+        tokenizer = self._options.tokenizer()
+        writer = TokenStoreWriter(directory)
+        for file_index, path in enumerate(self._options.input_files):
+            documents = documents_lib.iter_file_documents(path, self._options.text_format, self.read_stats)
+            for doc_index, document in enumerate(documents):
+                writer.add(_tokenize_document(tokenizer, document), key=file_index * _KEY_BASE + doc_index)
+        writer.close()
+        documents_lib.check_not_empty(self.read_stats, len(self._options.input_files))
+        if writer.num_documents == 0:
+            raise documents_lib.CorpusError("The corpus is empty: no sentence produced any token.")
+        logger.info("Tokenized %d documents, %d tokens.", writer.num_documents, writer.num_tokens)
+
+    def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Pass 2: instances document by document, random segments from the whole memory-mapped corpus."""
+        assert self._store_dir is not None
+        store = TokenStore(self._store_dir)
+        config = self._options.instance_config(self._options.tokenizer())
+        for index, key in enumerate(store.keys):
+            file_index, doc_index = divmod(int(key), _KEY_BASE)
+            yield from _instances_of(self._options, config, store, index, document_key(file_index, doc_index), split)
+
+    def cleanup(self) -> None:
+        if self._store_dir:
+            shutil.rmtree(self._store_dir, ignore_errors=True)
+            self._store_dir = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The Apache Beam engine
+
+
+def _bucket_of(document_key: str, buckets: int) -> int:
+    return zlib.crc32(document_key.encode()) % buckets
+
+
+def _read_file_documents(options: CorpusOptions, file_index: int) -> Iterator[tuple[int, tuple[str, list[str]]]]:
+    path = options.input_files[file_index]
+    for doc_index, sentences in enumerate(documents_lib.iter_file_documents(path, options.text_format)):
+        key = document_key(file_index, doc_index)
+        yield _bucket_of(key, options.beam_buckets), (key, sentences)
+
+
+def _bucket_instances(
+    options: CorpusOptions, split: str, bucket: tuple[int, Sequence[tuple[str, list[str]]]]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Tokenizes one bucket of documents and creates their instances (random segments within the bucket)."""
+    _, members = bucket
+    tokenizer = options.tokenizer()
+    config = options.instance_config(tokenizer)
+    keyed = sorted(members)  # a deterministic order whatever order the runner delivered them in
+    store, keys = [], []
+    for key, sentences in keyed:
+        tokenized = _tokenize_document(tokenizer, sentences)
+        if tokenized:
+            store.append([(np.asarray(ids, np.int32), np.asarray(starts, bool)) for ids, starts in tokenized])
+            keys.append(key)
+    for index, key in enumerate(keys):
+        yield from _instances_of(options, config, store, index, key, split)
+
+
+def _beam_examples(options: CorpusOptions, split: str) -> Any:
+    beam = tfds.core.lazy_imports.apache_beam
+    return (
+        f"Files_{split}" >> beam.Create(list(range(len(options.input_files))))
+        | f"Read_{split}" >> beam.FlatMap(lambda i: _read_file_documents(options, i))
+        | f"Bucket_{split}" >> beam.GroupByKey()
+        | f"Instances_{split}" >> beam.FlatMap(lambda bucket: _bucket_instances(options, split, bucket))
+    )
