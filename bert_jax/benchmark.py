@@ -368,6 +368,7 @@ def run_benchmark(
         **device_memory_mb(),
         "host_cpus": os.cpu_count(),
         "versions": _versions(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 
