@@ -1,6 +1,6 @@
 """Side-by-side speed: our train step against Hugging Face's Flax and PyTorch BERT, interleaved, one run.
 
-  python -m bert_jax_tools.compare_peers --bench_dir=../shared/bench --peer_python=/tmp/anchors-venv/bin/python \
+  python -m bert_jax_tools.compare_peers --bench_dir=../shared/bench --peer_python=../peers-venv/bin/python \
       --configs=mini,base --rounds=2 --output_dir=/tmp/peers
 
 The peers are timed by the bench harness's `peer_step_bench.py` (`FlaxBertForPreTraining` and PyTorch
@@ -235,10 +235,12 @@ def main(argv: list[str]) -> None:
     unknown = [c for c in FLAGS.configs if c not in COMPARISONS]
     if unknown:
         raise app.UsageError(f"Unknown config(s) {', '.join(unknown)}; choose from {', '.join(COMPARISONS)}.")
-    harness = os.path.join(FLAGS.bench_dir, "peer_step_bench.py")
+    # The runs start in the repository root: relative paths are taken from where this command was started.
+    bench_dir, peer_python = os.path.abspath(FLAGS.bench_dir), os.path.abspath(FLAGS.peer_python)
+    harness = os.path.join(bench_dir, "peer_step_bench.py")
     if not os.path.isfile(harness):
         raise app.UsageError(f"{harness} does not exist: pass --bench_dir=<the peer harness directory>.")
-    if not os.access(FLAGS.peer_python, os.X_OK):
+    if not os.access(peer_python, os.X_OK):
         raise app.UsageError(f"--peer_python={FLAGS.peer_python} is not executable: run the harness's setup first.")
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     records, peaks = [], []
@@ -247,16 +249,16 @@ def main(argv: list[str]) -> None:
         open(os.path.join(FLAGS.output_dir, "runs.log"), "w", encoding="utf-8") as log,
     ):
         for round_index in range(FLAGS.rounds):
-            peak = float(_run(peak_command(FLAGS.bench_dir, FLAGS.peer_python), log)["achieved_gflops"])
+            peak = float(_run(peak_command(bench_dir, peer_python), log)["achieved_gflops"])
             peaks.append(peak)
             order = [OURS, *PEERS] if round_index % 2 == 0 else [*reversed(PEERS), OURS]
             for name in FLAGS.configs:
                 comparison = COMPARISONS[name]
                 for impl in order:
                     if impl == OURS:
-                        command = our_command(comparison, FLAGS.experiments_dir, peak, sys.executable)
+                        command = our_command(comparison, os.path.abspath(FLAGS.experiments_dir), peak, sys.executable)
                     else:
-                        command = peer_command(impl, comparison, FLAGS.bench_dir, peak, FLAGS.peer_python)
+                        command = peer_command(impl, comparison, bench_dir, peak, peer_python)
                     raw = _run(command, log)
                     record = normalize(impl, name, round_index, raw)
                     records.append(record)
