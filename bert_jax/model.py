@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax.configs import BertConfig
+from bert_jax.dropout import Dropout
 
 Array = jax.Array
 
@@ -131,7 +132,7 @@ class BertEmbeddings(nn.Module):
         positions = embed(config.max_position_embeddings, (None, "embed"), "position_embeddings")(position_ids)
         types = embed(config.type_vocab_size, (None, "embed"), "token_type_embeddings")(token_type_ids)
         x = _layer_norm(config)(words + positions + types)
-        return nn.Dropout(config.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(config.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class BertSelfAttention(nn.Module):
@@ -155,7 +156,7 @@ class BertSelfAttention(nn.Module):
         scores = jnp.einsum("bqnd,bknd->bnqk", query, key) / jnp.sqrt(jnp.asarray(head_dim, query.dtype))
         scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(config.dtype)
-        probs = nn.Dropout(rate)(probs, deterministic=False)
+        probs = Dropout(rate)(probs, deterministic=False)
         return jnp.einsum("bnqk,bknd->bqnd", probs, value)
 
 
@@ -168,7 +169,7 @@ class BertSelfOutput(nn.Module):
     def __call__(self, context: Array, residual: Array, deterministic: bool) -> Array:
         config = self.config
         x = _dense(config, config.hidden_size, ("heads", "kv", "embed"), "dense", axis=(-2, -1))(context)
-        x = nn.Dropout(config.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = Dropout(config.hidden_dropout_prob)(x, deterministic=deterministic)
         return _layer_norm(config)(x + residual)
 
 
@@ -202,7 +203,7 @@ class BertOutputBlock(nn.Module):
     def __call__(self, x: Array, residual: Array, deterministic: bool) -> Array:
         config = self.config
         x = _dense(config, config.hidden_size, ("mlp", "embed"), "dense")(x)
-        x = nn.Dropout(config.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = Dropout(config.hidden_dropout_prob)(x, deterministic=deterministic)
         return _layer_norm(config)(x + residual)
 
 

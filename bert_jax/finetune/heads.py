@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax.configs import BertConfig
+from bert_jax.dropout import Dropout
 from bert_jax.model import BertModel, _dense
 
 Array = jax.Array
@@ -36,7 +37,7 @@ class BertForSequenceClassification(nn.Module):
         deterministic: bool = True,
     ) -> Array:
         _, pooled = BertModel(self.config, name="bert")(input_ids, attention_mask, token_type_ids, None, deterministic)
-        pooled = nn.Dropout(self.config.hidden_dropout_prob)(pooled, deterministic=deterministic)
+        pooled = Dropout(self.config.hidden_dropout_prob)(pooled, deterministic=deterministic)
         return _dense(self.config, self.num_labels, ("embed", None), "classifier")(pooled).astype(jnp.float32)
 
 
@@ -55,7 +56,7 @@ class BertForTokenClassification(nn.Module):
         sequence, _ = BertModel(self.config, name="bert")(
             input_ids, attention_mask, token_type_ids, None, deterministic
         )
-        sequence = nn.Dropout(self.config.hidden_dropout_prob)(sequence, deterministic=deterministic)
+        sequence = Dropout(self.config.hidden_dropout_prob)(sequence, deterministic=deterministic)
         return _dense(self.config, self.num_labels, ("embed", None), "classifier")(sequence).astype(jnp.float32)
 
 
