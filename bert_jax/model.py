@@ -19,6 +19,7 @@ original does: at sequence length 128 with 20 predictions this skips most of the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +27,8 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 from bert_jax.configs import BertConfig
 from bert_jax.dropout import Dropout
@@ -33,9 +36,18 @@ from bert_jax.dropout import Dropout
 Array = jax.Array
 
 
+def _erf_gelu(x: Array) -> Array:
+    """Exact GELU as transformers' PyTorch writes it, x/2 * (1 + erf(x/sqrt(2))).
+
+    `jax.nn.gelu(approximate=False)` computes the same function through erfc, which XLA:CPU evaluates ~20%
+    slower; the two differ by at most one float32 ulp of the result where it is not ~0.
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(np.sqrt(0.5), x.dtype)))
+
+
 def _activation(name: str) -> Callable[[Array], Array]:
     if name == "gelu":
-        return lambda x: jax.nn.gelu(x, approximate=False)
+        return _erf_gelu
     if name in ("gelu_new", "gelu_pytorch_tanh"):
         return lambda x: jax.nn.gelu(x, approximate=True)
     if name == "relu":
@@ -67,6 +79,38 @@ def _layer_norm(config: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
     )
 
 
+def _flat_dot_general(
+    lhs: Array,
+    rhs: Array,
+    dimension_numbers: lax.DotDimensionNumbers,
+    precision: lax.PrecisionLike = None,
+    preferred_element_type: Any = None,
+) -> Array:
+    """`lax.dot_general` for a dense layer, computed as one 2D matmul [tokens, in] @ [in, out].
+
+    The attention projections keep their per-head kernels ([hidden, heads, head_dim] and [heads, head_dim,
+    hidden]) for sharding and conversion; contracting them as 3D tensors made XLA:CPU copy the kernels and the
+    activations into transposed layouts for the backward pass (measured: the attention block's forward +
+    backward 10% slower). Reshaping to 2D is free in row-major layout and leaves the math unchanged. Any
+    contraction that is not "trailing input axes with leading kernel axes, no batch axes" goes to
+    `lax.dot_general` as is.
+    """
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    num = len(lhs_contract)
+    trailing = tuple(range(lhs.ndim - num, lhs.ndim))
+    leading = tuple(range(num))
+    if lhs_batch or rhs_batch or tuple(lhs_contract) != trailing or tuple(rhs_contract) != leading:
+        return lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type=preferred_element_type)
+    contracted = math.prod(lhs.shape[lhs.ndim - num :])
+    out = jnp.matmul(
+        lhs.reshape(-1, contracted),
+        rhs.reshape(contracted, -1),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    return out.reshape(lhs.shape[: lhs.ndim - num] + rhs.shape[num:])
+
+
 def _dense(
     config: BertConfig,
     features: int | tuple[int, ...],
@@ -82,6 +126,7 @@ def _dense(
         param_dtype=jnp.float32,
         kernel_init=_kernel_init(config, names),
         bias_init=_zeros(names[-num_out:]),
+        dot_general=_flat_dot_general,
         name=name,
     )
 
