@@ -297,7 +297,64 @@ def make_optimizer(config: OptimizerConfig, params_or_mask: PyTree | None = None
     if config.name == "lamb":
         parts.append(optax.masked(optax.scale_by_trust_ratio(), mask))
     parts.append(optax.scale_by_learning_rate(learning_rate_schedule(config)))
-    return optax.chain(*parts)
+    chain = optax.chain(*parts)
+    if config.name == "adamw":
+        return optax.GradientTransformation(chain.init, _fused_adamw_update(config, mask))
+    return chain
+
+
+def _fused_adamw_update(config: OptimizerConfig, mask: PyTree | Callable[[PyTree], PyTree]) -> optax.TransformUpdateFn:
+    """The AdamW chain's `update` (clip -> Adam -> masked decay -> -lr), as one elementwise pass per parameter.
+
+    Why: the optimizer is memory-bound (it reads gradient, both moments and the parameter of all 110M BERT-base
+    weights and writes three of them back). Run as the chain of optax transformations, XLA:CPU reads and writes
+    the intermediate update trees between the steps: 430 ms per BERT-base step on a 2-core CPU, against 250 ms
+    for the same math written as one function of (gradient, mu, nu, param) per leaf, with the clipping as one
+    scalar factor. The result is the chain's to float32 rounding (the clipped gradient is `g * (max / norm)`
+    instead of `(g / norm) * max`), and the state is the chain's own (built by its `init`, only the two step counts and the
+    moments change), so checkpoints are the same either way.
+    """
+    schedule = learning_rate_schedule(config)
+    b1, b2, eps, decay, max_norm = config.b1, config.b2, config.eps, config.weight_decay, config.clip_global_norm
+
+    def update(updates: PyTree, state: Any, params: PyTree | None = None) -> tuple[PyTree, Any]:
+        if params is None:
+            raise ValueError("AdamW's update needs params (the weight decay reads them).")
+        adam_index = next(i for i, part in enumerate(state) if isinstance(part, optax.ScaleByAdamState))
+        schedule_index = next(i for i, part in enumerate(state) if isinstance(part, optax.ScaleByScheduleState))
+        adam, schedule_state = state[adam_index], state[schedule_index]
+        if max_norm is not None:
+            grad_norm = optax.tree.norm(updates)
+            # One scalar factor (as optax: unchanged below max_norm, else scaled to it). Multiplying by it instead
+            # of optax's `select(trigger, g, g / norm * max_norm)` keeps the whole update one fusion per leaf.
+            clip_factor = jnp.where(grad_norm < max_norm, 1.0, max_norm / grad_norm)
+        count = optax.safe_increment(adam.count)
+        if config.bias_correction:
+            c1, c2 = _one_minus_power(b1, count), _one_minus_power(b2, count)
+        else:
+            c1 = c2 = jnp.ones([], jnp.float32)
+        step_size = -schedule(schedule_state.count)
+        decayed = mask(params) if callable(mask) else mask
+
+        def leaf(g: jax.Array, m: jax.Array, v: jax.Array, p: jax.Array, is_decayed: bool) -> tuple[jax.Array, ...]:
+            if max_norm is not None:
+                g = g * clip_factor.astype(g.dtype)
+            m = (1 - b1) * g + b1 * m
+            v = (1 - b2) * (g**2) + b2 * v
+            u = ((m / c1) / (jnp.sqrt(v / c2) + eps)).astype(g.dtype)
+            if is_decayed and decay:
+                u = u + decay * p
+            return jnp.asarray(step_size, u.dtype) * u, m, v
+
+        treedef = jax.tree.structure(updates)
+        results = treedef.flatten_up_to(jax.tree.map(leaf, updates, adam.mu, adam.nu, params, decayed))
+        new_updates, mu, nu = (treedef.unflatten([result[i] for result in results]) for i in range(3))
+        new_state = list(state)
+        new_state[adam_index] = optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+        new_state[schedule_index] = optax.ScaleByScheduleState(count=optax.safe_increment(schedule_state.count))
+        return new_updates, type(state)(new_state)
+
+    return update
 
 
 def split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
