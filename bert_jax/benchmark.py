@@ -53,7 +53,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import flops, optim, pretrain_loop, sharding, tokenizers, train
+from bert_jax import flops, op_profile, optim, pretrain_loop, sharding, tokenizers, train
 from bert_jax.data import corpus, pipeline
 from bert_jax.data.masking import MaskingConfig, mask_batch, num_predictions
 from bert_jax.model import BertForPreTraining
@@ -79,7 +79,10 @@ class BenchmarkOptions:
     `peak_flops`: FLOP/s per device for MFU; None takes the config's `peak_flops_per_device`, or measures it
     when that is 0. `corpus_workdir`: where `input="pipeline"` builds the corpus (as the job's workdir: into
     `corpus_workdir/corpus`, reused when already built with the same options); None: a temporary directory,
-    removed afterwards. `config_name` labels the result (e.g. the config file's name).
+    removed afterwards. `config_name` labels the result (e.g. the config file's name). `profile_dir`: trace the
+    timed steps with `jax.profiler` into this directory and add the per-op table (`op_profile.summarize`) to the
+    result; the step times then include the tracing overhead. On a CPU, per-op events need
+    `op_profile.enable_cpu_op_tracing()` before JAX starts (bert-jax-benchmark --profile_dir does that).
     """
 
     steps: int = 10
@@ -89,6 +92,7 @@ class BenchmarkOptions:
     corpus_workdir: str | None = None
     config_name: str = "config"
     seed: int = 0
+    profile_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -466,21 +470,25 @@ def _time_train_step(
         jax.block_until_ready((state, metrics))
         warmup_ms.append((time.perf_counter() - begin) * 1e3)
 
-    say(f"Timing {options.steps} step(s)")
+    say(f"Timing {options.steps} step(s)" + (f", traced into {options.profile_dir}" if options.profile_dir else ""))
     step_ms, input_ms, token_counts, losses = [], [], [], []
     contention = _ForeignCpu()
-    for _ in range(options.steps):
-        begin = time.perf_counter()
-        if not synthetic:
-            batch, tokens = next_batch()
-            input_ms.append((time.perf_counter() - begin) * 1e3)
-        state, metrics = compiled(state, batch)
-        jax.block_until_ready((state, metrics))
-        step_ms.append((time.perf_counter() - begin) * 1e3)
-        token_counts.append(tokens)
-        losses.append(float(metrics["loss"]))  # after the clock stopped
+    with _profiler_trace(options.profile_dir):
+        for _ in range(options.steps):
+            begin = time.perf_counter()
+            if not synthetic:
+                batch, tokens = next_batch()
+                input_ms.append((time.perf_counter() - begin) * 1e3)
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready((state, metrics))
+            step_ms.append((time.perf_counter() - begin) * 1e3)
+            token_counts.append(tokens)
+            losses.append(float(metrics["loss"]))  # after the clock stopped
     foreign = contention.share()
     say(f"Median step {statistics.median(step_ms):.1f} ms")
+    profile = None
+    if options.profile_dir:
+        profile = op_profile.summarize(options.profile_dir, compiled.as_text(), options.steps)
     return {
         "num_params": num_params,
         "init_s": init_s,
@@ -499,7 +507,17 @@ def _time_train_step(
         "xla_flops_per_step": _xla_flops(compiled),
         "compiled_memory_mb": _compiled_memory_mb(compiled),
         "foreign_cpu_share": foreign,
+        "op_profile": profile,
     }
+
+
+def _profiler_trace(profile_dir: str | None) -> contextlib.AbstractContextManager[Any]:
+    """`jax.profiler.trace` into `profile_dir` (device and XLA events, no Python call tracing), or nothing."""
+    if not profile_dir:
+        return contextlib.nullcontext()
+    profiler_options = jax.profiler.ProfileOptions()
+    profiler_options.python_tracer_level = 0  # Python events would dwarf (and cap) the op events
+    return jax.profiler.trace(profile_dir, create_perfetto_trace=True, profiler_options=profiler_options)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -545,4 +563,7 @@ def format_table(result: Mapping[str, Any]) -> str:
         if (result[key] or 0.0) > FOREIGN_CPU_WARNING:
             rows.append(("WARNING", f"other processes used {result[key]:.0%} of the CPUs during {what}; rerun"))
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    table = "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    if result.get("op_profile"):
+        table += "\n\n" + op_profile.format_op_table(result["op_profile"])
+    return table

@@ -3,6 +3,7 @@
   bert-jax-benchmark --config=experiments/bert_mini.py --config.global_batch_size=16 --steps=5
   bert-jax-benchmark --config=experiments/bert_base_phase1.py --config.global_batch_size=8 --steps=3
   bert-jax-benchmark --config=experiments/bert_tiny.py --input=pipeline --workdir=/tmp/bench   # real batches
+  bert-jax-benchmark --config=experiments/bert_mini.py --steps=3 --profile_dir=/tmp/prof   # + time per model op
 
 The config and its --config.* overrides load exactly as for bert-jax-pretrain; the step is the job's own
 (bert_jax/benchmark.py). Progress goes to stderr; stdout gets a table and, last, one JSON line with every
@@ -19,7 +20,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from bert_jax import benchmark, tokenizers
+from bert_jax import benchmark, op_profile, tokenizers
 from bert_jax.data import documents
 
 FLAGS = flags.FLAGS
@@ -46,6 +47,12 @@ flags.DEFINE_string(
     "--input=pipeline: build (or reuse) the corpus in WORKDIR/corpus "
     "(default: a temporary directory, removed afterwards).",
 )
+flags.DEFINE_string(
+    "profile_dir",
+    None,
+    "Trace the timed steps with jax.profiler into this directory (perfetto trace) and print where the step's time "
+    "goes per model op (on a CPU this turns on XLA's per-thunk events; the step times include the tracing).",
+)
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU, SLURM).")
 
 
@@ -56,6 +63,8 @@ def _say(message: str) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.profile_dir:
+        op_profile.enable_cpu_op_tracing()  # before JAX creates its backend, which reads XLA_FLAGS once
     import jax
 
     if FLAGS.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
@@ -68,6 +77,7 @@ def main(argv: list[str]) -> None:
         peak_flops=FLAGS.peak_flops,
         corpus_workdir=FLAGS.workdir,
         config_name=os.path.splitext(os.path.basename(config_file))[0],
+        profile_dir=FLAGS.profile_dir,
     )
     result = benchmark.run_benchmark(FLAGS.config, options, progress=_say)
     if jax.process_index() == 0:
