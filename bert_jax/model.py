@@ -40,9 +40,10 @@ def _erf_gelu(x: Array) -> Array:
     """Exact GELU as transformers' PyTorch writes it, x/2 * (1 + erf(x/sqrt(2))).
 
     `jax.nn.gelu(approximate=False)` computes the same function through erfc, which XLA:CPU evaluates ~20%
-    slower; the two differ by at most one float32 ulp of the result where it is not ~0.
+    slower. The two agree to 1e-6 absolute in float32 (measured on x ~ N(0, 3^2)); for very negative x, where the
+    result tends to 0, this form has the lower relative precision, exactly as PyTorch's.
     """
-    return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(np.sqrt(0.5), x.dtype)))
+    return 0.5 * x * (1.0 + lax.erf(x * np.asarray(np.sqrt(0.5), x.dtype)))
 
 
 def _activation(name: str) -> Callable[[Array], Array]:
