@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import checkpoint, configs, convert, flops, optim, sharding, tokenizers, train, warm_start
+from bert_jax import checkpoint, compile_cache, configs, convert, flops, optim, sharding, tokenizers, train, warm_start
 from bert_jax.data import corpus, documents, pipeline
 from bert_jax.data.device_prefetch import prefetch_to_mesh
 from bert_jax.losses import summarize
@@ -180,9 +180,19 @@ def _export(export_dir: str, model_config: configs.BertConfig, params: Any, data
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> JobResult:
-    """Runs the pretraining job, resuming from the workdir's latest checkpoint when there is one."""
+    """Runs the pretraining job, resuming from the workdir's latest checkpoint when there is one.
+
+    Compiled programs go to (and on a restart come from) the persistent compilation cache that the config's
+    `compilation_cache_dir` names (`compile_cache`; by default `<workdir>/jax_cache`).
+    """
     _check_job(config)
     os.makedirs(workdir, exist_ok=True)
+    with compile_cache.job_cache(config.get("compilation_cache_dir", ""), workdir) as cache_dir:
+        return _train_and_evaluate(config, workdir, cache_dir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_dir: str | None) -> JobResult:
+    cache_start = compile_cache.counts()
     is_main = jax.process_index() == 0
     export_dir = os.path.join(workdir, "export")
     # Everything that can be checked is checked before the corpus is built and anything compiles.
@@ -326,7 +336,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> JobRe
                 # Between log steps nothing may wait for a device: steps queue up asynchronously. The guard
                 # turns any device-to-host transfer here (a stray float(), a print of an array) into an error.
                 with jax.transfer_guard_device_to_host("disallow"):
+                    dispatch_start = time.perf_counter()
                     state, metrics = train_step(state, batch.arrays)
+                if step == start_step and is_main:
+                    # The first call returns once the step is compiled (or loaded) and queued.
+                    print(
+                        f"Train step ready in {time.perf_counter() - dispatch_start:.1f} s "
+                        f"({compile_cache.describe(cache_dir, compile_cache.since(cache_start))})",
+                        flush=True,
+                    )
                 window_steps += 1
                 done = step + 1
                 if done % config.log_every_steps == 0 or done == config.num_train_steps:

@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 10_000  # also on the last step and when stopped by SIGTERM
     config.max_checkpoints_to_keep = 3
     config.init_from = ""  # warm start: a workdir/checkpoint of ours, an export or a Hugging Face BERT directory
+    config.compilation_cache_dir = ""  # "" = <workdir>/jax_cache (restarts load compiled programs), "off", or a dir
 
     config.model = ml_collections.ConfigDict()
     config.model.size = "base"

@@ -24,6 +24,7 @@ def get_config(task: str = "glue_sst2") -> ml_collections.ConfigDict:
     config.data_dir = os.path.normpath(SHARED_GLUE)  # the GLUE root: <data_dir>/SST-2/train.tsv, ...
     config.eval_split = ""  # default: the task's dev split
     config.init_from = ""
+    config.compilation_cache_dir = ""  # "" = <workdir>/jax_cache (restarts load compiled programs), "off", or a dir
     config.vocab_file = ""  # default: the vocab.txt of init_from
     config.lowercase = True
     config.seed = 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -271,6 +272,11 @@ def test_sigterm_saves_the_current_step_and_the_restart_continues_exactly(refere
     assert not (tmp_path / "export").exists()
     resumed = _run(tmp_path, corpus_dir)
     assert f"Resumed from the checkpoint of step {step}" in resumed.stdout
+    # The restart loads its train step from the workdir's compilation cache instead of compiling it again.
+    ready = [line for line in resumed.stdout.splitlines() if line.startswith("Train step ready in")]
+    assert len(ready) == 1 and f"compilation cache {tmp_path / 'jax_cache'}: " in ready[0], resumed.stdout[-2000:]
+    loaded = re.search(r": (\d+) of (\d+) programs loaded from it", ready[0])
+    assert loaded is not None and int(loaded.group(1)) >= 1, ready[0]
     _assert_same_run(tmp_path, reference)
 
 

@@ -116,6 +116,9 @@ def test_sst2_from_minilm_trains_evaluates_and_predicts(tmp_path, minilm_dir):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "new: classifier/bias, classifier/kernel" in result.stdout  # the encoder came from MiniLM
+    # The compiled train step went to the default compilation cache in the workdir (for a restart to load).
+    assert f"compilation cache {tmp_path / 'jax_cache'}: 0 of " in result.stdout
+    assert any(name.startswith("jit_train_step") for name in os.listdir(tmp_path / "jax_cache"))
     results = json.loads((tmp_path / "eval_results.json").read_text())
     assert results["task"] == "glue_sst2" and results["split"] == "dev" and results["step"] == 60
     # Far better than the majority class (dev: 444 positive of 872 = 50.9%) after 60 steps from MiniLM

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bert_jax import checkpoint, configs, optim, sharding, tokenizers, train, warm_start
+from bert_jax import checkpoint, compile_cache, configs, optim, sharding, tokenizers, train, warm_start
 from bert_jax.data.pipeline import epoch_permutation
 from bert_jax.finetune.tasks import SquadOptions, Task, TaskSplit, make_task
 from bert_jax.metrics_log import MetricsLog
@@ -131,11 +131,23 @@ def _model_and_tokenizer(
 
 
 def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> FinetuneResult:
-    """Runs the fine-tuning job, resuming from the workdir's latest checkpoint when there is one."""
+    """Runs the fine-tuning job, resuming from the workdir's latest checkpoint when there is one.
+
+    Compiled programs go to (and on a restart come from) the persistent compilation cache that the config's
+    `compilation_cache_dir` names (`compile_cache`; by default `<workdir>/jax_cache`).
+    """
     task = task_from_config(config)
     if not os.path.isdir(config.data_dir):
         raise FinetuneConfigError(f"data_dir={config.data_dir} is not a directory; point it at the task's data.")
     os.makedirs(workdir, exist_ok=True)
+    with compile_cache.job_cache(config.get("compilation_cache_dir", ""), workdir) as cache_dir:
+        return _finetune_and_evaluate(config, workdir, task, cache_dir)
+
+
+def _finetune_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, task: Task, cache_dir: str | None
+) -> FinetuneResult:
+    cache_start = compile_cache.counts()
     is_main = jax.process_index() == 0
     model_config, tokenizer, source, tokenizer_files = _model_and_tokenizer(config)
     mesh_config = sharding.MeshConfig(**config.mesh.to_dict())
@@ -252,7 +264,15 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Fi
             for step in range(start_step, total_steps):
                 rows = _rows(step, per_epoch, len(train_split), config.global_batch_size, config.seed)
                 batch = sharding.global_batch_from_process_local(_local(train_split.arrays, rows), mesh)
+                dispatch_start = time.perf_counter()
                 state, metrics = step_fn(state, batch)
+                if step == start_step and is_main:
+                    # The first call returns once the step is compiled (or loaded) and queued.
+                    print(
+                        f"Train step ready in {time.perf_counter() - dispatch_start:.1f} s "
+                        f"({compile_cache.describe(cache_dir, compile_cache.since(cache_start))})",
+                        flush=True,
+                    )
                 done = step + 1
                 if done % config.log_every_steps == 0 or done == total_steps:
                     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
