@@ -146,6 +146,28 @@ def adamw_state(model) -> train.TrainState:
     return train.create_train_state(model, make_optimizer(adamw_config()), jax.random.key(SEED))
 
 
+def test_train_state_equals_the_plain_jitted_init_and_uses_the_cpu_fast_compile_preset(model, adamw_state, monkeypatch):
+    """On CPU the init program is compiled with XLA's fast-compile preset; the state is bit for bit what a plain
+    `jax.jit` of the same init gives (XLA's default optimization), with and without shardings."""
+    optimizer = make_optimizer(adamw_config())
+    reference = jax.jit(train.init_fn(model, optimizer))(jax.random.key(SEED))
+    leaves = jax.tree_util.tree_leaves
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(adamw_state), leaves(reference), strict=True))
+    used = []
+    original = train._compile_for_one_run
+    monkeypatch.setattr(train, "_compile_for_one_run", lambda lowered: used.append(1) or original(lowered))
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    sharded = train.create_train_state(
+        model, optimizer, jax.random.key(SEED), train.state_shardings(model, optimizer, mesh)
+    )
+    assert used == [1]
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(sharded), leaves(reference), strict=True))
+    # This XLA knows the preset (an XLA without it would make `_compile_for_one_run` fall back silently).
+    lowered = jax.jit(train.init_fn(model, optimizer)).lower(jax.random.key(SEED))
+    with_preset = lowered.compile(compiler_options=train._CPU_FAST_COMPILE)(jax.random.key(SEED))
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(with_preset), leaves(reference), strict=True))
+
+
 @pytest.fixture(scope="module")
 def adamw_step(model) -> Any:
     """The jitted train step without dropout and without accumulation, shared by several tests."""
