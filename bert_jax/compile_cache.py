@@ -92,38 +92,27 @@ class CacheCounts:
     hits: int = 0
 
 
-class _Counter:
-    """Counts JAX's cache monitoring events, process-wide (JAX has no way to remove a listener)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts = CacheCounts()
-        jax.monitoring.register_event_listener(self._on_event)
-
-    def _on_event(self, event: str, **_: object) -> None:
-        if event in (_REQUESTS_EVENT, _HITS_EVENT):
-            with self._lock:
-                if event == _REQUESTS_EVENT:
-                    self._counts.requests += 1
-                else:
-                    self._counts.hits += 1
-
-    def snapshot(self) -> CacheCounts:
-        with self._lock:
-            return dataclasses.replace(self._counts)
+_counts = CacheCounts()
+_counts_lock = threading.Lock()
 
 
-_counter: _Counter | None = None
-_counter_lock = threading.Lock()
+def _count_event(event: str, **_: object) -> None:
+    if event in (_REQUESTS_EVENT, _HITS_EVENT):
+        with _counts_lock:
+            if event == _REQUESTS_EVENT:
+                _counts.requests += 1
+            else:
+                _counts.hits += 1
+
+
+# Process-wide from the first import on (JAX has no way to remove a listener); `since` takes differences.
+jax.monitoring.register_event_listener(_count_event)
 
 
 def counts() -> CacheCounts:
-    """Cache requests and hits so far in this process (counting starts at the first call of this function)."""
-    global _counter
-    with _counter_lock:
-        if _counter is None:
-            _counter = _Counter()
-    return _counter.snapshot()
+    """Cache requests and hits so far in this process (since this module was imported)."""
+    with _counts_lock:
+        return dataclasses.replace(_counts)
 
 
 def since(start: CacheCounts) -> CacheCounts:
@@ -139,3 +128,8 @@ def describe(directory: str | None, delta: CacheCounts) -> str:
     if delta.requests == 0:
         return f"compilation cache {directory}"
     return f"compilation cache {directory}: {delta.hits} of {delta.requests} programs loaded from it"
+
+
+def first_step_line(seconds: float, directory: str | None, start: CacheCounts) -> str:
+    """The jobs' log line after their first train-step call (which returns once the step is compiled or loaded)."""
+    return f"Train step ready in {seconds:.1f} s ({describe(directory, since(start))})"

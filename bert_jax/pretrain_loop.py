@@ -340,11 +340,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
                     state, metrics = train_step(state, batch.arrays)
                 if step == start_step and is_main:
                     # The first call returns once the step is compiled (or loaded) and queued.
-                    print(
-                        f"Train step ready in {time.perf_counter() - dispatch_start:.1f} s "
-                        f"({compile_cache.describe(cache_dir, compile_cache.since(cache_start))})",
-                        flush=True,
-                    )
+                    seconds = time.perf_counter() - dispatch_start
+                    print(compile_cache.first_step_line(seconds, cache_dir, cache_start), flush=True)
                 window_steps += 1
                 done = step + 1
                 if done % config.log_every_steps == 0 or done == config.num_train_steps:

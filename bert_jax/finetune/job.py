@@ -268,11 +268,8 @@ def _finetune_and_evaluate(
                 state, metrics = step_fn(state, batch)
                 if step == start_step and is_main:
                     # The first call returns once the step is compiled (or loaded) and queued.
-                    print(
-                        f"Train step ready in {time.perf_counter() - dispatch_start:.1f} s "
-                        f"({compile_cache.describe(cache_dir, compile_cache.since(cache_start))})",
-                        flush=True,
-                    )
+                    seconds = time.perf_counter() - dispatch_start
+                    print(compile_cache.first_step_line(seconds, cache_dir, cache_start), flush=True)
                 done = step + 1
                 if done % config.log_every_steps == 0 or done == total_steps:
                     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
