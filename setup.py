@@ -57,17 +57,17 @@ setup(
     extras_require={"test": TEST, "beam": BEAM},
     entry_points={
         "console_scripts": [
-            "bert-jax-pretrain=bert_jax.pretrain:run",
+            "bert-jax-pretrain=bert_jax_tools.launch:pretrain",
             "bert-jax-convert=bert_jax_tools.convert:run",
             "bert-jax-embed=bert_jax_tools.embed:run",
             "bert-jax-build-corpus=bert_jax_tools.build_corpus:run",
             "bert-jax-train-vocab=bert_jax_tools.train_vocab:run",
             "bert-jax-benchmark-data=bert_jax_tools.benchmark_data:run",
             "bert-jax-export=bert_jax_tools.export:run",
-            "bert-jax-finetune=bert_jax.finetune.cli:run",
+            "bert-jax-finetune=bert_jax_tools.launch:finetune",
             "bert-jax-predict=bert_jax_tools.predict:run",
             "bert-jax-plot=bert_jax_tools.plot_metrics:run",
-            "bert-jax-benchmark=bert_jax_tools.benchmark:run",
+            "bert-jax-benchmark=bert_jax_tools.launch:benchmark",
         ]
     },
 )

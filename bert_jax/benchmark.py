@@ -53,7 +53,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import flops, op_profile, optim, pretrain_loop, sharding, tokenizers, train
+from bert_jax import flops, host_memory, op_profile, optim, pretrain_loop, sharding, tokenizers, train
 from bert_jax.data import corpus, pipeline
 from bert_jax.data.masking import MaskingConfig, mask_batch, num_predictions
 from bert_jax.model import BertForPreTraining
@@ -373,6 +373,8 @@ def run_benchmark(
         "host_cpus": os.cpu_count(),
         "versions": _versions(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "host_malloc_hugepages": host_memory.hugepage_malloc_active(),
+        "transparent_hugepage_mode": host_memory.transparent_hugepage_mode(),
     }
 
 
@@ -557,6 +559,7 @@ def format_table(result: Mapping[str, Any]) -> str:
             f"{result['peak_source']})",
         ),
         ("peak RSS", mb(result["peak_rss_mb"])),
+        ("host malloc", "huge pages (glibc.malloc.hugetlb=1)" if result["host_malloc_hugepages"] else "4 KiB pages"),
         ("device memory", f"{mb(result['device_memory_peak_mb'])} peak of {mb(result['device_memory_limit_mb'])}"),
     ]
     for key, what in (("foreign_cpu_share", "the timed steps"), ("peak_foreign_cpu_share", "the peak measurement")):

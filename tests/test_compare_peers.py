@@ -14,8 +14,11 @@ from tools import compare_peers
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _record(impl: str, round_index: int, tokens: float, rss: float, comparison: str = "base") -> dict:
+def _record(
+    impl: str, round_index: int, tokens: float, rss: float, comparison: str = "base", hugepages: bool | None = None
+) -> dict:
     return {
+        "host_malloc_hugepages": (impl == "bert_jax") if hugepages is None else hugepages,
         "impl": impl,
         "comparison": comparison,
         "round": round_index,
@@ -51,6 +54,23 @@ def test_ratio_is_ours_over_the_faster_peer_of_the_same_round_then_the_median():
     table = compare_peers.format_table(compare_peers.summarize(records), [100.0, 90.5])
     assert "1.38x (1.50, 1.25)" in table
     assert "100.0, 90.5 GFLOP/s" in table
+    assert ours["host_malloc"] == "huge pages" and rows["hf_flax"]["host_malloc"] == "4 KiB pages"
+    assert table.splitlines()[2].endswith("| huge pages |") and table.splitlines()[3].endswith("| 4 KiB pages |")
+
+
+def test_host_malloc_column_says_mixed_when_rounds_differ():
+    records = [
+        _record("bert_jax", 0, 300.0, 3000.0, hugepages=True),
+        _record("bert_jax", 1, 290.0, 3000.0, hugepages=False),
+    ]
+    assert compare_peers.summarize(records)[0]["host_malloc"] == "mixed"
+
+
+def test_peers_get_the_hugepage_tunable_only_when_asked():
+    assert "GLIBC_TUNABLES" not in compare_peers.peer_environment(False, {"PATH": "/bin"})
+    assert compare_peers.peer_environment(True, {"PATH": "/bin"})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    kept = compare_peers.peer_environment(True, {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+    assert kept["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
 
 
 def test_normalize_reads_each_benchmarks_own_field_names():
@@ -65,6 +85,9 @@ def test_normalize_reads_each_benchmarks_own_field_names():
     )
     assert (ours["tokens_per_sec"], ours["mfu"]) == (10.0, 0.3)
     assert (peer["tokens_per_sec"], peer["mfu"]) == (8.0, 0.6)
+    assert ours["host_malloc_hugepages"] is None and peer["host_malloc_hugepages"] is None  # not reported
+    with_pages = compare_peers.normalize("bert_jax", "mini", 0, {**_record("bert_jax", 0, 1.0, 1.0), "mfu": 0.1})
+    assert with_pages["host_malloc_hugepages"] is True
 
 
 def test_both_sides_run_the_same_shapes():

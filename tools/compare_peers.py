@@ -13,6 +13,11 @@ config's three implementations one after another, in an order that alternates be
 the machine's speed favours none. The ratio of a round is ours / the faster peer in that round; the table gives
 the median over rounds. Writes `results.jsonl` (every run's JSON line) and `table.md` to --output_dir and
 prints the table.
+
+Host memory: `bert-jax-benchmark` restarts itself with glibc's huge-page malloc where the machine allows it
+(`bert_jax/host_memory.py`), as every bert_jax job does; the peers run as their harness starts them.
+`--peers_hugepage_malloc` gives the peers the same setting (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`), to see
+how much of a ratio is that setting. The table's last column says which each run had.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import app, flags
+
+from bert_jax import host_memory
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = ("hf_flax", "hf_torch")
@@ -119,16 +126,21 @@ def last_json_line(output: str) -> dict[str, Any]:
     raise ValueError("no JSON result line in the output")
 
 
-def normalize(impl: str, comparison: str, round_index: int, raw: Mapping[str, Any]) -> dict[str, Any]:
-    """One run's figures under common names: tokens/s, step ms, MFU on the FLOPs it executes, peak RSS.
+def normalize(
+    impl: str, comparison: str, round_index: int, raw: Mapping[str, Any], peer_hugepages: bool | None = None
+) -> dict[str, Any]:
+    """One run's figures under common names: tokens/s, step ms, MFU on the FLOPs it executes, peak RSS, and
+    whether its host malloc used huge pages (ours reports it; for a peer it is `peer_hugepages`).
 
     Peers' MFU is the harness's "matmul" mode (every weight matmul at every position, the MLM vocab projection
     included: what they execute); ours is `bert-jax-benchmark`'s (the MLM head only at the masked positions).
     """
     if impl == OURS:
         tokens, mfu = raw["tokens_per_sec"], raw["mfu"]
+        hugepages = raw.get("host_malloc_hugepages")
     else:
         tokens, mfu = raw["tokens_per_s"], (raw.get("mfu_by_mode") or {}).get("matmul")
+        hugepages = peer_hugepages
     return {
         "impl": impl,
         "comparison": comparison,
@@ -138,6 +150,7 @@ def normalize(impl: str, comparison: str, round_index: int, raw: Mapping[str, An
         "mfu": None if mfu is None else float(mfu),
         "peak_rss_mb": float(raw["peak_rss_mb"]),
         "foreign_cpu_share": raw.get("foreign_cpu_share"),
+        "host_malloc_hugepages": hugepages,
     }
 
 
@@ -175,9 +188,18 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                     "speed_vs_faster_peer": statistics.median(speed_ratios) if impl == OURS and speed_ratios else None,
                     "speed_vs_faster_peer_all": [round(x, 3) for x in speed_ratios] if impl == OURS else None,
                     "rss_vs_hf_flax": statistics.median(memory_ratios) if impl == OURS and memory_ratios else None,
+                    "host_malloc": _host_malloc({r.get("host_malloc_hugepages") for r in mine}),
                 }
             )
     return rows
+
+
+def _host_malloc(settings: set[bool | None]) -> str:
+    if settings == {True}:
+        return "huge pages"
+    if settings == {False}:
+        return "4 KiB pages"
+    return "unknown" if settings == {None} else "mixed"
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], peaks: Sequence[float]) -> str:
@@ -188,8 +210,8 @@ def format_table(rows: Sequence[Mapping[str, Any]], peaks: Sequence[float]) -> s
 
     lines = [
         "| config | implementation | tokens/s (median) | per round | step ms | MFU | peak RSS MB | ours / faster peer"
-        " | ours RSS / HF Flax |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+        " | ours RSS / HF Flax | host malloc |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         ratio = row["speed_vs_faster_peer"]
@@ -201,17 +223,27 @@ def format_table(rows: Sequence[Mapping[str, Any]], peaks: Sequence[float]) -> s
             f"{', '.join(f'{x:,.0f}' for x in row['tokens_per_sec_all'])} | {row['step_ms_median']:,.0f} | "
             f"{num(row['mfu'], '.1%')} | {row['peak_rss_mb']:,.0f} | "
             f"{ratio_text} | "
-            f"{num(row['rss_vs_hf_flax'], '.2f')} |"
+            f"{num(row['rss_vs_hf_flax'], '.2f')} | {row['host_malloc']} |"
         )
     lines.append("")
     lines.append(f"Matmul peak (float32 XLA 2048^3) per round: {', '.join(f'{p:.1f}' for p in peaks)} GFLOP/s.")
     return "\n".join(lines)
 
 
-def _run(command: Sequence[str], log: Any) -> dict[str, Any]:
+def peer_environment(hugepage_malloc: bool, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The peers' environment: ours as it is, plus glibc's huge-page malloc tunable when asked for."""
+    environ = dict(os.environ if environ is None else environ)
+    if hugepage_malloc:
+        tunables = environ.get(host_memory.TUNABLES_VARIABLE, "")
+        setting = f"{host_memory.HUGEPAGE_TUNABLE}=1"
+        environ[host_memory.TUNABLES_VARIABLE] = f"{tunables}:{setting}" if tunables else setting
+    return environ
+
+
+def _run(command: Sequence[str], log: Any, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     print(f"$ {' '.join(command)}", file=sys.stderr, flush=True)
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, check=False, env=env)
     log.write(f"$ {' '.join(command)}\n{done.stderr[-4000:]}\n")
     if done.returncode != 0:
         raise RuntimeError(f"{command[2] if len(command) > 2 else command[0]} failed:\n{done.stderr[-2000:]}")
@@ -227,6 +259,11 @@ flags.DEFINE_list("configs", ["mini", "base"], f"Comparisons to run: {', '.join(
 flags.DEFINE_integer("rounds", 2, "Interleaved rounds (the order of the implementations alternates).", lower_bound=1)
 flags.DEFINE_string("output_dir", None, "Where results.jsonl, table.md and the runs' logs go.", required=True)
 flags.DEFINE_string("experiments_dir", os.path.join(REPO_ROOT, "experiments"), "The experiments/ directory.")
+flags.DEFINE_bool(
+    "peers_hugepage_malloc",
+    False,
+    "Run the peers with glibc's huge-page malloc too (GLIBC_TUNABLES=glibc.malloc.hugetlb=1), as bert_jax runs.",
+)
 
 
 def main(argv: list[str]) -> None:
@@ -244,6 +281,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"--peer_python={FLAGS.peer_python} is not executable: run the harness's setup first.")
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     records, peaks = [], []
+    peers_env = peer_environment(FLAGS.peers_hugepage_malloc)
     with (
         open(os.path.join(FLAGS.output_dir, "results.jsonl"), "w", encoding="utf-8") as results,
         open(os.path.join(FLAGS.output_dir, "runs.log"), "w", encoding="utf-8") as log,
@@ -259,8 +297,8 @@ def main(argv: list[str]) -> None:
                         command = our_command(comparison, os.path.abspath(FLAGS.experiments_dir), peak, sys.executable)
                     else:
                         command = peer_command(impl, comparison, bench_dir, peak, peer_python)
-                    raw = _run(command, log)
-                    record = normalize(impl, name, round_index, raw)
+                    raw = _run(command, log, env=None if impl == OURS else peers_env)
+                    record = normalize(impl, name, round_index, raw, host_memory.hugepage_malloc_active(peers_env))
                     records.append(record)
                     results.write(json.dumps({**record, "peak_gflops": peak, "raw": raw}) + "\n")
                     results.flush()

@@ -1,0 +1,39 @@
+"""Console-script targets of the three long-running jobs: restart with huge-page malloc, then run the job.
+
+`bert_jax.host_memory.restart_with_hugepage_malloc` has to run before the job's own imports (jax, flax,
+orbax, TensorFlow Datasets take seconds) or they would be paid twice; this module imports nothing heavy, so
+the restart costs only the interpreter's start. The `python -m` mains of the same jobs call it too (after
+their imports).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from bert_jax import host_memory
+
+_JOBS = {
+    "pretrain": "bert_jax.pretrain",
+    "finetune": "bert_jax.finetune.cli",
+    "benchmark": "bert_jax_tools.benchmark",
+}
+
+
+def _launch(job: str) -> None:
+    host_memory.restart_with_hugepage_malloc()
+    importlib.import_module(_JOBS[job]).run()
+
+
+def pretrain() -> None:
+    """bert-jax-pretrain."""
+    _launch("pretrain")
+
+
+def finetune() -> None:
+    """bert-jax-finetune."""
+    _launch("finetune")
+
+
+def benchmark() -> None:
+    """bert-jax-benchmark."""
+    _launch("benchmark")
