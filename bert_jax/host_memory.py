@@ -81,8 +81,13 @@ def hugepage_malloc_tunables(
     current = environ.get(TUNABLES_VARIABLE, "")
     if any(item.partition("=")[0].strip() == HUGEPAGE_TUNABLE for item in current.split(":")):
         return None
+    return with_hugepage_tunable(current)
+
+
+def with_hugepage_tunable(tunables: str) -> str:
+    """`tunables` (a `GLIBC_TUNABLES` value, possibly empty) with the huge-page malloc setting appended."""
     setting = f"{HUGEPAGE_TUNABLE}=1"
-    return f"{current}:{setting}" if current else setting
+    return f"{tunables}:{setting}" if tunables else setting
 
 
 def restart_command(orig_argv: Sequence[str], executable: str) -> list[str]:

@@ -235,8 +235,7 @@ def peer_environment(hugepage_malloc: bool, environ: Mapping[str, str] | None = 
     environ = dict(os.environ if environ is None else environ)
     if hugepage_malloc:
         tunables = environ.get(host_memory.TUNABLES_VARIABLE, "")
-        setting = f"{host_memory.HUGEPAGE_TUNABLE}=1"
-        environ[host_memory.TUNABLES_VARIABLE] = f"{tunables}:{setting}" if tunables else setting
+        environ[host_memory.TUNABLES_VARIABLE] = host_memory.with_hugepage_tunable(tunables)
     return environ
 
 
