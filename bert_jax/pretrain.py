@@ -16,7 +16,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import checkpoint, host_memory, tokenizers
+from bert_jax import checkpoint, host_memory, quiet, tokenizers
 from bert_jax.data import documents
 
 FLAGS = flags.FLAGS
@@ -68,5 +68,6 @@ def run() -> None:
 
 
 if __name__ == "__main__":
+    quiet.quiet_native_logs()
     host_memory.restart_with_hugepage_malloc()
     run()

@@ -89,16 +89,20 @@ def _prepare_corpus(config: ml_collections.ConfigDict, workdir: str) -> str:
         return found[0]
     options = _corpus_options(config.data)
     if jax.process_index() == 0:
-        result = corpus.build_corpus(options, os.path.join(workdir, "corpus"), num_shards=config.data.num_shards)
+        result = corpus.build_corpus(
+            options, os.path.join(workdir, "corpus"), num_shards=config.data.num_shards, show_progress=True
+        )
+        print(result.summary(), flush=True)
         directory = result.dataset_dir
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("corpus built")
     if jax.process_index() != 0:
-        from bert_jax.data.corpus_builder import BertPretrainingCorpus
+        from bert_jax.data.corpus_builder import BertPretrainingCorpus, quiet_tfds
 
-        builder = BertPretrainingCorpus(options=options, data_dir=os.path.join(workdir, "corpus"))
+        with quiet_tfds():
+            builder = BertPretrainingCorpus(options=options, data_dir=os.path.join(workdir, "corpus"))
         directory = builder.data_dir
     return directory
 

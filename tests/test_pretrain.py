@@ -130,3 +130,62 @@ def test_the_step_loop_reads_devices_only_at_log_and_eval_steps(tmp_path, monkey
     assert dispatched[0] == 13
     assert {5, 10, 13} <= set(reads_at)  # log steps 5, 10, the last step 13; eval at 10 and 13
     assert set(reads_at) <= {0, 5, 10, 13}, sorted(set(reads_at))
+
+
+# What third-party libraries print that means nothing to a user of the job (TFDS's dataset-download banner and
+# bookkeeping warnings, tqdm's cursor-up escapes, TensorFlow's C++ start-up lines).
+CHATTER = (
+    "Downloading and preparing",
+    "Using custom data configuration",
+    "Variant folder",
+    "\x1b[A",
+    "All log messages before absl::InitializeLog()",
+    "oneDNN custom operations",
+    "cpu_feature_guard",
+    "Generating splits",
+    "Shuffling ",
+)
+
+
+def test_the_demo_console_shows_the_jobs_lines_in_order_and_no_library_chatter(tmp_path):
+    # The console script a user runs, in the environment a user has (no log-level variables of ours).
+    script = os.path.join(os.path.dirname(sys.executable), "bert-jax-pretrain")
+    if not os.path.exists(script):
+        pytest.skip("the bert-jax-pretrain console script is not installed next to this Python (pip install -e .)")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    command = [
+        script,
+        f"--config={REPO_ROOT / 'experiments' / 'bert_tiny.py'}",
+        f"--workdir={tmp_path}",
+        "--config.num_train_steps=4",
+        "--config.log_every_steps=2",
+        "--config.eval_every_steps=4",
+        "--config.eval_batches=1",
+        "--config.peak_flops_per_device=1e11",
+        "--config.optimizer.warmup_steps=1",
+    ]
+    runs = [subprocess.run(command, capture_output=True, text=True, env=env, timeout=900) for _ in range(2)]
+    for result in runs:
+        assert result.returncode == 0, result.stderr[-3000:]
+        output = result.stdout + result.stderr
+        for chatter in CHATTER:
+            assert chatter not in output, (chatter, output[-3000:])
+    lines = runs[0].stdout.splitlines()
+
+    def first(prefix: str) -> int:
+        found = [i for i, line in enumerate(lines) if line.startswith(prefix)]
+        assert found, (prefix, lines)
+        return found[0]
+
+    order = [first(p) for p in ("Corpus built in", "Model tiny:", "Train step ready", "step 2/4", "step 4/4")]
+    order += [first("eval at step 4"), first("Exported the weights of step 4")]
+    assert order == sorted(order), lines
+    corpus_line = lines[order[0]]
+    # three books, one document each; token and instance counts are printed with thousands separators
+    assert "3 documents" in corpus_line and " tokens" in corpus_line and "train + " in corpus_line, corpus_line
+    # The second run reuses the corpus (and trains nothing: the job is finished).
+    assert any(line.startswith("Corpus reused") for line in runs[1].stdout.splitlines()), runs[1].stdout
+    assert "Nothing to train" in runs[1].stdout
+    # stderr holds at most our own restart line (huge-page malloc), nothing else
+    stray = [line for line in runs[0].stderr.splitlines() if line.strip() and not line.startswith("[bert_jax]")]
+    assert not stray, stray

@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from bert_jax import benchmark, host_memory, op_profile, tokenizers
+from bert_jax import benchmark, host_memory, op_profile, quiet, tokenizers
 from bert_jax.data import documents
 
 FLAGS = flags.FLAGS
@@ -94,5 +94,6 @@ def run() -> None:
 
 
 if __name__ == "__main__":
+    quiet.quiet_native_logs()
     host_memory.restart_with_hugepage_malloc()
     run()

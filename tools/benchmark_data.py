@@ -17,6 +17,7 @@ import time
 
 from absl import app, flags
 
+from bert_jax import quiet
 from bert_jax.data import corpus, documents, pipeline
 
 FLAGS = flags.FLAGS
@@ -68,6 +69,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+    quiet.quiet_native_logs()
     app.run(main)
 
 

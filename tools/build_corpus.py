@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from bert_jax import tokenizers
+from bert_jax import quiet, tokenizers
 from bert_jax.data import corpus, documents
 
 FLAGS = flags.FLAGS
@@ -56,23 +56,21 @@ def main(argv: list[str]) -> None:
         from apache_beam.options.pipeline_options import PipelineOptions
 
         beam_options = PipelineOptions(FLAGS.beam_pipeline_options.split(","))
-    result = corpus.build_corpus(options, FLAGS.output_dir, FLAGS.num_shards, beam_options)
+    result = corpus.build_corpus(options, FLAGS.output_dir, FLAGS.num_shards, beam_options, show_progress=True)
     stats = result.read_stats
-    if result.reused:
-        print(f"Reusing the corpus already prepared with these options: {result.dataset_dir}")
-    else:
+    if not result.reused:
         skipped = f", skipped {len(stats.skipped_files)} file(s)" if stats.skipped_files else ""
         replaced = f", {stats.replaced_characters} undecodable bytes replaced" if stats.replaced_characters else ""
         print(
             f"Read {stats.files} file(s): {stats.documents} documents, {stats.sentences} sentences{skipped}{replaced}."
         )
-    counts = ", ".join(f"{split} {n}" for split, n in result.num_examples.items())
-    print(f"Corpus: {result.dataset_dir} ({counts} instances)")
+    print(result.summary())
     logging.info("Corpus options: %s", options)
 
 
 def run() -> None:
     """Console-script entry point; user errors end in one line, not a traceback."""
+    quiet.quiet_native_logs()
     try:
         app.run(main)
     except (documents.CorpusError, tokenizers.TokenizerError, ValueError, OSError) as e:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from bert_jax import host_memory
+from bert_jax import host_memory, quiet
 
 _JOBS = {
     "pretrain": "bert_jax.pretrain",
@@ -20,6 +20,7 @@ _JOBS = {
 
 
 def _launch(job: str) -> None:
+    quiet.quiet_native_logs()
     host_memory.restart_with_hugepage_malloc()
     importlib.import_module(_JOBS[job]).run()
 

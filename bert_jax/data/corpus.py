@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -172,10 +173,26 @@ def _instances_of(
 
 @dataclasses.dataclass
 class BuildResult:
+    """What `build_corpus` made (or found): where, how many instances per split, and its size."""
+
     dataset_dir: str
     num_examples: dict[str, int]
     reused: bool
     read_stats: documents_lib.ReadStats
+    num_documents: int | None = None  # None: a Beam build, or a corpus built before these were recorded
+    num_tokens: int | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for the console: built or reused, documents / tokens / instances, seconds, where."""
+        sizes = []
+        if self.num_documents is not None:
+            sizes.append(f"{self.num_documents:,} documents")
+        if self.num_tokens is not None:
+            sizes.append(f"{self.num_tokens:,} tokens")
+        sizes.append(" + ".join(f"{n:,} {split}" for split, n in self.num_examples.items()) + " instances")
+        how = "reused (built earlier with the same options)" if self.reused else f"built in {self.seconds:.1f} s"
+        return f"Corpus {how}: {', '.join(sizes)} in {self.dataset_dir}"
 
 
 def build_corpus(
@@ -183,21 +200,53 @@ def build_corpus(
     output_dir: str | os.PathLike[str],
     num_shards: int | None = None,
     beam_options: Any = None,
+    show_progress: bool = False,
 ) -> BuildResult:
     """Builds (or reuses, when already prepared with the same options) the corpus under `output_dir`.
 
     Bad input ends in a `CorpusError` or `TokenizerError` before anything is written; a build that
-    produced no training instance is removed again and reported.
+    produced no training instance is removed again and reported. `show_progress` draws a progress bar on
+    stderr for builds that run longer than a few seconds (local builds; Beam runners report their own).
     """
     documents_lib.expand_input_files(list(options.input_files))  # every input exists (or a clear error)
     options.tokenizer()  # a bad vocabulary fails here, before any reading
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
+    from bert_jax.data.corpus_builder import quiet_tfds
+
+    start = time.perf_counter()
+    with quiet_tfds():
+        builder, reused = _build(options, output_dir, num_shards, beam_options, show_progress)
+    counts = {split: builder.info.splits[split].num_examples for split in options.splits}
+    if counts["train"] == 0:
+        shutil.rmtree(builder.data_dir, ignore_errors=True)
+        raise documents_lib.CorpusError(
+            "The corpus produced no training instance (every document was empty after tokenization)."
+        )
+    vocab_copy = os.path.join(builder.data_dir, "vocab.txt")
+    if options.vocab_file and not os.path.exists(vocab_copy):
+        shutil.copyfile(options.vocab_file, vocab_copy)
+    metadata = builder.info.metadata or {}
+    return BuildResult(
+        builder.data_dir,
+        counts,
+        reused,
+        builder.read_stats,
+        num_documents=metadata.get("num_documents"),
+        num_tokens=metadata.get("num_tokens"),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _build(
+    options: CorpusOptions, output_dir: str, num_shards: int | None, beam_options: Any, show_progress: bool
+) -> tuple[Any, bool]:
+    """The prepared TFDS builder (built now unless it already was) and whether it already was."""
     import tensorflow_datasets as tfds
 
     from bert_jax.data.corpus_builder import BertPretrainingCorpus
 
-    builder = BertPretrainingCorpus(options=options, data_dir=output_dir)
+    builder = BertPretrainingCorpus(options=options, data_dir=output_dir, show_progress=show_progress)
     reused = builder.is_prepared()
     kwargs: dict[str, Any] = {}
     if num_shards:
@@ -218,16 +267,7 @@ def build_corpus(
         ) from None
     finally:
         builder.cleanup()
-    counts = {split: builder.info.splits[split].num_examples for split in options.splits}
-    if counts["train"] == 0:
-        shutil.rmtree(builder.data_dir, ignore_errors=True)
-        raise documents_lib.CorpusError(
-            "The corpus produced no training instance (every document was empty after tokenization)."
-        )
-    vocab_copy = os.path.join(builder.data_dir, "vocab.txt")
-    if options.vocab_file and not os.path.exists(vocab_copy):
-        shutil.copyfile(options.vocab_file, vocab_copy)
-    return BuildResult(builder.data_dir, counts, reused, builder.read_stats)
+    return builder, reused
 
 
 def find_dataset_dirs(path: str | os.PathLike[str]) -> list[str]:

@@ -7,8 +7,10 @@ without TensorFlow) never pays for it. `corpus.build_corpus` is the entry point;
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import shutil
 import tempfile
 import zlib
@@ -27,8 +29,43 @@ from bert_jax.data.corpus import (
     document_key,
 )
 from bert_jax.data.token_store import TokenStore, TokenStoreWriter
+from bert_jax.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
+
+# TFDS log lines that describe its own bookkeeping, not the user's data: a builder with a config of its own
+# ("Using custom data configuration: ...") and a version folder not yet written ("Variant folder ... has no
+# dataset_info.json"). Only these are dropped; every other TFDS warning still reaches the console.
+_TFDS_CHATTER = ("Using custom data configuration", "Variant folder")
+
+
+class _DropTfdsChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_TFDS_CHATTER)
+
+
+@contextlib.contextmanager
+def quiet_tfds() -> Iterator[None]:
+    """TFDS without its bookkeeping log lines and tqdm bars (we print one line of our own, and a bar of
+    ours on long builds); both come back as they were on exit."""
+    absl_logger = logging.getLogger("absl")  # TFDS logs through absl.logging, which is this logger
+    chatter = _DropTfdsChatter()
+    absl_logger.addFilter(chatter)
+    bars_were_on = getattr(tfds.core.utils.tqdm_utils, "_active", True)
+    tfds.disable_progress_bar()
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(chatter)
+        if bars_were_on:
+            tfds.enable_progress_bar()
+
+
+def _input_bytes(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # a tfds: input or a vanished file: no size to report progress against
+        return 0
 
 
 @dataclasses.dataclass(eq=False)
@@ -44,11 +81,14 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
         "1.0.0": "Unpadded NSP instances with word-start flags; masking happens at batch time."
     }
 
-    def __init__(self, *, options: CorpusOptions, data_dir: str, **kwargs: Any):
+    def __init__(self, *, options: CorpusOptions, data_dir: str, show_progress: bool = False, **kwargs: Any):
         config = CorpusBuilderConfig(name=options.config_name(), options=options, description="bert_jax corpus")
         self._options = options
         self._store_dir: str | None = None
+        self._show_progress = show_progress
         self.read_stats = documents_lib.ReadStats()
+        self.num_documents: int | None = None  # set by a local build (Beam workers count for themselves)
+        self.num_tokens: int | None = None
         super().__init__(config=config, data_dir=data_dir, file_format="array_record", **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -85,14 +125,27 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
         """Pass 1: every document, tokenized, appended to an on-disk store."""
         tokenizer = self._options.tokenizer()
         writer = TokenStoreWriter(directory)
+        sizes = [_input_bytes(path) for path in self._options.input_files]
+        bar = ProgressBar("Tokenizing the corpus", sum(sizes)) if self._show_progress else None
+        files_done = 0
         for file_index, path in enumerate(self._options.input_files):
             documents = documents_lib.iter_file_documents(path, self._options.text_format, self.read_stats)
+            read = 0
             for doc_index, document in enumerate(documents):
                 writer.add(_tokenize_document(tokenizer, document), key=file_index * _KEY_BASE + doc_index)
+                if bar is not None:  # characters + line ends: close to the bytes of the file read so far
+                    read += sum(len(sentence) + 1 for sentence in document)
+                    bar.update(files_done + min(read, sizes[file_index]))
+            files_done += sizes[file_index]
+        if bar is not None:
+            bar.close()
         writer.close()
         documents_lib.check_not_empty(self.read_stats, len(self._options.input_files))
         if writer.num_documents == 0:
             raise documents_lib.CorpusError("The corpus is empty: no sentence produced any token.")
+        self.num_documents, self.num_tokens = writer.num_documents, writer.num_tokens
+        # Kept with the corpus, so a job that reuses it reports the same figures as the build.
+        self.info.metadata.update(num_documents=writer.num_documents, num_tokens=writer.num_tokens)
         logger.info("Tokenized %d documents, %d tokens.", writer.num_documents, writer.num_tokens)
 
     def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -100,9 +153,21 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
         assert self._store_dir is not None
         store = TokenStore(self._store_dir)
         config = self._options.instance_config(self._options.tokenizer())
+        bar = ProgressBar(f"Writing the {split} instances", len(store.keys), unit="documents", scale=1.0)
         for index, key in enumerate(store.keys):
             file_index, doc_index = divmod(int(key), _KEY_BASE)
             yield from _instances_of(self._options, config, store, index, document_key(file_index, doc_index), split)
+            if self._show_progress:
+                bar.update(index + 1)
+        bar.close()
+
+    # TFDS's own lines around a build ("Downloading and preparing dataset Unknown size ...", "Dataset ...
+    # downloaded and prepared to ..."): nothing is downloaded here, and the job prints its own corpus line.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
 
     def cleanup(self) -> None:
         if self._store_dir:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import checkpoint, convert, host_memory, tokenizers
+from bert_jax import checkpoint, convert, host_memory, quiet, tokenizers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "An experiments/*.py fine-tuning config.", lock_config=True)
@@ -47,5 +47,6 @@ def run() -> None:
 
 
 if __name__ == "__main__":
+    quiet.quiet_native_logs()
     host_memory.restart_with_hugepage_malloc()
     run()
