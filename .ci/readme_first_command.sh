@@ -16,7 +16,7 @@ min_accuracy="${DEMO_MIN_MLM_ACCURACY:-0.15}"
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 
-git clone --quiet "$repo" "$scratch/bert_jax"
+git -c advice.detachedHead=false clone --quiet "$repo" "$scratch/bert_jax"
 cd "$scratch/bert_jax"
 readme_command="$(python3 "$here/readme_commands.py" first README.md)"
 # The README writes to /tmp/bert_tiny; CI uses a directory of its own so it never touches a user's run.
@@ -61,16 +61,5 @@ PY
 fi
 
 # Every console script still starts after the second install (its module imports, its flags parse).
-python - <<'PY'
-import subprocess
-from importlib.metadata import distribution
-scripts = [ep for ep in distribution("bert_jax").entry_points if ep.group == "console_scripts"]
-for ep in scripts:
-    ep.load()  # the module behind it imports
-    out = subprocess.run([ep.name, "--helpshort"], capture_output=True, text=True, timeout=300)
-    text = out.stdout + out.stderr
-    if "Traceback" in text or "flags" not in text.lower():
-        raise SystemExit(f"FAILED: {ep.name} --helpshort:\n{text[-2000:]}")
-print(f"   {len(scripts)} console scripts start: {', '.join(sorted(ep.name for ep in scripts))}")
-PY
+python "$here/console_scripts_start.py"
 echo "   README's first command: OK twice in a fresh venv"
