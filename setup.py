@@ -22,6 +22,10 @@ CORE = [
     "matplotlib>=3.7",  # bert-jax-plot: loss / accuracy curves as a PNG
 ]
 
+# libtpu, the TPU compiler and runtime: on a TPU VM it runs the jobs; on any other host bert-jax-compile uses it
+# to compile for a TPU slice without one. jax's own extra pins the libtpu of the installed jax.
+TPU = ["jax[tpu]>=0.7,<0.12"]
+
 TEST = [
     "pytest>=8",
     # Two test processes: the suite is compile- and subprocess-bound, 10 instead of 13 minutes on 2 cores.
@@ -38,9 +42,12 @@ TEST = [
     # Independent references for the fine-tuning metrics (accuracy, F1, Matthews, Pearson, Spearman).
     "scikit-learn>=1.3",
     "scipy>=1.10",
+    # bert-jax-compile's tests compile for TPU slices on this CPU host.
+    *TPU,
 ]
 
 BEAM = ["apache-beam>=2.60"]
+
 
 setup(
     name="bert_jax",
@@ -54,7 +61,7 @@ setup(
     include_package_data=True,
     package_data={"bert_jax": ["assets/*", "assets/corpus/*"]},
     install_requires=CORE,
-    extras_require={"test": TEST, "beam": BEAM},
+    extras_require={"test": TEST, "beam": BEAM, "tpu": TPU},
     entry_points={
         "console_scripts": [
             "bert-jax-pretrain=bert_jax_tools.launch:pretrain",
@@ -68,6 +75,7 @@ setup(
             "bert-jax-predict=bert_jax_tools.predict:run",
             "bert-jax-plot=bert_jax_tools.plot_metrics:run",
             "bert-jax-benchmark=bert_jax_tools.launch:benchmark",
+            "bert-jax-compile=bert_jax_tools.compile:run",
         ]
     },
 )

@@ -53,10 +53,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import flops, host_memory, op_profile, optim, pretrain_loop, sharding, tokenizers, train
+from bert_jax import flops, host_memory, op_profile, plan, pretrain_loop, sharding, tokenizers, train
 from bert_jax.data import corpus, pipeline
 from bert_jax.data.masking import MaskingConfig, mask_batch, num_predictions
-from bert_jax.model import BertForPreTraining
 
 INPUTS = ("synthetic", "pipeline")
 BUNDLED_CORPUS = os.path.join(os.path.dirname(__file__), "assets", "corpus", "*.txt")
@@ -146,7 +145,7 @@ def synthetic_batch(
 
 
 def _special_ids(config: ml_collections.ConfigDict) -> dict[str, int]:
-    """The special token ids of the config's vocabulary (as `pretrain_loop._vocab_size` finds the vocabulary)."""
+    """The special token ids of the config's vocabulary (as `plan.vocab_size` finds the vocabulary)."""
     data = config.data
     if data.get("corpus_dir") and not (data.vocab_file or data.get("spm_model")):
         found = corpus.find_dataset_dirs(data.corpus_dir)
@@ -296,16 +295,12 @@ def run_benchmark(
     """
     options = options or BenchmarkOptions()
     say = progress or (lambda _: None)
-    # The job's checks, in the job's order, before anything compiles.
-    pretrain_loop._check_job(config)
-    vocab_size = pretrain_loop._vocab_size(config)
-    model_config = pretrain_loop._model_config(config, vocab_size)
-    mesh_config = sharding.MeshConfig(**config.mesh.to_dict())
-    sharding.validate_parallelism(model_config, mesh_config, config.global_batch_size, len(jax.devices()))
-    optimizer_config = pretrain_loop._optimizer_config(config)
+    # The job's own plan (the same checks, before anything compiles; the same model, mesh and steps).
+    job = plan.make_plan(config)
+    model_config, optimizer_config, mesh = job.model_config, job.optimizer_config, job.mesh
+    vocab_size = model_config.vocab_size
     data = config.data
     seq_length, max_predictions = data.max_seq_length, data.max_predictions_per_seq
-    mesh = sharding.make_mesh(mesh_config)
 
     with contextlib.ExitStack() as cleanup:
         if options.input == "pipeline":
@@ -315,11 +310,11 @@ def run_benchmark(
             masking = _synthetic_masking(config, vocab_size, special)
             batch = synthetic_batch(config.global_batch_size, seq_length, masking, special, options.seed)
             inputs, corpus_s = itertools.repeat(_process_rows(batch)), None
-        result = _time_train_step(config, model_config, optimizer_config, mesh, inputs, options, say)
+        result = _time_train_step(job, inputs, options, say)
 
     # Throughput from the median step, as a steady-state rate.
     step_s = result["step_ms_median"] / 1e3
-    flops_per_sequence = flops.training_flops_per_sequence(model_config, seq_length, max_predictions)
+    flops_per_sequence = job.flops_per_sequence()
     sequences_per_sec = config.global_batch_size / step_s
     model_flops_per_sec = sequences_per_sec * flops_per_sequence
     rss = peak_rss_mb()  # before the peak measurement, which is not part of the job
@@ -399,12 +394,10 @@ def _pipeline_inputs(
     workdir = options.corpus_workdir or cleanup.enter_context(tempfile.TemporaryDirectory(prefix="bert_jax_bench_"))
     say(f"Preparing the corpus in {workdir}")
     start = time.perf_counter()
-    corpus_dir = pretrain_loop._prepare_corpus(config, workdir)
+    corpus_dir = pretrain_loop.prepare_corpus(config, workdir)
     corpus_s = time.perf_counter() - start
     if int(corpus.corpus_metadata(corpus_dir)["vocab_size"]) != vocab_size:
-        raise pretrain_loop.JobConfigError(
-            f"The corpus {corpus_dir} was built with another vocabulary than data.vocab_file."
-        )
+        raise plan.JobConfigError(f"The corpus {corpus_dir} was built with another vocabulary than data.vocab_file.")
     masking = corpus.masking_config_from_corpus(
         corpus_dir, data.max_predictions_per_seq, masked_lm_prob=data.masked_lm_prob, whole_word=data.whole_word
     )
@@ -421,32 +414,20 @@ def _pipeline_inputs(
 
 
 def _time_train_step(
-    config: ml_collections.ConfigDict,
-    model_config: Any,
-    optimizer_config: optim.OptimizerConfig,
-    mesh: jax.sharding.Mesh,
+    job: plan.PretrainPlan,
     inputs: Iterator[dict[str, np.ndarray]],
     options: BenchmarkOptions,
     say: Progress,
 ) -> dict[str, Any]:
-    """Builds the job's state and step, compiles it, runs the warmup and the timed steps; the timing fields."""
-    model = BertForPreTraining(model_config)
-    optimizer = optim.make_optimizer(optimizer_config)
-    schedule = optim.learning_rate_schedule(optimizer_config)
-    shardings = train.state_shardings(model, optimizer, mesh)
-    say(f"Creating the train state ({config.model.size}, {model_config.dtype}) on mesh {dict(mesh.shape)}")
+    """Creates the job's state, compiles the job's step, runs the warmup and the timed steps; the timing fields."""
+    config, mesh = job.config, job.mesh
+    say(f"Creating the train state ({config.model.size}, {job.model_config.dtype}) on mesh {dict(mesh.shape)}")
     start = time.perf_counter()
-    state = train.create_train_state(model, optimizer, jax.random.key(config.seed), shardings)
+    state = train.create_train_state(job.model, job.optimizer, jax.random.key(config.seed), job.shardings)
     jax.block_until_ready(state)
     init_s = time.perf_counter() - start
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
-    train_step = train.jit_train_step(
-        train.make_train_step(
-            model, optimizer, schedule, dropout_seed=config.seed + 1, num_microbatches=config.num_microbatches
-        ),
-        shardings,
-        mesh,
-    )
+    train_step = job.train_step
     synthetic = options.input == "synthetic"
 
     def next_batch() -> tuple[dict[str, jax.Array], int]:

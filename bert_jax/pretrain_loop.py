@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any
@@ -25,40 +24,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import checkpoint, compile_cache, configs, convert, flops, optim, sharding, tokenizers, train, warm_start
+from bert_jax import checkpoint, compile_cache, configs, convert, flops, plan, sharding, train, warm_start
 from bert_jax.data import corpus, documents, pipeline
 from bert_jax.data.device_prefetch import prefetch_to_mesh
 from bert_jax.losses import summarize
 from bert_jax.metrics_log import MetricsLog
-from bert_jax.model import BertForPreTraining
+from bert_jax.plan import JobConfigError
 from bert_jax.preemption import StopRequest
 
-
-class JobConfigError(ValueError):
-    """A job configuration that cannot run; raised before anything compiles."""
+__all__ = ["JobConfigError", "JobResult", "corpus_options", "prepare_corpus", "train_and_evaluate"]
 
 
-def _model_config(config: ml_collections.ConfigDict, vocab_size: int) -> configs.BertConfig:
-    overrides = {k: v for k, v in config.model.to_dict().items() if k != "size" and v is not None}
-    if overrides.get("vocab_size", vocab_size) != vocab_size:
-        raise JobConfigError(
-            f"model.vocab_size={overrides['vocab_size']} does not match the vocabulary ({vocab_size} entries); "
-            "drop model.vocab_size (it is taken from the vocab) or use the matching vocab file."
-        )
-    overrides["vocab_size"] = vocab_size
-    return configs.named_config(config.model.size, **overrides)
-
-
-def _optimizer_config(config: ml_collections.ConfigDict) -> optim.OptimizerConfig:
-    fields = {f.name for f in dataclasses.fields(optim.OptimizerConfig)}
-    values = {k: v for k, v in config.optimizer.to_dict().items() if k in fields}
-    unknown = sorted(set(config.optimizer.to_dict()) - fields)
-    if unknown:
-        raise JobConfigError(f"Unknown optimizer setting(s): {', '.join(unknown)}.")
-    return optim.OptimizerConfig(total_steps=config.num_train_steps, **values)
-
-
-def _corpus_options(data: ml_collections.ConfigDict) -> corpus.CorpusOptions:
+def corpus_options(data: ml_collections.ConfigDict) -> corpus.CorpusOptions:
     if not data.train_files:
         raise JobConfigError(
             "data.train_files is empty: set --config.data.train_files to a glob or comma list of text files, "
@@ -77,7 +54,7 @@ def _corpus_options(data: ml_collections.ConfigDict) -> corpus.CorpusOptions:
     )
 
 
-def _prepare_corpus(config: ml_collections.ConfigDict, workdir: str) -> str:
+def prepare_corpus(config: ml_collections.ConfigDict, workdir: str) -> str:
     """The built corpus directory: `data.corpus_dir`, or built (by process 0) into `workdir/corpus`."""
     if config.data.get("corpus_dir"):
         found = corpus.find_dataset_dirs(config.data.corpus_dir)
@@ -87,7 +64,7 @@ def _prepare_corpus(config: ml_collections.ConfigDict, workdir: str) -> str:
                 "(build one with bert-jax-build-corpus) or drop it to build from data.train_files."
             )
         return found[0]
-    options = _corpus_options(config.data)
+    options = corpus_options(config.data)
     if jax.process_index() == 0:
         result = corpus.build_corpus(
             options, os.path.join(workdir, "corpus"), num_shards=config.data.num_shards, show_progress=True
@@ -105,30 +82,6 @@ def _prepare_corpus(config: ml_collections.ConfigDict, workdir: str) -> str:
             builder = BertPretrainingCorpus(options=options, data_dir=os.path.join(workdir, "corpus"))
         directory = builder.data_dir
     return directory
-
-
-def _vocab_size(config: ml_collections.ConfigDict) -> int:
-    """The vocabulary size: from the tokenizer files, or from a prebuilt corpus's metadata."""
-    data = config.data
-    if data.get("corpus_dir") and not (data.vocab_file or data.get("spm_model")):
-        found = corpus.find_dataset_dirs(data.corpus_dir)
-        if len(found) == 1:
-            return int(corpus.corpus_metadata(found[0])["vocab_size"])
-    return tokenizers.load_tokenizer(data.vocab_file or None, data.get("spm_model") or None, data.lowercase).vocab_size
-
-
-def _check_job(config: ml_collections.ConfigDict) -> None:
-    if config.num_train_steps < 1:
-        raise JobConfigError(f"num_train_steps must be >= 1, got {config.num_train_steps}.")
-    if min(config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps) < 1:
-        raise JobConfigError("log_every_steps, eval_every_steps and checkpoint_every_steps must be >= 1.")
-    if config.max_checkpoints_to_keep < 1:
-        raise JobConfigError(f"max_checkpoints_to_keep must be >= 1, got {config.max_checkpoints_to_keep}.")
-    if config.global_batch_size % config.num_microbatches:
-        raise JobConfigError(
-            f"global_batch_size={config.global_batch_size} is not divisible by num_microbatches="
-            f"{config.num_microbatches}."
-        )
 
 
 @dataclasses.dataclass
@@ -189,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> JobRe
     Compiled programs go to (and on a restart come from) the persistent compilation cache that the config's
     `compilation_cache_dir` names (`compile_cache`; by default `<workdir>/jax_cache`).
     """
-    _check_job(config)
+    plan.check_job(config)
     os.makedirs(workdir, exist_ok=True)
     with compile_cache.job_cache(config.get("compilation_cache_dir", ""), workdir) as cache_dir:
         return _train_and_evaluate(config, workdir, cache_dir)
@@ -200,16 +153,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
     is_main = jax.process_index() == 0
     export_dir = os.path.join(workdir, "export")
     # Everything that can be checked is checked before the corpus is built and anything compiles.
-    vocab_size = _vocab_size(config)
-    model_config = _model_config(config, vocab_size)
-    mesh_config = sharding.MeshConfig(**config.mesh.to_dict())
-    # The vocabulary rows always split evenly over the mesh: pad to a multiple of the vocab shards too.
-    vocab_shards = sharding.vocab_shards(mesh_config, len(jax.devices()))
-    model_config = model_config.replace(vocab_pad_multiple=math.lcm(model_config.vocab_pad_multiple, vocab_shards))
-    sharding.validate_parallelism(model_config, mesh_config, config.global_batch_size, len(jax.devices()))
-    optimizer_config = _optimizer_config(config)
+    job = plan.make_plan(config)
+    model_config, mesh = job.model_config, job.mesh
+    vocab_size = model_config.vocab_size
     if not config.data.get("corpus_dir"):
-        _corpus_options(config.data)  # the input files exist and are readable, before anything else starts
+        corpus_options(config.data)  # the input files exist and are readable, before anything else starts
     checkpointer = checkpoint.Checkpointer(
         checkpoint.checkpoint_dir(workdir),
         save_every_steps=config.checkpoint_every_steps,
@@ -221,20 +169,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
             raise JobConfigError(
                 f"init_from={config.init_from} does not exist; give a workdir, export or HF directory."
             )
-        corpus_dir = _prepare_corpus(config, workdir)
+        corpus_dir = prepare_corpus(config, workdir)
         if int(corpus.corpus_metadata(corpus_dir)["vocab_size"]) != vocab_size:
             raise JobConfigError(f"The corpus {corpus_dir} was built with another vocabulary than data.vocab_file.")
-        mesh = sharding.make_mesh(mesh_config)
         data = config.data
         max_predictions = data.max_predictions_per_seq
         masking = corpus.masking_config_from_corpus(
             corpus_dir, max_predictions, masked_lm_prob=data.masked_lm_prob, whole_word=data.whole_word
         )
 
-        model = BertForPreTraining(model_config)
-        optimizer = optim.make_optimizer(optimizer_config)
-        schedule = optim.learning_rate_schedule(optimizer_config)
-        shardings = train.state_shardings(model, optimizer, mesh)
+        shardings = job.shardings
         topology = {"process_index": jax.process_index(), "process_count": jax.process_count()}
         batches = pipeline.PretrainingBatches(
             corpus.open_corpus(corpus_dir, "train"),
@@ -245,7 +189,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
             **topology,
         )
 
-        abstract = jax.eval_shape(train.init_fn(model, optimizer), jax.random.key(config.seed))
+        abstract = jax.eval_shape(train.init_fn(job.model, job.optimizer), jax.random.key(config.seed))
         restored = checkpointer.restore(
             checkpoint.abstract_like(abstract.params, shardings.params),
             checkpoint.abstract_like(abstract.opt_state, shardings.opt_state),
@@ -258,7 +202,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
             if is_main:
                 print(f"Resumed from the checkpoint of step {restored.step} in {checkpointer.directory}", flush=True)
         else:
-            state = train.create_train_state(model, optimizer, jax.random.key(config.seed), shardings)
+            state = train.create_train_state(job.model, job.optimizer, jax.random.key(config.seed), shardings)
             if config.init_from:
                 start = warm_start.load(config.init_from, model_config, state.params)
                 state = state.replace(params=sharding.place_host_tree(start.params, shardings.params))
@@ -274,22 +218,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
             "process_count": jax.process_count(),
         }
 
-        train_step = train.jit_train_step(
-            train.make_train_step(
-                model,
-                optimizer,
-                schedule,
-                dropout_seed=config.seed + 1,
-                num_microbatches=config.num_microbatches,
-                mesh=mesh,
-            ),
-            shardings,
-            mesh,
-        )
-        eval_step = train.jit_eval_step(train.make_eval_step(model, mesh), shardings.params, mesh)
+        train_step, eval_step = job.train_step, job.eval_step
         log = MetricsLog(workdir, is_main)
         peak = config.peak_flops_per_device or flops.measure_matmul_peak(model_config.dtype)
-        flops_per_sequence = flops.training_flops_per_sequence(model_config, data.max_seq_length, max_predictions)
+        flops_per_sequence = job.flops_per_sequence()
         if is_main:
             count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(abstract.params))
             print(
@@ -304,13 +236,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
             eval_batches = pipeline.padded_eval_batches(
                 eval_source,
                 masking,
-                global_batch_size=config.global_batch_size,
+                global_batch_size=job.eval_batch_size,
                 max_seq_length=data.max_seq_length,
                 seed=config.seed,
                 **topology,
             )
             for i, local in enumerate(eval_batches):
-                if config.eval_batches and i >= config.eval_batches:
+                if config.eval_batches and i >= config.eval_batches * config.num_microbatches:
                     break
                 sums = eval_step(state.params, sharding.global_batch_from_process_local(local, mesh))
                 totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)

@@ -1,6 +1,15 @@
 """bert_tiny: the demo job. BERT-tiny (L2/H128) on the bundled corpus and vocab, a few minutes on a CPU.
 
 bert-jax-pretrain --config=experiments/bert_tiny.py --workdir=/tmp/bert_tiny
+
+The recipe is the one that learned most in the demo's budget (about 3 minutes on a 2-core CPU), measured on the
+held-out split (README, "Pretraining"): many small steps of short sequences. Final held-out masked-LM accuracy
+of the recipes tried: seq 128 x batch 32 x 300 steps at lr 1e-3 (the earlier demo) 0.087, the unigram plateau;
+seq 64 x 32 x 600 0.123; seq 64 x 16 x 1,600 at lr 1e-3 without dropout 0.138, at 2e-3 with dropout 0.156, 1,450 steps at 2e-3 (this recipe,
+to stay within 1.3x of the earlier demo's time) 0.154. Higher rates (3e-3 at seq 64, 3e-3 and 5e-3 at seq 128)
+stayed on the plateau; no dropout, an 8k vocabulary trained on the books and per-wordpiece masking did not
+help. 1,450 x 16 sequences are about 5 passes over the 4,669 training instances of 64 tokens (masks drawn
+afresh each pass).
 """
 
 from __future__ import annotations
@@ -19,15 +28,15 @@ def asset(name: str) -> str:
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.num_train_steps = 300
-    config.global_batch_size = 32
+    config.num_train_steps = 1450
+    config.global_batch_size = 16
     config.num_microbatches = 1
-    config.log_every_steps = 25
-    config.eval_every_steps = 100
-    config.eval_batches = 4  # 0 = the whole validation split
+    config.log_every_steps = 100
+    config.eval_every_steps = 400
+    config.eval_batches = 0  # 0 = the whole validation split (128 instances here)
     config.peak_flops_per_device = 0.0  # 0 = measure a matmul at start-up
     config.export = True
-    config.checkpoint_every_steps = 100  # also on the last step and when stopped by SIGTERM
+    config.checkpoint_every_steps = 400  # also on the last step and when stopped by SIGTERM
     config.max_checkpoints_to_keep = 3
     config.init_from = ""  # warm start: a workdir/checkpoint of ours, an export or a Hugging Face BERT directory
     config.compilation_cache_dir = ""  # "" = <workdir>/jax_cache (restarts load compiled programs), "off", or a dir
@@ -48,20 +57,20 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.spm_model = ""
     config.data.corpus_dir = ""
     config.data.lowercase = True
-    config.data.max_seq_length = 128
-    config.data.max_predictions_per_seq = 20
+    config.data.max_seq_length = 64
+    config.data.max_predictions_per_seq = 10  # 15% of 64, rounded up
     config.data.masked_lm_prob = 0.15
     config.data.whole_word = True
     config.data.short_seq_prob = 0.1
     config.data.dupe_factor = 1
-    config.data.eval_fraction = 0.03  # about 80 held-out instances: enough for a steady eval accuracy
+    config.data.eval_fraction = 0.03
     config.data.corpus_seed = 12345
     config.data.num_shards = 4
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"
-    config.optimizer.learning_rate = 1e-3
-    config.optimizer.warmup_steps = 30
+    config.optimizer.learning_rate = 2e-3
+    config.optimizer.warmup_steps = 100
     config.optimizer.weight_decay = 0.01
     config.optimizer.clip_global_norm = 1.0
 

@@ -1,0 +1,464 @@
+"""Ahead-of-time compiles of the job's program for a TPU slice, on a host without TPUs: does it fit, and what if not.
+
+    report = compile_for_slice(config, tpu_topology.parse_topology("v5p-8"))
+    print(format_report(report)); print(json.dumps(report.to_json()))
+
+The program is `plan.make_plan(config, devices=<the slice's devices>)`: the train step and the eval step
+`bert-jax-pretrain` would run there (same model, optimizer, shardings, microbatches, remat, dtype, batch, mesh
+and vocabulary padding), lowered with abstract arguments and compiled by libtpu for the slice's chips. From
+the compiled executables: XLA's per-chip memory (arguments, temporaries, outputs and the part of them aliased to
+the donated state, generated code), XLA's FLOPs per chip next to `flops.py`'s model count, and the collectives
+in the partitioned HLO. `suggest_fits` tries a bounded list of the cheapest changes (remat, microbatches, FSDP)
+when the program does not fit and returns the ones that do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import ml_collections
+
+from bert_jax import hlo_collectives, plan, tpu_topology
+
+GB = 1e9
+# What XLA's runtime and the framework keep besides the program's own buffers is not in `memory_analysis()`; a
+# program that leaves less than this share of HBM free is reported as not fitting.
+HBM_RESERVE_FRACTION = 0.03
+
+
+def _shard_bytes(tree: Any) -> int:
+    """Bytes one device holds of a tree of `ShapeDtypeStruct`s carrying NamedShardings."""
+    total = 0
+    for leaf in jax.tree_util.tree_leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape)
+        total += math.prod(shape) * jax.numpy.dtype(leaf.dtype).itemsize
+    return total
+
+
+@dataclasses.dataclass
+class ProgramMemory:
+    """XLA's memory analysis of one compiled program, per chip, in bytes."""
+
+    arguments: int
+    outputs: int
+    aliased: int  # outputs that reuse an argument's buffer (the donated train state)
+    temporaries: int
+    code: int
+
+    @classmethod
+    def of(cls, compiled: Any) -> ProgramMemory:
+        analysis = compiled.memory_analysis()
+        return cls(
+            arguments=int(analysis.argument_size_in_bytes),
+            outputs=int(analysis.output_size_in_bytes),
+            aliased=int(analysis.alias_size_in_bytes),
+            temporaries=int(analysis.temp_size_in_bytes),
+            code=int(analysis.generated_code_size_in_bytes),
+        )
+
+    @property
+    def peak(self) -> int:
+        """Live at once while the program runs: its arguments, temporaries, new outputs and code."""
+        return self.arguments + self.temporaries + self.outputs - self.aliased + self.code
+
+
+@dataclasses.dataclass
+class CompileReport:
+    """Everything `bert-jax-compile` prints: where, what, how much memory, whether it fits, FLOPs, collectives."""
+
+    topology: str
+    libtpu_topology: str
+    num_slices: int
+    chips: int
+    hosts: int
+    device_kind: str
+    mesh: dict[str, int]
+    global_batch_size: int
+    num_microbatches: int
+    seq_length: int
+    remat_policy: str
+    dtype: str
+    params_bytes: int  # per chip, from the shapes and shardings (not from XLA)
+    opt_state_bytes: int
+    batch_bytes: int
+    train: ProgramMemory
+    eval: ProgramMemory
+    hbm_bytes: int
+    compile_seconds: float
+    xla_flops_per_chip: float | None
+    model_flops_per_chip: float
+    collectives: list[hlo_collectives.Collective]
+    # libtpu refuses to build a program that cannot fit ("Ran out of memory on HBM ..."): its message, and the
+    # HBM it says is available to programs. The memory figures then come from that message.
+    compiler_oom: str = ""
+    compiler_hbm_bytes: int | None = None
+
+    @property
+    def state_bytes(self) -> int:
+        return self.params_bytes + self.opt_state_bytes
+
+    @property
+    def peak_bytes(self) -> int:
+        """The larger of the train step's peak and the eval step's (which runs while the state stays resident)."""
+        eval_peak = self.eval.peak + self.opt_state_bytes  # the eval step reads the params; the rest stays
+        return max(self.train.peak, eval_peak)
+
+    @property
+    def usable_bytes(self) -> int:
+        return int(self.hbm_bytes * (1 - HBM_RESERVE_FRACTION))
+
+    @property
+    def fits(self) -> bool:
+        return not self.compiler_oom and self.peak_bytes <= self.usable_bytes
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.usable_bytes - self.peak_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "topology": self.topology,
+            "libtpu_topology": self.libtpu_topology,
+            "num_slices": self.num_slices,
+            "chips": self.chips,
+            "hosts": self.hosts,
+            "device_kind": self.device_kind,
+            "mesh": self.mesh,
+            "global_batch_size": self.global_batch_size,
+            "num_microbatches": self.num_microbatches,
+            "seq_length": self.seq_length,
+            "remat_policy": self.remat_policy,
+            "dtype": self.dtype,
+            "per_chip_bytes": {
+                "params": self.params_bytes,
+                "opt_state": self.opt_state_bytes,
+                "batch": self.batch_bytes,
+                "arguments": self.train.arguments,
+                "temporaries": self.train.temporaries,
+                "outputs": self.train.outputs,
+                "aliased": self.train.aliased,
+                "generated_code": self.train.code,
+                "train_peak": self.train.peak,
+                "eval_temporaries": self.eval.temporaries,
+                "total": self.peak_bytes,
+            },
+            "hbm_bytes_per_chip": self.hbm_bytes,
+            "fits": self.fits,
+            "headroom_bytes": self.headroom_bytes,
+            "compile_seconds": round(self.compile_seconds, 2),
+            "xla_flops_per_chip": self.xla_flops_per_chip,
+            "model_flops_per_chip": self.model_flops_per_chip,
+            "collectives": [dataclasses.asdict(c) for c in self.collectives],
+            "compiler_oom": self.compiler_oom,
+            "compiler_hbm_bytes": self.compiler_hbm_bytes,
+        }
+
+
+def _xla_flops(compiled: Any) -> float | None:
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # not every backend reports costs
+        return None
+    if isinstance(analysis, list | tuple):
+        analysis = analysis[0] if analysis else {}
+    value = (analysis or {}).get("flops")
+    return float(value) if value is not None else None
+
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_OOM = re.compile(
+    r"required for HLO temporaries \(([\d.]+)([KMGT]?)\)\s*exceeds available HBM \(([\d.]+)([KMGT]?)\)", re.I
+)
+
+
+def _compiler_oom(error: Exception) -> tuple[str, int, int] | None:
+    """(message, temporaries bytes, available bytes) when `error` is libtpu's out-of-HBM refusal, else None."""
+    text = str(error)
+    match = _OOM.search(text)
+    if "RESOURCE_EXHAUSTED" not in text or not match:
+        return None
+    required = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    available = int(float(match.group(3)) * _UNITS[match.group(4).upper()])
+    line = next((line for line in text.splitlines() if "Ran out of memory" in line), text.splitlines()[0])
+    return line.strip(), required, available
+
+
+def _compile(lowered: Any) -> tuple[Any | None, tuple[str, int, int] | None]:
+    """`lowered.compile()`, or (None, the out-of-memory details) when the compiler says it cannot fit."""
+    try:
+        return lowered.compile(), None
+    except Exception as e:
+        oom = _compiler_oom(e)
+        if oom is None:
+            raise
+        return None, oom
+
+
+def _check_slices(config: ml_collections.ConfigDict, where: tpu_topology.TpuSlice) -> ml_collections.ConfigDict:
+    """The config with `mesh.dcn_data` matching the slice count (set when left at 1; an error when it differs)."""
+    dcn = int(config.mesh.get("dcn_data", 1))
+    if dcn == where.num_slices:
+        return config
+    if dcn != 1:
+        raise plan.JobConfigError(
+            f"mesh.dcn_data={dcn} but the target has {where.num_slices} slice(s); set --num_slices={dcn} or "
+            f"--config.mesh.dcn_data={where.num_slices}."
+        )
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.mesh.dcn_data = where.num_slices
+    return config
+
+
+def compile_for_slice(
+    config: ml_collections.ConfigDict, where: tpu_topology.TpuSlice, devices: list[Any] | None = None
+) -> CompileReport:
+    """Compiles the job's train and eval steps for `where` and reads their memory, FLOPs and collectives.
+
+    Config mistakes raise `ValueError`s (`plan.JobConfigError`, `sharding.ConfigError`) before any compile.
+    `devices` (the slice's devices) may be passed in to reuse one topology description for several compiles.
+    """
+    config = _check_slices(config, where)
+    devices = devices if devices is not None else where.devices()
+    job = plan.make_plan(config, devices)
+    state, batch = job.abstract_train_args()
+    start = time.perf_counter()
+    train_compiled, train_oom = _compile(job.train_step.lower(state, batch))
+    eval_compiled, eval_oom = _compile(job.eval_step.lower(*job.abstract_eval_args()))
+    seconds = time.perf_counter() - start
+    state_bytes = _shard_bytes(state)
+    batch_bytes = _shard_bytes(batch)
+
+    def memory(compiled: Any, oom: tuple[str, int, int] | None, arguments: int) -> ProgramMemory:
+        if compiled is not None:
+            return ProgramMemory.of(compiled)
+        assert oom is not None
+        return ProgramMemory(arguments=arguments, outputs=0, aliased=0, temporaries=oom[1], code=0)
+
+    oom = train_oom or eval_oom
+    model_flops = job.flops_per_sequence() * job.global_batch_size / len(devices)
+    return CompileReport(
+        topology=where.name,
+        libtpu_topology=where.libtpu_name,
+        num_slices=where.num_slices,
+        chips=len(devices),
+        hosts=where.hosts,
+        device_kind=str(devices[0].device_kind),
+        mesh={name: int(size) for name, size in job.mesh.shape.items()},
+        global_batch_size=job.global_batch_size,
+        num_microbatches=int(config.num_microbatches),
+        seq_length=job.seq_length,
+        remat_policy=str(job.model_config.remat_policy),
+        dtype=str(job.model_config.dtype),
+        params_bytes=_shard_bytes(state.params),
+        opt_state_bytes=_shard_bytes(state.opt_state) + _shard_bytes(state.step),
+        batch_bytes=batch_bytes,
+        train=memory(train_compiled, train_oom, state_bytes + batch_bytes),
+        eval=memory(eval_compiled, eval_oom, _shard_bytes(job.abstract_eval_args())),
+        hbm_bytes=where.hbm_bytes_per_chip,
+        compile_seconds=seconds,
+        xla_flops_per_chip=_xla_flops(train_compiled) if train_compiled is not None else None,
+        model_flops_per_chip=model_flops,
+        collectives=hlo_collectives.collectives(train_compiled.as_text()) if train_compiled is not None else [],
+        compiler_oom=oom[0] if oom else "",
+        compiler_hbm_bytes=oom[2] if oom else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# When it does not fit
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """One config change to try: a label for the user and the overrides it sets."""
+
+    label: str
+    overrides: dict[str, Any]
+
+    def apply(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+        changed = config.copy_and_resolve_references()
+        with changed.unlocked():
+            for key, value in self.overrides.items():
+                node = changed
+                *parents, leaf = key.split(".")
+                for part in parents:
+                    node = node[part]
+                node[leaf] = value
+        return changed
+
+    @property
+    def flags(self) -> str:
+        return " ".join(f"--config.{key}={value}" for key, value in self.overrides.items())
+
+
+def candidate_changes(
+    config: ml_collections.ConfigDict, chips_per_slice: int, report: CompileReport | None = None
+) -> list[Change]:
+    """The changes to try, cheapest in compute first: microbatches, then recomputation, then sharding the state.
+
+    Microbatches cost almost no compute and shrink the activations (the temporaries) in proportion, so with a
+    `report` of the failing compile the first candidate is the microbatch count its temporaries call for. Only
+    changes that keep the job valid (microbatches that leave whole rows per chip, FSDP within a slice) are listed.
+    """
+    remat = str(config.model.get("remat_policy", "none"))
+    micro = int(config.num_microbatches)
+    fsdp = int(config.mesh.get("fsdp", 1))
+    tensor = int(config.mesh.get("tensor", 1))
+    chips = chips_per_slice * int(config.mesh.get("dcn_data", 1))
+
+    def microbatches(factor: int) -> int | None:
+        n = micro * factor
+        if config.global_batch_size % n or (config.global_batch_size // n) % max(1, chips // tensor):
+            return None
+        return n
+
+    def more_microbatches(factor: int) -> Change | None:
+        n = microbatches(factor)
+        return Change(f"{n} microbatches", {"num_microbatches": n}) if n else None
+
+    fsdp_all = chips_per_slice // tensor if fsdp == 1 and chips_per_slice // tensor > 1 else None
+    changes: list[Change | None] = []
+    if report is not None and report.train.temporaries > 0:
+        budget = report.usable_bytes - report.train.arguments - report.train.code
+        if budget > 0:
+            needed = math.ceil(report.train.temporaries / budget)
+            changes.append(more_microbatches(1 << max(1, (needed - 1).bit_length())))
+    changes.append(more_microbatches(2))
+    if remat == "none":
+        changes.append(Change("remat dots", {"model.remat_policy": "dots"}))
+    if fsdp_all:
+        changes.append(Change(f"fsdp {fsdp_all}", {"mesh.data": -1, "mesh.fsdp": fsdp_all}))
+    changes += [more_microbatches(4)]
+    if remat in ("none", "dots", "dots_no_batch"):
+        changes.append(Change("remat full", {"model.remat_policy": "full"}))
+    changes += [more_microbatches(8), more_microbatches(16)]
+    if fsdp_all and microbatches(2):
+        changes.append(
+            Change(
+                f"fsdp {fsdp_all} + {microbatches(2)} microbatches",
+                {"mesh.data": -1, "mesh.fsdp": fsdp_all, "num_microbatches": microbatches(2)},
+            )
+        )
+    unique: list[Change] = []
+    for change in changes:
+        if change is not None and all(change.overrides != seen.overrides for seen in unique):
+            unique.append(change)
+    return unique
+
+
+@dataclasses.dataclass
+class Suggestion:
+    change: Change
+    report: CompileReport | None  # None: the change did not compile (error in `error`)
+    error: str = ""
+
+
+def suggest_fits(
+    config: ml_collections.ConfigDict,
+    where: tpu_topology.TpuSlice,
+    devices: list[Any],
+    report: CompileReport | None = None,
+    *,
+    max_compiles: int = 6,
+    want: int = 3,
+    progress: Callable[[str], None] | None = None,
+) -> list[Suggestion]:
+    """Compiles up to `max_compiles` candidate changes (cheapest first) and returns every one tried.
+
+    Stops early once `want` of them fit. The caller prints the fitting ones; the others show what was ruled out.
+    """
+    say = progress or (lambda _: None)
+    tried: list[Suggestion] = []
+    for change in candidate_changes(config, where.chips_per_slice, report)[:max_compiles]:
+        say(f"trying {change.label} ({change.flags})")
+        try:
+            tried.append(Suggestion(change, compile_for_slice(change.apply(config), where, devices)))
+        except ValueError as e:
+            tried.append(Suggestion(change, None, str(e)))
+        if sum(1 for s in tried if s.report is not None and s.report.fits) >= want:
+            break
+    return tried
+
+
+def best_fit(suggestions: Iterable[Suggestion]) -> Suggestion | None:
+    """The fitting change with the most headroom per FLOP spent: fewest model+remat FLOPs, then most headroom."""
+    fitting = [s for s in suggestions if s.report is not None and s.report.fits]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda s: (s.report.xla_flops_per_chip or 0.0, -s.report.headroom_bytes))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Printing
+
+
+def _gb(n: float) -> str:
+    return f"{n / GB:,.2f} GB"
+
+
+def format_report(report: CompileReport) -> str:
+    """The table `bert-jax-compile` prints."""
+    rows = [
+        (
+            "target",
+            f"{report.topology} ({report.libtpu_topology} x {report.num_slices} slice(s)): {report.chips} chips "
+            f"({report.device_kind}), {report.hosts} host(s)",
+        ),
+        ("mesh", ", ".join(f"{k}={v}" for k, v in report.mesh.items())),
+        (
+            "program",
+            f"global batch {report.global_batch_size} x seq {report.seq_length}, {report.num_microbatches} "
+            f"microbatch(es), remat {report.remat_policy}, {report.dtype}",
+        ),
+        (
+            "params / opt state / batch",
+            f"{_gb(report.params_bytes)} / {_gb(report.opt_state_bytes)} / {_gb(report.batch_bytes)} per chip",
+        ),
+        ("arguments", _gb(report.train.arguments)),
+        ("temporaries", f"{_gb(report.train.temporaries)} (eval step {_gb(report.eval.temporaries)})"),
+        (
+            "outputs",
+            f"{_gb(report.train.outputs)} ({_gb(report.train.aliased)} of them in the donated state's buffers)",
+        ),
+        ("generated code", _gb(report.train.code)),
+        ("total per chip", f"{_gb(report.peak_bytes)} of {_gb(report.hbm_bytes)} HBM"),
+        (
+            "fits",
+            f"{'yes' if report.fits else 'NO'} (headroom {_gb(report.headroom_bytes)}, "
+            f"{HBM_RESERVE_FRACTION:.0%} of HBM kept for the runtime)",
+        ),
+        (
+            "FLOPs per chip per step",
+            f"XLA {report.xla_flops_per_chip or 0:.3e}, model {report.model_flops_per_chip:.3e}",
+        ),
+        ("compile", f"{report.compile_seconds:.1f} s (train + eval step)"),
+    ]
+    for c in report.collectives:
+        loop = " (in a loop of unknown trip count: counted once)" if c.in_unknown_loop else ""
+        rows.append((f"collective {c.kind}", f"{c.count} per step, {_gb(c.bytes)} per chip per step{loop}"))
+    if not report.collectives:
+        rows.append(("collectives", "none"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def format_suggestions(suggestions: list[Suggestion]) -> str:
+    """Lines for the changes tried: those that fit first (with their per-chip bytes), then the rest."""
+    lines = []
+    for s in sorted(suggestions, key=lambda s: not (s.report is not None and s.report.fits)):
+        if s.report is None:
+            lines.append(f"  {s.change.label}: not valid here ({s.error})")
+        else:
+            verdict = "fits" if s.report.fits else "does not fit"
+            lines.append(
+                f"  {s.change.label}: {verdict}, {_gb(s.report.peak_bytes)} per chip "
+                f"(headroom {_gb(s.report.headroom_bytes)}): {s.change.flags}"
+            )
+    return "\n".join(lines)

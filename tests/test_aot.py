@@ -1,0 +1,153 @@
+"""bert-jax-compile: the job's program compiled for TPU slices on this CPU host (libtpu's topology descriptions).
+
+References are independent of the code under test: Cloud TPU's published slice shapes and chip counts, and
+per-chip bytes counted from the model's parameter shapes (float32 params + AdamW's two moments, replicated
+over a data-parallel mesh) plus the batch rows one chip holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from bert_jax import aot, plan, tpu_topology
+from bert_jax.model import BertForPreTraining
+from tests.conftest import REPO_ROOT
+
+TINY = REPO_ROOT / "experiments" / "bert_tiny.py"
+
+
+def tiny_config(**overrides):
+    import runpy
+
+    config = runpy.run_path(str(TINY))["get_config"]()
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    "name, libtpu, chips, hosts",
+    [
+        ("v4-8", "v4:2x2x1", 4, 1),  # v4-N counts TensorCores: 2 per chip
+        ("v4-128", "v4:4x4x4", 64, 16),
+        ("v4-4096", "v4:8x16x16", 2048, 512),
+        ("v5p-8", "v5p:2x2x1", 4, 1),
+        ("v5p-128", "v5p:4x4x4", 64, 16),
+        ("v5litepod-16", "v5e:4x4", 16, 4),
+        ("v5litepod-8", "v5e:2x4", 8, 1),
+        ("v5e-256", "v5e:16x16", 256, 64),
+        ("v6e-1", "v6e:1x1", 1, 1),
+        ("v5p:2x2x2", "v5p:2x2x2", 8, 2),
+    ],
+)
+def test_cloud_tpu_names_map_to_the_published_slices(name, libtpu, chips, hosts):
+    where = tpu_topology.parse_topology(name)
+    assert (where.libtpu_name, where.chips, where.hosts) == (libtpu, chips, hosts)
+
+
+@pytest.mark.parametrize("name", ["v4-6", "v5litepod-12", "v7x-8", "tpu", "v5e:4x4x4"])
+def test_unknown_names_say_which_are_known(name):
+    with pytest.raises(tpu_topology.TopologyError, match="known: v4-8"):
+        tpu_topology.parse_topology(name)
+
+
+def _tpu_devices(where):
+    pytest.importorskip("libtpu", reason="libtpu is in the test extra (pip install -e '.[test]')")
+    return where.devices()
+
+
+def test_tiny_on_v5e_2x2_fits_and_its_argument_bytes_are_the_state_and_the_batch_rows():
+    where = tpu_topology.parse_topology("v5e:2x2")
+    devices = _tpu_devices(where)
+    config = tiny_config()
+    report = aot.compile_for_slice(config, where, devices)
+    assert report.chips == 4 and report.device_kind == "TPU v5 lite" and report.mesh["data"] == 4
+    assert report.fits and report.peak_bytes < 16 * 2**30
+    # Independently: the padded model's parameters, float32, three copies (params, mu, nu), replicated on each
+    # chip of a data-only mesh; plus this chip's quarter of the batch (int32 / float32 columns).
+    padded = plan.model_config(config, 30522).replace(vocab_pad_multiple=128)
+    shapes = jax.eval_shape(
+        lambda: BertForPreTraining(padded).init(jax.random.key(0), jax.numpy.zeros((1, 8), jax.numpy.int32))
+    )
+    params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
+    rows, seq = config.global_batch_size // 4, config.data.max_seq_length
+    predictions = config.data.max_predictions_per_seq
+    batch = rows * (3 * seq + 3 * predictions + 1) * 4
+    assert report.params_bytes == params * 4 and report.batch_bytes == batch
+    assert 2 * params * 4 <= report.opt_state_bytes <= 2 * params * 4 + 64  # mu, nu (+ step and count scalars)
+    # XLA's own figure for the same buffers: equal up to the TPU's tile padding of small arrays (biases, norms)
+    expected = 3 * params * 4 + batch
+    assert expected <= report.train.arguments <= expected * 1.001, (report.train.arguments, expected)
+    # XLA's FLOPs per chip against ours (flops.py): within 25% for this small model (its head is a bigger share)
+    assert report.xla_flops_per_chip and 0.75 < report.xla_flops_per_chip / report.model_flops_per_chip < 1.25
+    # a data-parallel step all-reduces the gradients
+    assert any(c.kind == "all-reduce" and c.bytes > 0 for c in report.collectives)
+
+
+def test_v4_8_compiles_in_megacore_mode_one_device_per_chip():
+    where = tpu_topology.parse_topology("v4-8")
+    report = aot.compile_for_slice(tiny_config(), where, _tpu_devices(where))
+    assert report.chips == 4 and report.device_kind == "TPU v4" and report.fits
+
+
+def test_two_slices_compile_with_dcn_data():
+    where = tpu_topology.parse_topology("v5e:2x2", num_slices=2)
+    report = aot.compile_for_slice(tiny_config(**{"mesh.dcn_data": 2}), where, _tpu_devices(where))
+    assert report.chips == 8 and report.num_slices == 2 and report.mesh["data"] == 8 and report.fits
+
+
+def _compile_cli(*args, timeout=900):
+    # this test process may hold libtpu already (the in-process compiles): let the child load it too
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "bert_jax_tools.compile", f"--config={TINY}", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def test_a_config_that_does_not_fit_exits_1_and_names_a_change_that_fits():
+    pytest.importorskip("libtpu", reason="libtpu is in the test extra (pip install -e '.[test]')")
+    # 8,192 sequences of 512 on four 16 GB chips: the attention probabilities alone need about three times what a
+    # chip has; in four microbatches (512 per chip at a time) they fit.
+    result = _compile_cli(
+        "--topology=v5litepod-4",
+        "--config.global_batch_size=8192",
+        "--config.data.max_seq_length=512",
+        "--config.data.max_predictions_per_seq=80",
+        "--max_compiles=2",
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "NO (headroom" in result.stdout
+    line = json.loads(result.stdout.strip().splitlines()[-1])["compile"]
+    assert not line["fits"] and line["per_chip_bytes"]["total"] > 16 * 2**30
+    fitting = [s for s in line["suggestions"] if s["fits"]]
+    assert fitting, result.stdout
+    assert "Best fitting change: --config." in result.stdout
+
+
+def test_an_unknown_topology_exits_2_with_one_line():
+    result = _compile_cli("--topology=v9-8", timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("bert-jax-compile: error: unknown TPU topology 'v9-8'")
+    assert "Traceback" not in result.stderr
+
+
+def test_configs_errors_end_before_compiling_with_exit_2():
+    result = _compile_cli("--topology=v5e:2x2", "--config.mesh.tensor=3", timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("bert-jax-compile: error:")

@@ -1,0 +1,87 @@
+"""bert-jax-compile: compile the pretraining job's program for a TPU slice on this host, and say whether it fits.
+
+  bert-jax-compile --config=experiments/bert_base_phase1.py --topology=v5p-8
+  bert-jax-compile --config=experiments/bert_large_lamb.py --topology=v5litepod-16 --config.num_microbatches=16
+  bert-jax-compile --config=experiments/bert_tiny.py --topology=v5e:2x2 --num_slices=2
+
+Needs libtpu (`pip install -e ".[tpu]"`), not a TPU. Prints a table and one JSON line (`{"compile": ...}`);
+when the program does not fit, compiles up to --max_compiles cheaper variants and prints those that fit.
+Exit status: 0 fits, 1 does not fit, 2 a config or topology error (one line, before any compile).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from bert_jax import quiet
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "An experiments/*.py config file.", lock_config=True)
+flags.DEFINE_string("topology", None, "A TPU slice: v4-8, v5p-8, v5litepod-16, v6e-8, ... or v5e:4x4, v5p:2x2x2.")
+flags.DEFINE_integer("num_slices", 1, "Slices joined over the data-center network (multislice; mesh.dcn_data).")
+flags.DEFINE_bool("suggest", True, "When it does not fit, compile cheaper variants and print those that fit.")
+flags.DEFINE_integer("max_compiles", 6, "At most this many variants are compiled for --suggest.")
+flags.mark_flags_as_required(["config", "topology"])
+
+EXIT_FITS, EXIT_DOES_NOT_FIT, EXIT_CONFIG_ERROR = 0, 1, 2
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    from bert_jax import aot, tpu_topology
+
+    try:
+        where = tpu_topology.parse_topology(FLAGS.topology, FLAGS.num_slices)
+        devices = where.devices()
+        report = aot.compile_for_slice(FLAGS.config, where, devices)
+    except ValueError as e:  # TopologyError, JobConfigError, sharding.ConfigError: all before a compile ends
+        print(f"bert-jax-compile: error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG_ERROR) from None
+    print(aot.format_report(report), flush=True)
+    suggestions: list = []
+    if not report.fits and FLAGS.suggest:
+        print(f"Does not fit: trying up to {FLAGS.max_compiles} cheaper variants ...", flush=True)
+        suggestions = aot.suggest_fits(
+            FLAGS.config,
+            where,
+            devices,
+            report,
+            max_compiles=FLAGS.max_compiles,
+            progress=lambda s: print(f"  {s}", flush=True),
+        )
+        print(aot.format_suggestions(suggestions))
+        best = aot.best_fit(suggestions)
+        print(f"Best fitting change: {best.change.flags}" if best else "None of the variants tried fits.")
+    line = report.to_json()
+    line["suggestions"] = [
+        {"change": s.change.overrides, "fits": s.report.fits, "total_bytes": s.report.peak_bytes}
+        for s in suggestions
+        if s.report is not None
+    ]
+    print(json.dumps({"compile": line}), flush=True)
+    raise SystemExit(EXIT_FITS if report.fits else EXIT_DOES_NOT_FIT)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    quiet.quiet_native_logs()
+    # The compile needs libtpu's topology description, not a TPU backend: keep JAX on the CPU unless told
+    # otherwise (on a host without TPUs, starting the TPU backend only prints libtpu's warnings).
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if quiet.cpu_only_host_with_libtpu():
+        from bert_jax import tpu_topology
+
+        tpu_topology.quiet_libtpu_for_aot()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
