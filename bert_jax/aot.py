@@ -400,11 +400,15 @@ def best_fit(suggestions: Iterable[Suggestion]) -> Suggestion | None:
 
 
 def _gb(n: float) -> str:
+    """Bytes for people: GB (1e9) with two decimals, MB below a hundredth of a GB."""
+    if abs(n) < 0.01 * GB:
+        return f"{n / 1e6:,.2f} MB"
     return f"{n / GB:,.2f} GB"
 
 
 def format_report(report: CompileReport) -> str:
     """The table `bert-jax-compile` prints."""
+    xla_flops = f"{report.xla_flops_per_chip:.3e}" if report.xla_flops_per_chip else "n/a (not compiled)"
     rows = [
         (
             "target",
@@ -436,10 +440,19 @@ def format_report(report: CompileReport) -> str:
         ),
         (
             "FLOPs per chip per step",
-            f"XLA {report.xla_flops_per_chip or 0:.3e}, model {report.model_flops_per_chip:.3e}",
+            f"XLA {xla_flops}, model {report.model_flops_per_chip:.3e}",
         ),
         ("compile", f"{report.compile_seconds:.1f} s (train + eval step)"),
     ]
+    if report.compiler_oom:
+        available = _gb(report.compiler_hbm_bytes or 0)
+        rows.insert(
+            -2,
+            (
+                "compiler",
+                f"{report.compiler_oom} (the temporaries above are from this; available to programs: {available})",
+            ),
+        )
     for c in report.collectives:
         loop = " (in a loop of unknown trip count: counted once)" if c.in_unknown_loop else ""
         rows.append((f"collective {c.kind}", f"{c.count} per step, {_gb(c.bytes)} per chip per step{loop}"))

@@ -27,14 +27,14 @@ class Generation:
     dims: int  # 3 for the 3D tori (v4, v5p), 2 for v5e / v6e
     cores_per_chip_in_name: int  # v4-8 / v5p-8 count TensorCores: 2 per chip; v5e / v6e count chips
     megacore: bool  # the two TensorCores of a chip run as one JAX device
-    hbm_bytes: int  # HBM per chip (published figures)
+    hbm_bytes: int  # HBM per chip (published figures: v4 32 GiB, v5p 95 GB, v5e 16 GiB, v6e 32 GiB)
     chips_per_host: int
     device_kind: str  # what `Device.device_kind` says on this generation
 
 
 GENERATIONS = (
     Generation("v4", ("v4",), 3, 2, True, 32 * GiB, 4, "TPU v4"),
-    Generation("v5p", ("v5p",), 3, 2, True, 95 * GiB, 4, "TPU v5"),
+    Generation("v5p", ("v5p",), 3, 2, True, 95 * 10**9, 4, "TPU v5"),  # "95 GB": read as 1e9, the smaller
     Generation("v5e", ("v5litepod", "v5e"), 2, 1, False, 16 * GiB, 4, "TPU v5 lite"),
     Generation("v6e", ("v6e",), 2, 1, False, 32 * GiB, 4, "TPU v6 lite"),
 )
