@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+from collections.abc import MutableMapping
 from typing import Any
 
 GiB = 2**30
@@ -132,11 +134,8 @@ AOT_LIBTPU_DEFAULTS = {
 }
 
 
-def quiet_libtpu_for_aot(environ: Any = None) -> None:
+def quiet_libtpu_for_aot(environ: MutableMapping[str, str] = os.environ) -> None:
     """Sets `AOT_LIBTPU_DEFAULTS` where unset (call before libtpu loads, on a host that only compiles)."""
-    import os
-
-    environ = os.environ if environ is None else environ
     for name, value in AOT_LIBTPU_DEFAULTS.items():
         environ.setdefault(name, value)
 

@@ -7,18 +7,15 @@ import pathlib
 
 import pytest
 
+from bert_jax import tpu_topology
+
 # The tests run on the CPU (simulated devices where they need several). With libtpu installed (the test extra has
 # it, for the TPU compile tests), JAX would otherwise start its TPU backend in every test process, print libtpu's
 # warnings and hold libtpu's lock file, which the compile tests' topology descriptions then cannot take.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The compile tests describe TPU slices with libtpu on this host: without these it logs a page of complaints
-# about the TPU it cannot find (bert_jax.tpu_topology.AOT_LIBTPU_DEFAULTS; bert-jax-compile sets them too).
-for _name, _value in {
-    "TPU_SKIP_MDS_QUERY": "1",
-    "TPU_ACCELERATOR_TYPE": "v5litepod-1",
-    "TPU_WORKER_HOSTNAMES": "localhost",
-}.items():
-    os.environ.setdefault(_name, _value)
+# The compile tests describe TPU slices with libtpu on this host: without these defaults it logs a page of
+# complaints about the TPU it cannot find (bert-jax-compile sets the same ones).
+tpu_topology.quiet_libtpu_for_aot()
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

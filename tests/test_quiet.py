@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -35,10 +36,10 @@ def test_jax_stays_on_the_cpu_only_without_tpu_devices_and_gpu_plugins(monkeypat
 
 def test_tensorflow_starts_without_its_info_lines_under_the_defaults():
     code = (
-        "import os; from bert_jax import quiet; quiet.quiet_native_logs(); "
+        "from bert_jax import quiet; quiet.quiet_native_logs(); "
         "import tensorflow as tf; tf.constant(1) + 1; print('ok')"
     )
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("TF_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
     for line in ("All log messages before absl::InitializeLog()", "oneDNN custom operations", "cpu_feature_guard"):

@@ -153,13 +153,16 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
         assert self._store_dir is not None
         store = TokenStore(self._store_dir)
         config = self._options.instance_config(self._options.tokenizer())
-        bar = ProgressBar(f"Writing the {split} instances", len(store.keys), unit="documents", scale=1.0)
+        bar = None
+        if self._show_progress:
+            bar = ProgressBar(f"Writing the {split} instances", len(store.keys), unit="documents", scale=1.0)
         for index, key in enumerate(store.keys):
             file_index, doc_index = divmod(int(key), _KEY_BASE)
             yield from _instances_of(self._options, config, store, index, document_key(file_index, doc_index), split)
-            if self._show_progress:
+            if bar is not None:
                 bar.update(index + 1)
-        bar.close()
+        if bar is not None:
+            bar.close()
 
     # TFDS's own lines around a build ("Downloading and preparing dataset Unknown size ...", "Dataset ...
     # downloaded and prepared to ..."): nothing is downloaded here, and the job prints its own corpus line.
