@@ -18,7 +18,7 @@ import dataclasses
 import math
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -68,12 +68,56 @@ class ProgramMemory:
         return self.arguments + self.temporaries + self.outputs - self.aliased + self.code
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What a program is compiled for: a TPU slice that libtpu describes, or the job's own devices.
+
+    `memory_bytes` is one chip's memory: a TPU generation's HBM for a slice, the allocator's limit (or the
+    user's budget, `fit_memory_gb`) for the job's devices.
+    """
+
+    name: str
+    libtpu_name: str  # libtpu's name of one slice ("v5p:2x2x1"); "" for the job's own devices
+    num_slices: int
+    chips_per_slice: int
+    hosts: int
+    memory_bytes: int
+    devices: tuple[Any, ...]
+
+
+def slice_target(where: tpu_topology.TpuSlice, devices: Sequence[Any] | None = None) -> Target:
+    """A TPU slice (its devices from libtpu's topology description unless given, to reuse one description)."""
+    return Target(
+        name=where.name,
+        libtpu_name=where.libtpu_name,
+        num_slices=where.num_slices,
+        chips_per_slice=where.chips_per_slice,
+        hosts=where.hosts,
+        memory_bytes=where.hbm_bytes_per_chip,
+        devices=tuple(where.devices() if devices is None else devices),
+    )
+
+
+def device_target(devices: Sequence[Any], memory_bytes: int, num_slices: int = 1) -> Target:
+    """The devices a job runs on, each with `memory_bytes` for programs."""
+    devices = tuple(devices)
+    return Target(
+        name=str(devices[0].device_kind),
+        libtpu_name="",
+        num_slices=num_slices,
+        chips_per_slice=len(devices) // num_slices,
+        hosts=len({d.process_index for d in devices}),
+        memory_bytes=int(memory_bytes),
+        devices=devices,
+    )
+
+
 @dataclasses.dataclass
 class CompileReport:
     """Everything `bert-jax-compile` prints: where, what, how much memory, whether it fits, FLOPs, collectives."""
 
     topology: str
-    libtpu_topology: str
+    libtpu_topology: str  # "" when compiled for the job's own devices
     num_slices: int
     chips: int
     hosts: int
@@ -200,32 +244,44 @@ def _compile(lowered: Any) -> tuple[Any | None, tuple[str, int, int] | None]:
         return None, oom
 
 
-def _check_slices(config: ml_collections.ConfigDict, where: tpu_topology.TpuSlice) -> ml_collections.ConfigDict:
+def _check_slices(config: ml_collections.ConfigDict, num_slices: int) -> ml_collections.ConfigDict:
     """The config with `mesh.dcn_data` matching the slice count (set when left at 1; an error when it differs)."""
     dcn = int(config.mesh.get("dcn_data", 1))
-    if dcn == where.num_slices:
+    if dcn == num_slices:
         return config
     if dcn != 1:
         raise plan.JobConfigError(
-            f"mesh.dcn_data={dcn} but the target has {where.num_slices} slice(s); set --num_slices={dcn} or "
-            f"--config.mesh.dcn_data={where.num_slices}."
+            f"mesh.dcn_data={dcn} but the target has {num_slices} slice(s); set --num_slices={dcn} or "
+            f"--config.mesh.dcn_data={num_slices}."
         )
     config = config.copy_and_resolve_references()
     with config.unlocked():
-        config.mesh.dcn_data = where.num_slices
+        config.mesh.dcn_data = num_slices
     return config
 
 
-def compile_for_slice(
-    config: ml_collections.ConfigDict, where: tpu_topology.TpuSlice, devices: list[Any] | None = None
-) -> CompileReport:
-    """Compiles the job's train and eval steps for `where` and reads their memory, FLOPs and collectives.
+@dataclasses.dataclass
+class CompiledJob:
+    """A job's plan with its train and eval steps compiled for a target, and what the compile found.
+
+    `train_step` / `eval_step` are the compiled executables (None where the compiler refused, out of memory);
+    on the job's own devices they are what the step loop calls, so nothing compiles twice.
+    """
+
+    config: ml_collections.ConfigDict
+    job: plan.PretrainPlan
+    report: CompileReport
+    train_step: Any | None
+    eval_step: Any | None
+
+
+def compile_job(config: ml_collections.ConfigDict, target: Target) -> CompiledJob:
+    """Compiles the job's train and eval steps for `target` and reads their memory, FLOPs and collectives.
 
     Config mistakes raise `ValueError`s (`plan.JobConfigError`, `sharding.ConfigError`) before any compile.
-    `devices` (the slice's devices) may be passed in to reuse one topology description for several compiles.
     """
-    config = _check_slices(config, where)
-    devices = devices if devices is not None else where.devices()
+    config = _check_slices(config, target.num_slices)
+    devices = list(target.devices)
     job = plan.make_plan(config, devices)
     state, batch = job.abstract_train_args()
     start = time.perf_counter()
@@ -243,12 +299,12 @@ def compile_for_slice(
 
     oom = train_oom or eval_oom
     model_flops = job.flops_per_sequence() * job.global_batch_size / len(devices)
-    return CompileReport(
-        topology=where.name,
-        libtpu_topology=where.libtpu_name,
-        num_slices=where.num_slices,
+    report = CompileReport(
+        topology=target.name,
+        libtpu_topology=target.libtpu_name,
+        num_slices=target.num_slices,
         chips=len(devices),
-        hosts=where.hosts,
+        hosts=target.hosts,
         device_kind=str(devices[0].device_kind),
         mesh={name: int(size) for name, size in job.mesh.shape.items()},
         global_batch_size=job.global_batch_size,
@@ -261,7 +317,7 @@ def compile_for_slice(
         batch_bytes=batch_bytes,
         train=memory(train_compiled, train_oom, state_bytes + batch_bytes),
         eval=memory(eval_compiled, eval_oom, _shard_bytes(job.abstract_eval_args())),
-        hbm_bytes=where.hbm_bytes_per_chip,
+        hbm_bytes=target.memory_bytes,
         compile_seconds=seconds,
         xla_flops_per_chip=_xla_flops(train_compiled) if train_compiled is not None else None,
         model_flops_per_chip=model_flops,
@@ -269,6 +325,14 @@ def compile_for_slice(
         compiler_oom=oom[0] if oom else "",
         compiler_hbm_bytes=oom[2] if oom else None,
     )
+    return CompiledJob(config, job, report, train_compiled, eval_compiled)
+
+
+def compile_for_slice(
+    config: ml_collections.ConfigDict, where: tpu_topology.TpuSlice, devices: Sequence[Any] | None = None
+) -> CompileReport:
+    """`compile_job` for a TPU slice, the report only (`devices`: the slice's, to reuse one description)."""
+    return compile_job(config, slice_target(where, devices)).report
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -358,12 +422,12 @@ class Suggestion:
     change: Change
     report: CompileReport | None  # None: the change did not compile (error in `error`)
     error: str = ""
+    compiled: CompiledJob | None = dataclasses.field(default=None, repr=False)
 
 
 def suggest_fits(
     config: ml_collections.ConfigDict,
-    where: tpu_topology.TpuSlice,
-    devices: list[Any],
+    target: Target,
     report: CompileReport | None = None,
     *,
     max_compiles: int = 6,
@@ -373,33 +437,38 @@ def suggest_fits(
     """Compiles up to `max_compiles` candidate changes (cheapest first) and returns every one tried.
 
     Stops early once `want` of them fit. The caller prints the fitting ones; the others show what was ruled out.
+    Only fitting suggestions keep their compiled job (`compiled`), so a caller can run the one it picks.
     """
     say = progress or (lambda _: None)
     tried: list[Suggestion] = []
-    for change in candidate_changes(config, where.chips_per_slice, report)[:max_compiles]:
+    for change in candidate_changes(config, target.chips_per_slice, report)[:max_compiles]:
         say(f"trying {change.label} ({change.flags})")
         try:
-            tried.append(Suggestion(change, compile_for_slice(change.apply(config), where, devices)))
+            compiled = compile_job(change.apply(config), target)
         except ValueError as e:
             tried.append(Suggestion(change, None, str(e)))
+        else:
+            fits = compiled.report.fits
+            tried.append(Suggestion(change, compiled.report, compiled=compiled if fits else None))
         if sum(1 for s in tried if s.report is not None and s.report.fits) >= want:
             break
     return tried
 
 
 def best_fit(suggestions: Iterable[Suggestion]) -> Suggestion | None:
-    """The fitting change with the most headroom per FLOP spent: fewest model+remat FLOPs, then most headroom."""
-    fitting = [s for s in suggestions if s.report is not None and s.report.fits]
-    if not fitting:
-        return None
-    return min(fitting, key=lambda s: (s.report.xla_flops_per_chip or 0.0, -s.report.headroom_bytes))
+    """The first fitting change in the order tried, which is cheapest in compute first (`candidate_changes`).
+
+    XLA's FLOP counts cannot rank them: more microbatches leave the count unchanged (to within its rounding)
+    but run smaller matmuls, and a remat policy's extra forward pass is what the order already puts last.
+    """
+    return next((s for s in suggestions if s.report is not None and s.report.fits), None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Printing
 
 
-def _gb(n: float) -> str:
+def format_bytes(n: float) -> str:
     """Bytes for people: GB (1e9) with two decimals, MB below a hundredth of a GB."""
     if abs(n) < 0.01 * GB:
         return f"{n / 1e6:,.2f} MB"
@@ -409,11 +478,13 @@ def _gb(n: float) -> str:
 def format_report(report: CompileReport) -> str:
     """The table `bert-jax-compile` prints."""
     xla_flops = f"{report.xla_flops_per_chip:.3e}" if report.xla_flops_per_chip else "n/a (not compiled)"
+    detail = (
+        f"{report.libtpu_topology} x {report.num_slices} slice(s)" if report.libtpu_topology else "this job's devices"
+    )
     rows = [
         (
             "target",
-            f"{report.topology} ({report.libtpu_topology} x {report.num_slices} slice(s)): {report.chips} chips "
-            f"({report.device_kind}), {report.hosts} host(s)",
+            f"{report.topology} ({detail}): {report.chips} chip(s) ({report.device_kind}), {report.hosts} host(s)",
         ),
         ("mesh", ", ".join(f"{k}={v}" for k, v in report.mesh.items())),
         (
@@ -423,20 +494,23 @@ def format_report(report: CompileReport) -> str:
         ),
         (
             "params / opt state / batch",
-            f"{_gb(report.params_bytes)} / {_gb(report.opt_state_bytes)} / {_gb(report.batch_bytes)} per chip",
+            f"{format_bytes(report.params_bytes)} / {format_bytes(report.opt_state_bytes)} / {format_bytes(report.batch_bytes)} per chip",
         ),
-        ("arguments", _gb(report.train.arguments)),
-        ("temporaries", f"{_gb(report.train.temporaries)} (eval step {_gb(report.eval.temporaries)})"),
+        ("arguments", format_bytes(report.train.arguments)),
+        (
+            "temporaries",
+            f"{format_bytes(report.train.temporaries)} (eval step {format_bytes(report.eval.temporaries)})",
+        ),
         (
             "outputs",
-            f"{_gb(report.train.outputs)} ({_gb(report.train.aliased)} of them in the donated state's buffers)",
+            f"{format_bytes(report.train.outputs)} ({format_bytes(report.train.aliased)} of them in the donated state's buffers)",
         ),
-        ("generated code", _gb(report.train.code)),
-        ("total per chip", f"{_gb(report.peak_bytes)} of {_gb(report.hbm_bytes)} HBM"),
+        ("generated code", format_bytes(report.train.code)),
+        ("total per chip", f"{format_bytes(report.peak_bytes)} of {format_bytes(report.hbm_bytes)} memory"),
         (
             "fits",
-            f"{'yes' if report.fits else 'NO'} (headroom {_gb(report.headroom_bytes)}, "
-            f"{HBM_RESERVE_FRACTION:.0%} of HBM kept for the runtime)",
+            f"{'yes' if report.fits else 'NO'} (headroom {format_bytes(report.headroom_bytes)}, "
+            f"{HBM_RESERVE_FRACTION:.0%} of the memory kept for the runtime)",
         ),
         (
             "FLOPs per chip per step",
@@ -445,7 +519,7 @@ def format_report(report: CompileReport) -> str:
         ("compile", f"{report.compile_seconds:.1f} s (train + eval step)"),
     ]
     if report.compiler_oom:
-        available = _gb(report.compiler_hbm_bytes or 0)
+        available = format_bytes(report.compiler_hbm_bytes or 0)
         rows.insert(
             -2,
             (
@@ -455,7 +529,7 @@ def format_report(report: CompileReport) -> str:
         )
     for c in report.collectives:
         loop = " (in a loop of unknown trip count: counted once)" if c.in_unknown_loop else ""
-        rows.append((f"collective {c.kind}", f"{c.count} per step, {_gb(c.bytes)} per chip per step{loop}"))
+        rows.append((f"collective {c.kind}", f"{c.count} per step, {format_bytes(c.bytes)} per chip per step{loop}"))
     if not report.collectives:
         rows.append(("collectives", "none"))
     width = max(len(name) for name, _ in rows)
@@ -471,7 +545,7 @@ def format_suggestions(suggestions: list[Suggestion]) -> str:
         else:
             verdict = "fits" if s.report.fits else "does not fit"
             lines.append(
-                f"  {s.change.label}: {verdict}, {_gb(s.report.peak_bytes)} per chip "
-                f"(headroom {_gb(s.report.headroom_bytes)}): {s.change.flags}"
+                f"  {s.change.label}: {verdict}, {format_bytes(s.report.peak_bytes)} per chip "
+                f"(headroom {format_bytes(s.report.headroom_bytes)}): {s.change.flags}"
             )
     return "\n".join(lines)

@@ -45,6 +45,7 @@ BATCH_DTYPES = {
     "masked_lm_ids": np.int32,
     "masked_lm_weights": np.float32,
     "next_sentence_labels": np.int32,
+    "example_weights": np.float32,  # eval batches only: 0 marks the rows that pad the split's last batch
 }
 
 
@@ -140,9 +141,9 @@ class PretrainPlan:
             lambda shape, where: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=where), shapes, self.shardings
         )
 
-    def abstract_batch(self, rows: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+    def abstract_batch(self, rows: int | None = None, *, eval_batch: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
         """A global batch (`rows` sequences, default a train batch) as `ShapeDtypeStruct`s sharded as the job
-        places it (rows over data x fsdp)."""
+        places it (rows over data x fsdp); an eval batch (`pipeline.padded_eval_batches`) has `example_weights`."""
         where = sharding.batch_sharding(self.mesh)
         rows = self.global_batch_size if rows is None else rows
         seq, predictions = self.seq_length, self.max_predictions
@@ -154,8 +155,10 @@ class PretrainPlan:
             "masked_lm_ids": (rows, predictions),
             "masked_lm_weights": (rows, predictions),
             "next_sentence_labels": (rows,),
+            "example_weights": (rows,),
         }
-        return {k: jax.ShapeDtypeStruct(shapes[k], BATCH_DTYPES[k], sharding=where) for k in train.BATCH_KEYS}
+        keys = (*train.BATCH_KEYS, "example_weights") if eval_batch else train.BATCH_KEYS
+        return {k: jax.ShapeDtypeStruct(shapes[k], BATCH_DTYPES[k], sharding=where) for k in keys}
 
     def abstract_train_args(self) -> tuple[train.TrainState, dict[str, jax.ShapeDtypeStruct]]:
         """The arguments of `train_step`, abstract: `plan.train_step.lower(*plan.abstract_train_args())`."""
@@ -163,7 +166,7 @@ class PretrainPlan:
 
     def abstract_eval_args(self) -> tuple[Any, dict[str, jax.ShapeDtypeStruct]]:
         """The arguments of `eval_step`, abstract (an eval batch is one microbatch of a train batch)."""
-        return self.abstract_state().params, self.abstract_batch(self.eval_batch_size)
+        return self.abstract_state().params, self.abstract_batch(self.eval_batch_size, eval_batch=True)
 
 
 def make_plan(config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None) -> PretrainPlan:

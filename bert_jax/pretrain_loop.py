@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import checkpoint, compile_cache, configs, convert, flops, plan, sharding, train, warm_start
+from bert_jax import checkpoint, compile_cache, configs, convert, fit, flops, plan, sharding, train, warm_start
 from bert_jax.data import corpus, documents, pipeline
 from bert_jax.data.device_prefetch import prefetch_to_mesh
 from bert_jax.losses import summarize
@@ -153,11 +153,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
     is_main = jax.process_index() == 0
     export_dir = os.path.join(workdir, "export")
     # Everything that can be checked is checked before the corpus is built and anything compiles.
-    job = plan.make_plan(config)
-    model_config, mesh = job.model_config, job.mesh
-    vocab_size = model_config.vocab_size
+    checked = plan.make_plan(config)
     if not config.data.get("corpus_dir"):
         corpus_options(config.data)  # the input files exist and are readable, before anything else starts
+    # On accelerators the steps compile now, ahead of the corpus build, to check they fit (`fit`).
+    fitted = fit.fit_job(config, say=print if is_main else None, job=checked)
+    config, job = fitted.config, fitted.job
+    model_config, mesh = job.model_config, job.mesh
+    vocab_size = model_config.vocab_size
     checkpointer = checkpoint.Checkpointer(
         checkpoint.checkpoint_dir(workdir),
         save_every_steps=config.checkpoint_every_steps,
@@ -218,7 +221,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
             "process_count": jax.process_count(),
         }
 
-        train_step, eval_step = job.train_step, job.eval_step
+        train_step, eval_step = fitted.train_step, fitted.eval_step
         log = MetricsLog(workdir, is_main)
         peak = config.peak_flops_per_device or flops.measure_matmul_peak(model_config.dtype)
         flops_per_sequence = job.flops_per_sequence()

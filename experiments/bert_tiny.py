@@ -40,6 +40,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_checkpoints_to_keep = 3
     config.init_from = ""  # warm start: a workdir/checkpoint of ours, an export or a Hugging Face BERT directory
     config.compilation_cache_dir = ""  # "" = <workdir>/jax_cache (restarts load compiled programs), "off", or a dir
+    # Before the corpus build, the steps are compiled and their memory checked against the device's: "check" stops
+    # a job that does not fit (with the changes that would), "auto" runs the best change that fits, "off" skips.
+    config.fit = "check"
+    config.fit_memory_gb = 0.0  # 0 = the device's own limit (CPUs report none: the check runs only if set)
+    config.fit_max_compiles = 6  # changes compiled at most when it does not fit
 
     config.model = ml_collections.ConfigDict()
     config.model.size = "tiny"

@@ -40,8 +40,8 @@ def main(argv: list[str]) -> None:
 
     try:
         where = tpu_topology.parse_topology(FLAGS.topology, FLAGS.num_slices)
-        devices = where.devices()
-        report = aot.compile_for_slice(FLAGS.config, where, devices)
+        target = aot.slice_target(where)
+        report = aot.compile_job(FLAGS.config, target).report
     except ValueError as e:  # TopologyError, JobConfigError, sharding.ConfigError: all before a compile ends
         print(f"bert-jax-compile: error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG_ERROR) from None
@@ -51,8 +51,7 @@ def main(argv: list[str]) -> None:
         print(f"Does not fit: trying up to {FLAGS.max_compiles} cheaper variants ...", flush=True)
         suggestions = aot.suggest_fits(
             FLAGS.config,
-            where,
-            devices,
+            target,
             report,
             max_compiles=FLAGS.max_compiles,
             progress=lambda s: print(f"  {s}", flush=True),

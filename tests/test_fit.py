@@ -1,0 +1,101 @@
+"""The job's fit check: its steps compiled before the corpus build, their memory against the device's budget.
+
+The budgets are set from XLA's own memory analysis of separately compiled variants of the program (the base job
+and the job with two microbatches), so each scenario is known to fall between them: the base does not fit and
+two microbatches do. CPUs report no memory limit, so the check runs here only through `fit_memory_gb`, exactly
+as it runs on an accelerator with the limit its allocator reports.
+"""
+
+from __future__ import annotations
+
+import runpy
+import types
+
+import jax
+import pytest
+
+from bert_jax import aot, fit, plan, pretrain_loop
+from tests.conftest import REPO_ROOT, shared_path
+
+
+def small_config(**overrides):
+    config = runpy.run_path(str(REPO_ROOT / "experiments" / "bert_tiny.py"))["get_config"]()
+    config.data.train_files = str(shared_path("gutenberg", "pg11-alice-in-wonderland.txt"))
+    config.data.max_seq_length, config.data.max_predictions_per_seq = 32, 5
+    config.data.eval_fraction = 0.02
+    config.num_train_steps, config.global_batch_size = 6, 32
+    config.log_every_steps, config.eval_every_steps, config.eval_batches = 3, 6, 1
+    config.peak_flops_per_device, config.export = 1e11, False
+    config.optimizer.warmup_steps = 1
+    config.fit_max_compiles = 2
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config
+
+
+def _peak(config) -> int:
+    """XLA's per-device total for `config` on this host's device, with no budget to fit."""
+    target = aot.device_target(jax.devices(), 10**15)
+    return aot.compile_job(config, target).report.peak_bytes
+
+
+@pytest.fixture(scope="module")
+def budget_gb():
+    """A budget the base job exceeds and the job with two microbatches meets (3% kept for the runtime)."""
+    base, halved = _peak(small_config()), _peak(small_config(num_microbatches=2))
+    assert halved < base * 0.9, (base, halved)  # two microbatches halve the activations: a real difference
+    usable = (base + halved) / 2
+    return usable / (1 - aot.HBM_RESERVE_FRACTION) / aot.GB
+
+
+def test_modes_and_budgets_are_checked():
+    with pytest.raises(plan.JobConfigError, match="fit='always' is not one of check, auto, off"):
+        fit.fit_job(small_config(fit="always"))
+    with pytest.raises(plan.JobConfigError, match="fit_memory_gb must be >= 0"):
+        fit.fit_job(small_config(fit_memory_gb=-1.0))
+
+
+def test_the_memory_limit_is_the_smallest_of_this_process_devices():
+    def device(limit, process_index=0):
+        stats = {"bytes_limit": limit, "bytes_in_use": 0} if limit else None
+        return types.SimpleNamespace(process_index=process_index, memory_stats=lambda: stats)
+
+    assert fit.device_memory_limit([device(16 * 2**30), device(15 * 2**30), device(1, process_index=7)]) == 15 * 2**30
+    assert fit.device_memory_limit([device(None)]) is None
+    assert fit.device_memory_limit(jax.devices()) is None  # CPUs report no limit
+
+
+def test_without_a_known_limit_nothing_compiles_ahead():
+    fitted = fit.fit_job(small_config())
+    assert fitted.report is None and fitted.train_step is fitted.job.train_step  # jitted, compiles on first call
+
+
+def test_a_job_that_does_not_fit_stops_before_the_corpus_with_the_table_and_the_fix(tmp_path, budget_gb):
+    config = small_config(fit_memory_gb=budget_gb)
+    with pytest.raises(fit.DoesNotFitError) as raised:
+        pretrain_loop.train_and_evaluate(config, str(tmp_path))
+    message = str(raised.value)
+    assert "does not fit its devices' memory" in message and "total per chip" in message
+    assert "fits                        NO" in message
+    assert "Run with --config.num_microbatches=2" in message and "--config.fit=auto" in message
+    assert not (tmp_path / "corpus").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_fit_auto_runs_the_cheapest_change_that_fits_and_resumes_with_it(tmp_path, budget_gb, capsys):
+    config = small_config(fit_memory_gb=budget_gb, fit="auto")
+    result = pretrain_loop.train_and_evaluate(config, str(tmp_path))
+    out = capsys.readouterr().out
+    assert result.step == 6
+    assert "Does not fit" in out and "fit=auto: running with --config.num_microbatches=2" in out
+    # The change it ran fits by XLA's own figure, compiled separately.
+    assert _peak(small_config(num_microbatches=2)) <= budget_gb * aot.GB * (1 - aot.HBM_RESERVE_FRACTION)
+    # Run again with more steps: the same decision, and the job resumes from step 6.
+    config = small_config(fit_memory_gb=budget_gb, fit="auto", num_train_steps=9)
+    result = pretrain_loop.train_and_evaluate(config, str(tmp_path))
+    out = capsys.readouterr().out
+    assert result.step == 9 and "Resumed from the checkpoint of step 6" in out
+    assert "fit=auto: running with --config.num_microbatches=2" in out
