@@ -18,19 +18,31 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import checkpoint, compile_cache, configs, convert, fit, flops, plan, sharding, train, warm_start
+from bert_jax import (
+    checkpoint,
+    compile_cache,
+    configs,
+    convert,
+    fit,
+    flops,
+    plan,
+    sharding,
+    step_loop,
+    train,
+    warm_start,
+)
 from bert_jax.data import corpus, documents, pipeline
 from bert_jax.data.device_prefetch import prefetch_to_mesh
 from bert_jax.losses import summarize
 from bert_jax.metrics_log import MetricsLog
 from bert_jax.plan import JobConfigError
-from bert_jax.preemption import StopRequest
 
 __all__ = ["JobConfigError", "JobResult", "corpus_options", "prepare_corpus", "train_and_evaluate"]
 
@@ -233,7 +245,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
                 flush=True,
             )
 
-        def evaluate(step: int) -> dict[str, float]:
+        def evaluate(state: train.TrainState, step: int) -> dict[str, float]:
             eval_source = corpus.open_corpus(corpus_dir, "validation")
             totals: dict[str, Any] | None = None
             eval_batches = pipeline.padded_eval_batches(
@@ -260,68 +272,56 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
                 )
             return results
 
+        def rates(seconds: float, steps: int, tokens: int) -> dict[str, float]:
+            sequences_per_sec = steps * config.global_batch_size / seconds
+            return {
+                "tokens_per_sec": tokens / seconds,
+                "mfu": sequences_per_sec * flops_per_sequence / (peak * len(jax.devices())),
+            }
+
+        def first_step(seconds: float) -> None:
+            if is_main:
+                print(compile_cache.first_step_line(seconds, cache_dir, cache_start), flush=True)
+
+        def loop_batches() -> Iterator[step_loop.LoopBatch]:
+            for batch in prefetch_to_mesh(batches, mesh, depth=2, source_state=batches.state):
+                yield step_loop.LoopBatch(
+                    batch.arrays,
+                    tokens=batch.local_tokens * topology["process_count"],
+                    checkpoint_meta={"data_state": batch.source_state},
+                )
+
         start_step = restored.step if restored is not None else 0
-        done = start_step
-        window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
-        job_start = time.perf_counter()
-        final_eval: dict[str, float] = {}
-        stopped_by = None
-        device_batches = prefetch_to_mesh(batches, mesh, depth=2, source_state=batches.state)
-        stop = StopRequest()
         try:
-            for step in range(start_step, config.num_train_steps):
-                batch = next(device_batches)
-                window_tokens += batch.local_tokens * topology["process_count"]
-                # Between log steps nothing may wait for a device: steps queue up asynchronously. The guard
-                # turns any device-to-host transfer here (a stray float(), a print of an array) into an error.
-                with jax.transfer_guard_device_to_host("disallow"):
-                    dispatch_start = time.perf_counter()
-                    state, metrics = train_step(state, batch.arrays)
-                if step == start_step and is_main:
-                    # The first call returns once the step is compiled (or loaded) and queued.
-                    seconds = time.perf_counter() - dispatch_start
-                    print(compile_cache.first_step_line(seconds, cache_dir, cache_start), flush=True)
-                window_steps += 1
-                done = step + 1
-                if done % config.log_every_steps == 0 or done == config.num_train_steps:
-                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}  # the only sync
-                    elapsed = time.perf_counter() - window_start
-                    sequences_per_sec = window_steps * config.global_batch_size / elapsed
-                    values["tokens_per_sec"] = window_tokens / elapsed
-                    values["mfu"] = sequences_per_sec * flops_per_sequence / (peak * len(jax.devices()))
-                    eta = (time.perf_counter() - job_start) / (done - start_step) * (config.num_train_steps - done)
-                    log.write(done, values)
-                    log.console(done, config.num_train_steps, values, eta)
-                    window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
-                if done % config.eval_every_steps == 0 or done == config.num_train_steps:
-                    final_eval = evaluate(done)
-                    window_start = time.perf_counter()
-                stopping = stop.should_stop(done)
-                if stopping or done == config.num_train_steps or checkpointer.should_save(done):
-                    checkpointer.save(
-                        done,
-                        state.params,
-                        state.opt_state,
-                        {**checkpoint_meta, "data_state": batch.source_state},
-                        tokenizer_files,
-                        force=True,
-                    )
-                if stopping:
-                    stopped_by = stop.signal_name
-                    break
-            checkpointer.wait_until_finished()
+            loop = step_loop.run(
+                state,
+                train_step,
+                loop_batches(),
+                step_loop.LoopSettings(
+                    total_steps=config.num_train_steps,
+                    log_every_steps=config.log_every_steps,
+                    eval_every_steps=config.eval_every_steps,
+                    global_batch_size=config.global_batch_size,
+                ),
+                start_step=start_step,
+                checkpointer=checkpointer,
+                log=log,
+                hooks=step_loop.LoopHooks(
+                    evaluate=evaluate,
+                    rates=rates,
+                    checkpoint_meta=checkpoint_meta,
+                    tokenizer_files=tokenizer_files,
+                    first_step=first_step,
+                ),
+            )
         finally:
-            stop.close()
             batches.close()
             log.close()
-        if stopped_by is not None:
+        state, done, final_eval = loop.state, loop.step, loop.eval_metrics
+        if loop.stopped_by is not None:
             if is_main:
-                print(
-                    f"Stopped by {stopped_by} after step {done}; the checkpoint of step {done} is saved in "
-                    f"{checkpointer.directory}. Run the same command to continue.",
-                    flush=True,
-                )
-            return JobResult(final_eval, done, stopped_by)
+                print(step_loop.stopped_line(loop, checkpointer), flush=True)
+            return JobResult(final_eval, done, loop.stopped_by)
         if start_step >= config.num_train_steps and is_main:
             print(
                 f"Nothing to train: the latest checkpoint is step {start_step} of {config.num_train_steps}.", flush=True

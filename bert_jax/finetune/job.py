@@ -2,10 +2,10 @@
 
 The weights come from `init_from` (a pretraining workdir or checkpoint of ours, an export, a Hugging Face
 BERT directory; the task head is new) or, without it, from a fresh initialization of `model.size`. The
-same machinery as pretraining: a mesh from `config.mesh`, the train state created in its shardings, one
-jitted step (`train.make_step` with the task's loss, donated state), orbax checkpoints every
-`checkpoint_every_steps` with automatic resume, SIGTERM stops with a checkpoint, metrics to the console,
-`metrics.jsonl` and TensorBoard. The training order is a permutation of the examples per (seed, epoch), so
+same machinery as pretraining: the job's plan (`finetune.plan`: mesh, shardings, optimizer, the jitted step
+with the task's loss and donated state) and the one training loop of both jobs (`step_loop`: orbax
+checkpoints every `checkpoint_every_steps` with automatic resume, SIGTERM stops with a checkpoint, metrics to
+the console, `metrics.jsonl` and TensorBoard). The training order is a permutation of the examples per (seed, epoch), so
 a step number alone says which rows it trains on, and a resumed run is the uninterrupted one.
 
 At every `eval_every_steps` and at the end the eval split is scored with the task's official metrics;
@@ -18,27 +18,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
-from bert_jax import checkpoint, compile_cache, configs, optim, sharding, tokenizers, train, warm_start
+from bert_jax import checkpoint, compile_cache, configs, sharding, step_loop, tokenizers, train, warm_start
 from bert_jax.data.pipeline import epoch_permutation
+from bert_jax.finetune.plan import FinetuneConfigError, check_seq_length, make_finetune_plan, train_steps
 from bert_jax.finetune.tasks import SquadOptions, Task, TaskSplit, make_task
 from bert_jax.metrics_log import MetricsLog
-from bert_jax.preemption import StopRequest
-
-
-class FinetuneConfigError(ValueError):
-    """A fine-tuning configuration that cannot run; raised before anything compiles."""
 
 
 @dataclasses.dataclass
@@ -51,19 +44,6 @@ class FinetuneResult:
 def task_from_config(config: ml_collections.ConfigDict) -> Task:
     squad = SquadOptions(**config.squad.to_dict()) if config.get("squad") else None
     return make_task(config.task, squad)
-
-
-def _steps(config: ml_collections.ConfigDict, num_examples: int) -> tuple[int, int]:
-    """(total train steps, steps per epoch)."""
-    per_epoch = num_examples // config.global_batch_size
-    if per_epoch < 1:
-        raise FinetuneConfigError(
-            f"The training split has {num_examples} examples, fewer than global_batch_size={config.global_batch_size}."
-        )
-    total = config.num_train_steps or math.ceil(config.num_epochs * per_epoch)
-    if total < 1:
-        raise FinetuneConfigError("Set num_train_steps or num_epochs to a positive value.")
-    return total, per_epoch
 
 
 @functools.lru_cache(maxsize=2)
@@ -150,38 +130,19 @@ def _finetune_and_evaluate(
     cache_start = compile_cache.counts()
     is_main = jax.process_index() == 0
     model_config, tokenizer, source, tokenizer_files = _model_and_tokenizer(config)
-    mesh_config = sharding.MeshConfig(**config.mesh.to_dict())
-    vocab_shards = sharding.vocab_shards(mesh_config, len(jax.devices()))
-    model_config = model_config.replace(vocab_pad_multiple=math.lcm(model_config.vocab_pad_multiple, vocab_shards))
-    sharding.validate_parallelism(model_config, mesh_config, config.global_batch_size, len(jax.devices()))
-    if config.max_seq_length > model_config.max_position_embeddings:
-        raise FinetuneConfigError(
-            f"max_seq_length={config.max_seq_length} exceeds the model's max_position_embeddings="
-            f"{model_config.max_position_embeddings}."
-        )
+    check_seq_length(config, model_config)  # before the data is tokenized
     train_split = task.load(config.data_dir, task.train_split, tokenizer, config.max_seq_length)
     eval_split = task.load(config.data_dir, config.eval_split or task.eval_split, tokenizer, config.max_seq_length)
-    total_steps, per_epoch = _steps(config, len(train_split))
-    optimizer_config = optim.OptimizerConfig(
-        name="adamw",
-        learning_rate=config.learning_rate,
-        warmup_steps=int(config.warmup_fraction * total_steps),
-        total_steps=total_steps,
-        weight_decay=config.weight_decay,
-        clip_global_norm=1.0,
-    )
-    mesh = sharding.make_mesh(mesh_config)
-    model = task.model(model_config)
-    optimizer = optim.make_optimizer(optimizer_config)
-    schedule = optim.learning_rate_schedule(optimizer_config)
-    shardings = train.state_shardings(model, optimizer, mesh)
+    total_steps, per_epoch = train_steps(config, len(train_split))
+    job = make_finetune_plan(config, task, model_config, total_steps)
+    model_config, mesh, shardings = job.model_config, job.mesh, job.shardings
     checkpointer = checkpoint.Checkpointer(
         checkpoint.checkpoint_dir(workdir),
         save_every_steps=config.checkpoint_every_steps,
         max_to_keep=config.max_checkpoints_to_keep,
     )
     try:
-        abstract = jax.eval_shape(train.init_fn(model, optimizer), jax.random.key(config.seed))
+        abstract = jax.eval_shape(train.init_fn(job.model, job.optimizer), jax.random.key(config.seed))
         restored = checkpointer.restore(
             checkpoint.abstract_like(abstract.params, shardings.params),
             checkpoint.abstract_like(abstract.opt_state, shardings.opt_state),
@@ -196,7 +157,7 @@ def _finetune_and_evaluate(
             if is_main:
                 print(f"Resumed from the checkpoint of step {restored.step} in {checkpointer.directory}", flush=True)
         else:
-            state = train.create_train_state(model, optimizer, jax.random.key(config.seed), shardings)
+            state = train.create_train_state(job.model, job.optimizer, jax.random.key(config.seed), shardings)
             if source is not None:
                 start = warm_start.merge(source, model_config, state.params)
                 state = state.replace(params=sharding.place_host_tree(start.params, shardings.params))
@@ -205,42 +166,37 @@ def _finetune_and_evaluate(
                         f"Initialized the encoder from {start.source}; new: {', '.join(start.kept_fresh)}", flush=True
                     )
 
-        def loss_fn(params: Any, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
-            outputs = model.apply(
-                {"params": params},
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["token_type_ids"],
-                deterministic=False,
-                rngs={"dropout": rng},
-            )
-            return task.loss(outputs, batch)
-
-        step_fn = train.jit_train_step(
-            train.make_step(loss_fn, optimizer, schedule, dropout_seed=config.seed + 1), shardings, mesh
-        )
-        replicated = NamedSharding(mesh, PartitionSpec())
-        predict = jax.jit(
-            lambda params, batch: model.apply(
-                {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
-            ),
-            in_shardings=(shardings.params, sharding.batch_sharding(mesh)),
-            out_shardings=replicated,
-        )
         log = MetricsLog(workdir, is_main)
+        records: list[dict[str, Any]] = []
 
-        def evaluate(step: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        def evaluate(state: train.TrainState, step: int) -> dict[str, float]:
             chunks = []
             for local in _eval_batches(eval_split, config.global_batch_size):
                 inputs = {k: local[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-                chunks.append(np.asarray(predict(state.params, sharding.global_batch_from_process_local(inputs, mesh))))
+                global_inputs = sharding.global_batch_from_process_local(inputs, mesh)
+                chunks.append(np.asarray(job.predict_step(state.params, global_inputs)))
             outputs = np.concatenate(chunks, axis=0)[: len(eval_split)]
-            results, records = task.evaluate(outputs, eval_split)
+            results, records[:] = task.evaluate(outputs, eval_split)
             log.write(step, results, prefix="eval_")
             if is_main:
                 shown = " | ".join(f"{k} {v:.4f}" for k, v in results.items())
                 print(f"eval at step {step}: {shown}", flush=True)
-            return results, records
+            return results
+
+        def rates(seconds: float, steps: int, tokens: int) -> dict[str, float]:
+            return {"examples_per_sec": steps * config.global_batch_size / seconds}
+
+        def first_step(seconds: float) -> None:
+            if is_main:
+                print(compile_cache.first_step_line(seconds, cache_dir, cache_start), flush=True)
+
+        def loop_batches(start_step: int) -> Iterator[step_loop.LoopBatch]:
+            # The rows of a step are a pure function of it: nothing about the input goes into a checkpoint.
+            for step in range(start_step, total_steps):
+                rows = _rows(step, per_epoch, len(train_split), config.global_batch_size, config.seed)
+                yield step_loop.LoopBatch(
+                    sharding.global_batch_from_process_local(_local(train_split.arrays, rows), mesh)
+                )
 
         start_step = restored.step if restored is not None else 0
         if is_main:
@@ -257,51 +213,37 @@ def _finetune_and_evaluate(
             "max_seq_length": config.max_seq_length,
             "lowercase": config.lowercase,
         }
-        done, stopped_by, results, records = start_step, None, {}, []
-        window_start, job_start = time.perf_counter(), time.perf_counter()
-        stop = StopRequest()
         try:
-            for step in range(start_step, total_steps):
-                rows = _rows(step, per_epoch, len(train_split), config.global_batch_size, config.seed)
-                batch = sharding.global_batch_from_process_local(_local(train_split.arrays, rows), mesh)
-                dispatch_start = time.perf_counter()
-                state, metrics = step_fn(state, batch)
-                if step == start_step and is_main:
-                    # The first call returns once the step is compiled (or loaded) and queued.
-                    seconds = time.perf_counter() - dispatch_start
-                    print(compile_cache.first_step_line(seconds, cache_dir, cache_start), flush=True)
-                done = step + 1
-                if done % config.log_every_steps == 0 or done == total_steps:
-                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    elapsed = time.perf_counter() - window_start
-                    values["examples_per_sec"] = config.log_every_steps * config.global_batch_size / max(elapsed, 1e-9)
-                    log.write(done, values)
-                    eta = (time.perf_counter() - job_start) / (done - start_step) * (total_steps - done)
-                    log.console(done, total_steps, values, eta)
-                    window_start = time.perf_counter()
-                if done % config.eval_every_steps == 0 or done == total_steps:
-                    results, records = evaluate(done)
-                    window_start = time.perf_counter()
-                stopping = stop.should_stop(done)
-                if stopping or done == total_steps or checkpointer.should_save(done):
-                    checkpointer.save(done, state.params, state.opt_state, meta, tokenizer_files, force=True)
-                if stopping:
-                    stopped_by = stop.signal_name
-                    break
-            checkpointer.wait_until_finished()
+            loop = step_loop.run(
+                state,
+                job.train_step,
+                loop_batches(start_step),
+                step_loop.LoopSettings(
+                    total_steps=total_steps,
+                    log_every_steps=config.log_every_steps,
+                    eval_every_steps=config.eval_every_steps,
+                    global_batch_size=config.global_batch_size,
+                ),
+                start_step=start_step,
+                checkpointer=checkpointer,
+                log=log,
+                hooks=step_loop.LoopHooks(
+                    evaluate=evaluate,
+                    rates=rates,
+                    checkpoint_meta=meta,
+                    tokenizer_files=tokenizer_files,
+                    first_step=first_step,
+                ),
+            )
+            done, results = loop.step, loop.eval_metrics
+            if loop.stopped_by is not None:
+                if is_main:
+                    print(step_loop.stopped_line(loop, checkpointer), flush=True)
+                return FinetuneResult(results, done, loop.stopped_by)
+            if not results:  # nothing left to train: score the restored model
+                results = evaluate(loop.state, done)
         finally:
-            stop.close()
             log.close()
-        if stopped_by is not None:
-            if is_main:
-                print(
-                    f"Stopped by {stopped_by} after step {done}; the checkpoint of step {done} is saved in "
-                    f"{checkpointer.directory}. Run the same command to continue.",
-                    flush=True,
-                )
-            return FinetuneResult(results, done, stopped_by)
-        if not results:  # nothing left to train: score the restored model
-            results, records = evaluate(done)
     finally:
         checkpointer.close()
     if is_main:
