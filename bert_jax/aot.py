@@ -260,6 +260,24 @@ def _check_slices(config: ml_collections.ConfigDict, num_slices: int) -> ml_coll
     return config
 
 
+def is_finetune_config(config: ml_collections.ConfigDict) -> bool:
+    """A `bert-jax-finetune` config (it names a task) rather than a pretraining one."""
+    return "task" in config
+
+
+def job_plan(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> Any:
+    """The plan of the job `config` describes: `plan.PretrainPlan`, or `finetune.plan.FinetunePlan`.
+
+    Both have the train and eval steps and their abstract arguments, `global_batch_size`, `seq_length`,
+    `model_config`, `mesh` and `flops_per_sequence()`, which is all a compile report reads.
+    """
+    if is_finetune_config(config):
+        from bert_jax.finetune import plan as finetune_plan  # the fine-tuning tasks load only when asked for
+
+        return finetune_plan.compile_plan(config, devices)
+    return plan.make_plan(config, devices)
+
+
 @dataclasses.dataclass
 class CompiledJob:
     """A job's plan with its train and eval steps compiled for a target, and what the compile found.
@@ -269,7 +287,7 @@ class CompiledJob:
     """
 
     config: ml_collections.ConfigDict
-    job: plan.PretrainPlan
+    job: Any  # plan.PretrainPlan or finetune.plan.FinetunePlan (`job_plan`)
     report: CompileReport
     train_step: Any | None
     eval_step: Any | None
@@ -282,7 +300,7 @@ def compile_job(config: ml_collections.ConfigDict, target: Target) -> CompiledJo
     """
     config = _check_slices(config, target.num_slices)
     devices = list(target.devices)
-    job = plan.make_plan(config, devices)
+    job = job_plan(config, devices)
     state, batch = job.abstract_train_args()
     start = time.perf_counter()
     train_compiled, train_oom = _compile(job.train_step.lower(state, batch))
@@ -308,7 +326,7 @@ def compile_job(config: ml_collections.ConfigDict, target: Target) -> CompiledJo
         device_kind=str(devices[0].device_kind),
         mesh={name: int(size) for name, size in job.mesh.shape.items()},
         global_batch_size=job.global_batch_size,
-        num_microbatches=int(config.num_microbatches),
+        num_microbatches=int(config.get("num_microbatches", 1)),
         seq_length=job.seq_length,
         remat_policy=str(job.model_config.remat_policy),
         dtype=str(job.model_config.dtype),
@@ -372,14 +390,20 @@ def candidate_changes(
     changes that keep the job valid (microbatches that leave whole rows per chip, FSDP within a slice) are listed.
     """
     remat = str(config.model.get("remat_policy", "none"))
-    micro = int(config.num_microbatches)
+    micro = int(config.get("num_microbatches", 1))
+    # The fine-tuning step runs its batch whole: there the changes are remat and FSDP only.
+    can_split_batch = not is_finetune_config(config)
     fsdp = int(config.mesh.get("fsdp", 1))
     tensor = int(config.mesh.get("tensor", 1))
     chips = chips_per_slice * int(config.mesh.get("dcn_data", 1))
 
     def microbatches(factor: int) -> int | None:
         n = micro * factor
-        if config.global_batch_size % n or (config.global_batch_size // n) % max(1, chips // tensor):
+        if (
+            not can_split_batch
+            or config.global_batch_size % n
+            or (config.global_batch_size // n) % max(1, chips // tensor)
+        ):
             return None
         return n
 

@@ -151,3 +151,33 @@ def test_configs_errors_end_before_compiling_with_exit_2():
     result = _compile_cli("--topology=v5e:2x2", "--config.mesh.tensor=3", timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("bert-jax-compile: error:")
+
+
+def test_a_fine_tuning_config_compiles_its_train_and_predict_steps():
+    """bert-jax-finetune's program (SST-2 head on BERT-tiny) for v5e:2x2: params of the classifier model and
+    AdamW's two moments replicated on each chip, plus a quarter of the batch (3 int32 inputs + the label)."""
+    import runpy
+
+    from bert_jax.finetune.tasks import make_task
+
+    where = tpu_topology.parse_topology("v5e:2x2")
+    devices = _tpu_devices(where)
+    config = runpy.run_path(str(REPO_ROOT / "experiments" / "glue_sst2.py"))["get_config"]()
+    config.model.size = "tiny"
+    config.vocab_file = str(REPO_ROOT / "bert_jax" / "assets" / "vocab.txt")
+    compiled = aot.compile_job(config, aot.slice_target(where, devices))
+    report = compiled.report
+    assert report.fits and report.mesh["data"] == 4 and report.seq_length == 128
+    from bert_jax import configs
+
+    # the fine-tuning job keeps the vocabulary unpadded on a mesh that does not split it
+    model = make_task("glue_sst2").model(configs.named_config("tiny", vocab_size=30522))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 8), jax.numpy.int32)))
+    params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
+    rows = config.global_batch_size // 4
+    assert report.params_bytes == params * 4
+    assert report.batch_bytes == rows * (3 * 128 + 1) * 4
+    assert 2 * params * 4 <= report.opt_state_bytes <= 2 * params * 4 + 64
+    assert any(c.kind == "all-reduce" for c in report.collectives)
+    # no microbatch suggestions for a step that runs its batch whole
+    assert all("num_microbatches" not in c.overrides for c in aot.candidate_changes(config, 4))

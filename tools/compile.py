@@ -1,10 +1,12 @@
-"""bert-jax-compile: compile the pretraining job's program for a TPU slice on this host, and say whether it fits.
+"""bert-jax-compile: compile a job's program for a TPU slice on this host, and say whether it fits.
 
   bert-jax-compile --config=experiments/bert_base_phase1.py --topology=v5p-8
+  bert-jax-compile --config=experiments/glue_sst2.py --topology=v5e:2x2 --config.init_from=/tmp/bert_tiny
   bert-jax-compile --config=experiments/bert_large_lamb.py --topology=v5litepod-16 --config.num_microbatches=16
   bert-jax-compile --config=experiments/bert_tiny.py --topology=v5e:2x2 --num_slices=2
 
-Needs libtpu (`pip install -e ".[tpu]"`), not a TPU. Prints a table and one JSON line (`{"compile": ...}`);
+A pretraining config compiles `bert-jax-pretrain`'s train and eval steps; a fine-tuning config (one that names a
+`task`) compiles `bert-jax-finetune`'s train and prediction steps, without the task's data. Needs libtpu (`pip install -e ".[tpu]"`), not a TPU. Prints a table and one JSON line (`{"compile": ...}`);
 when the program does not fit, compiles up to --max_compiles cheaper variants and prints those that fit.
 Exit status: 0 fits, 1 does not fit, 2 a config or topology error (one line, before any compile).
 """

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,10 +26,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import checkpoint, compile_cache, configs, sharding, step_loop, tokenizers, train, warm_start
+from bert_jax import checkpoint, compile_cache, sharding, step_loop, train, warm_start
 from bert_jax.data.pipeline import epoch_permutation
-from bert_jax.finetune.plan import FinetuneConfigError, check_seq_length, make_finetune_plan, train_steps
-from bert_jax.finetune.tasks import SquadOptions, Task, TaskSplit, make_task
+from bert_jax.finetune.plan import (
+    FinetuneConfigError,
+    check_seq_length,
+    make_finetune_plan,
+    model_and_tokenizer,
+    task_from_config,
+    train_steps,
+)
+from bert_jax.finetune.tasks import Task, TaskSplit
 from bert_jax.metrics_log import MetricsLog
 
 
@@ -39,11 +45,6 @@ class FinetuneResult:
     eval_metrics: dict[str, float]
     step: int
     stopped_by: str | None = None
-
-
-def task_from_config(config: ml_collections.ConfigDict) -> Task:
-    squad = SquadOptions(**config.squad.to_dict()) if config.get("squad") else None
-    return make_task(config.task, squad)
 
 
 @functools.lru_cache(maxsize=2)
@@ -81,35 +82,6 @@ def _eval_batches(split: TaskSplit, global_batch: int) -> Iterator[dict[str, np.
         yield _local(batch, np.arange(global_batch))
 
 
-def _model_and_tokenizer(
-    config: ml_collections.ConfigDict,
-) -> tuple[configs.BertConfig, tokenizers.Tokenizer, warm_start.Source | None, dict[str, str]]:
-    """The encoder config, the tokenizer, the warm-start source (if any) and the tokenizer files to save."""
-    source = warm_start.read_source(config.init_from) if config.init_from else None
-    payload = checkpoint.tokenizer_payload(config.vocab_file) if config.vocab_file else {}
-    if not payload and source is not None:
-        payload = source.tokenizer_files
-    if "vocab.txt" not in payload:
-        raise FinetuneConfigError(
-            "No vocabulary: set --config.vocab_file (the source "
-            f"{config.init_from or '(none)'} has no vocab.txt beside its weights)."
-        )
-    scratch = tempfile.mkdtemp(prefix="bert_jax_vocab_")
-    vocab = checkpoint.write_tokenizer_files(payload, scratch)["vocab_file"]
-    tokenizer = tokenizers.load_tokenizer(vocab, None, config.lowercase)
-    overrides = {k: v for k, v in config.model.to_dict().items() if k != "size" and v is not None}
-    if source is not None:
-        model_config = source.config.replace(**overrides)
-    else:
-        model_config = configs.named_config(config.model.size, vocab_size=tokenizer.vocab_size, **overrides)
-    if model_config.vocab_size != tokenizer.vocab_size:
-        raise FinetuneConfigError(
-            f"The vocabulary has {tokenizer.vocab_size} entries but the model {model_config.vocab_size}; use the "
-            "vocab.txt that belongs to init_from."
-        )
-    return model_config, tokenizer, source, payload
-
-
 def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> FinetuneResult:
     """Runs the fine-tuning job, resuming from the workdir's latest checkpoint when there is one.
 
@@ -129,7 +101,7 @@ def _finetune_and_evaluate(
 ) -> FinetuneResult:
     cache_start = compile_cache.counts()
     is_main = jax.process_index() == 0
-    model_config, tokenizer, source, tokenizer_files = _model_and_tokenizer(config)
+    model_config, tokenizer, source, tokenizer_files = model_and_tokenizer(config)
     check_seq_length(config, model_config)  # before the data is tokenized
     train_split = task.load(config.data_dir, task.train_split, tokenizer, config.max_seq_length)
     eval_split = task.load(config.data_dir, config.eval_split or task.eval_split, tokenizer, config.max_seq_length)

@@ -13,21 +13,59 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bert_jax import configs, optim, sharding, train
-from bert_jax.finetune.tasks import Task
+from bert_jax import checkpoint, configs, flops, optim, sharding, tokenizers, train, warm_start
+from bert_jax.finetune.tasks import SquadOptions, Task, make_task
+
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class FinetuneConfigError(ValueError):
     """A fine-tuning configuration that cannot run; raised before anything compiles."""
+
+
+def task_from_config(config: ml_collections.ConfigDict) -> Task:
+    squad = SquadOptions(**config.squad.to_dict()) if config.get("squad") else None
+    return make_task(config.task, squad)
+
+
+def model_and_tokenizer(
+    config: ml_collections.ConfigDict,
+) -> tuple[configs.BertConfig, tokenizers.Tokenizer, warm_start.Source | None, dict[str, str]]:
+    """The encoder config, the tokenizer, the warm-start source (if any) and the tokenizer files to save."""
+    source = warm_start.read_source(config.init_from) if config.init_from else None
+    payload = checkpoint.tokenizer_payload(config.vocab_file) if config.vocab_file else {}
+    if not payload and source is not None:
+        payload = source.tokenizer_files
+    if "vocab.txt" not in payload:
+        raise FinetuneConfigError(
+            "No vocabulary: set --config.vocab_file (the source "
+            f"{config.init_from or '(none)'} has no vocab.txt beside its weights)."
+        )
+    scratch = tempfile.mkdtemp(prefix="bert_jax_vocab_")
+    vocab = checkpoint.write_tokenizer_files(payload, scratch)["vocab_file"]
+    tokenizer = tokenizers.load_tokenizer(vocab, None, config.lowercase)
+    overrides = {k: v for k, v in config.model.to_dict().items() if k != "size" and v is not None}
+    if source is not None:
+        model_config = source.config.replace(**overrides)
+    else:
+        model_config = configs.named_config(config.model.size, vocab_size=tokenizer.vocab_size, **overrides)
+    if model_config.vocab_size != tokenizer.vocab_size:
+        raise FinetuneConfigError(
+            f"The vocabulary has {tokenizer.vocab_size} entries but the model {model_config.vocab_size}; use the "
+            "vocab.txt that belongs to init_from."
+        )
+    return model_config, tokenizer, source, payload
 
 
 def train_steps(config: ml_collections.ConfigDict, num_examples: int) -> tuple[int, int]:
@@ -79,6 +117,46 @@ class FinetunePlan:
     shardings: train.TrainState
     train_step: Callable[..., Any]
     predict_step: Callable[..., Any]
+
+    @property
+    def eval_step(self) -> Callable[..., Any]:
+        """The program the eval split runs: the prediction step."""
+        return self.predict_step
+
+    @property
+    def global_batch_size(self) -> int:
+        return int(self.config.global_batch_size)
+
+    @property
+    def seq_length(self) -> int:
+        return int(self.config.max_seq_length)
+
+    def flops_per_sequence(self) -> float:
+        """Model FLOPs of one training sequence: the encoder's (a task head's are negligible)."""
+        return flops.training_flops_per_sequence(self.model_config, self.seq_length, 0)
+
+    def abstract_state(self) -> train.TrainState:
+        """The train state as `ShapeDtypeStruct`s carrying their shardings (no memory is allocated)."""
+        shapes = jax.eval_shape(train.init_fn(self.model, self.optimizer), jax.random.key(self.config.seed))
+        return jax.tree_util.tree_map(
+            lambda shape, where: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=where), shapes, self.shardings
+        )
+
+    def abstract_batch(self, *, with_targets: bool = True) -> dict[str, jax.ShapeDtypeStruct]:
+        """A global batch as the job places it (rows over data x fsdp): the inputs, and the task's targets."""
+        where = sharding.batch_sharding(self.mesh)
+        rows, seq = self.global_batch_size, self.seq_length
+        spec: dict[str, tuple[tuple[int, ...], Any]] = {name: ((seq,), np.int32) for name in INPUT_KEYS}
+        if with_targets:
+            spec |= self.task.target_spec(seq)
+        return {k: jax.ShapeDtypeStruct((rows, *shape), dtype, sharding=where) for k, (shape, dtype) in spec.items()}
+
+    def abstract_train_args(self) -> tuple[train.TrainState, dict[str, jax.ShapeDtypeStruct]]:
+        return self.abstract_state(), self.abstract_batch()
+
+    def abstract_eval_args(self) -> tuple[Any, dict[str, jax.ShapeDtypeStruct]]:
+        """The arguments of `predict_step` (the eval split runs in batches of global_batch_size)."""
+        return self.abstract_state().params, self.abstract_batch(with_targets=False)
 
 
 def make_finetune_plan(
@@ -136,3 +214,13 @@ def make_finetune_plan(
         train_step=train_step,
         predict_step=predict_step,
     )
+
+
+def compile_plan(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> FinetunePlan:
+    """The plan for an ahead-of-time compile (`bert-jax-compile`), without the task's data.
+
+    The program's shapes do not depend on the training split's size, which only sets the schedule's length:
+    `num_train_steps`, or a placeholder of 1,000 steps when the config counts epochs.
+    """
+    model_config = model_and_tokenizer(config)[0]
+    return make_finetune_plan(config, task_from_config(config), model_config, config.num_train_steps or 1000, devices)

@@ -57,6 +57,14 @@ class Task(abc.ABC):
     def load(self, data_dir: str, split: str, tokenizer: Tokenizer, max_seq_length: int) -> TaskSplit: ...
 
     @abc.abstractmethod
+    def target_spec(self, max_seq_length: int) -> dict[str, tuple[tuple[int, ...], type]]:
+        """The training targets `load` adds to the inputs: name -> (shape of one row, dtype).
+
+        With the inputs (`input_ids`, `attention_mask`, `token_type_ids`: int32 [max_seq_length]) this is a
+        batch's layout, so the job can be compiled ahead of time without its data (`bert-jax-compile`).
+        """
+
+    @abc.abstractmethod
     def loss(self, outputs: Array, batch: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
         """The mean training loss over the batch's labelled items and its metrics (jittable)."""
 
@@ -108,6 +116,9 @@ class GlueClassification(Task):
         if not examples:
             raise ValueError(f"GLUE {self.glue.name} {split} in {data_dir} has no examples.")
         return TaskSplit(glue_data.glue_features(examples, tokenizer, max_seq_length, self.glue), examples)
+
+    def target_spec(self, max_seq_length: int) -> dict[str, tuple[tuple[int, ...], type]]:
+        return {"labels": ((), np.float32 if self.regression else np.int32)}  # a score, or a class id
 
     def loss(self, outputs: Array, batch: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
         labels = batch["labels"]
@@ -177,6 +188,9 @@ class ConllNer(Task):
             raise ValueError(f"{os.path.join(data_dir, self._files[split])} has no sentences.")
         features = conll_data.ner_features(sentences, tokenizer, max_seq_length, self.labels)
         return TaskSplit(features.as_model_inputs(), (sentences, features))
+
+    def target_spec(self, max_seq_length: int) -> dict[str, tuple[tuple[int, ...], type]]:
+        return {"labels": ((max_seq_length,), np.int32)}  # a tag id per token (-1: not a word's first piece)
 
     def loss(self, outputs: Array, batch: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
         labels = batch["labels"]
@@ -250,6 +264,9 @@ class Squad(Task):
         o = self.options
         features = squad_data.squad_features(examples, tokenizer, max_seq_length, o.doc_stride, o.max_query_length)
         return TaskSplit(features.as_model_inputs(with_targets=True), (examples, features))
+
+    def target_spec(self, max_seq_length: int) -> dict[str, tuple[tuple[int, ...], type]]:
+        return {"start_positions": ((), np.int32), "end_positions": ((), np.int32)}
 
     def loss(self, outputs: Array, batch: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
         weights = batch.get("example_weights")
