@@ -1,7 +1,7 @@
 """bert-jax-pretrain: the pretraining job (absl flags + an ml_collections config file).
 
   bert-jax-pretrain --config=experiments/bert_tiny.py --workdir=/tmp/bert_tiny
-  bert-jax-pretrain --config=experiments/bert_base_phase1.py --workdir=gs://... --config.num_train_steps=1000
+  bert-jax-pretrain --config=experiments/bert_base_phase1.py --workdir=/mnt/bucket/run --config.num_train_steps=1000
 
 Only this entry point reads flags; the job itself is `pretrain_loop.train_and_evaluate(config, workdir)`.
 Run the same command again to resume: the job continues from the workdir's latest checkpoint. Stopped by

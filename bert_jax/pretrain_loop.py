@@ -32,6 +32,7 @@ from bert_jax import (
     convert,
     fit,
     flops,
+    paths,
     plan,
     sharding,
     step_loop,
@@ -155,6 +156,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> JobRe
     `compilation_cache_dir` names (`compile_cache`; by default `<workdir>/jax_cache`).
     """
     plan.check_job(config)
+    data = config.data
+    paths.require_local(
+        {
+            "workdir": workdir,
+            "data.train_files": data.get("train_files"),
+            "data.corpus_dir": data.get("corpus_dir"),
+            "data.vocab_file": data.get("vocab_file"),
+            "data.spm_model": data.get("spm_model"),
+            "init_from": config.get("init_from"),
+        }
+    )
     os.makedirs(workdir, exist_ok=True)
     with compile_cache.job_cache(config.get("compilation_cache_dir", ""), workdir) as cache_dir:
         return _train_and_evaluate(config, workdir, cache_dir)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from bert_jax import quiet, tokenizers
+from bert_jax import paths, quiet, tokenizers
 from bert_jax.data import corpus, documents
 
 FLAGS = flags.FLAGS
@@ -36,6 +36,14 @@ flags.DEFINE_string("beam_pipeline_options", None, "Beam: comma-separated pipeli
 
 
 def main(argv: list[str]) -> None:
+    paths.require_local(
+        {
+            "input_files": FLAGS.input_files,
+            "vocab_file": FLAGS.vocab_file,
+            "spm_model": FLAGS.spm_model,
+            "output_dir": FLAGS.output_dir,
+        }
+    )
     del argv
     options = corpus.CorpusOptions(
         input_files=tuple(documents.expand_input_files(FLAGS.input_files)),

@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags, logging
 
-from bert_jax import convert
+from bert_jax import convert, paths
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "Model to convert: a directory or a TF checkpoint prefix.", required=True)
@@ -28,6 +28,14 @@ flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir (only af
 
 
 def main(argv: list[str]) -> None:
+    paths.require_local(
+        {
+            "input": FLAGS.input,
+            "tf_config_file": FLAGS.tf_config_file,
+            "output_dir": FLAGS.output_dir,
+            "vocab_file": FLAGS.vocab_file,
+        }
+    )
     del argv
     kind = convert.detect_format(FLAGS.input) if FLAGS.input_format == "auto" else FLAGS.input_format
     if kind == "tf":

@@ -26,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import checkpoint, compile_cache, sharding, step_loop, train, warm_start
+from bert_jax import checkpoint, compile_cache, paths, sharding, step_loop, train, warm_start
 from bert_jax.data.pipeline import epoch_permutation
 from bert_jax.finetune.plan import (
     FinetuneConfigError,
@@ -89,6 +89,14 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Fi
     `compilation_cache_dir` names (`compile_cache`; by default `<workdir>/jax_cache`).
     """
     task = task_from_config(config)
+    paths.require_local(
+        {
+            "workdir": workdir,
+            "data_dir": config.data_dir,
+            "init_from": config.get("init_from"),
+            "vocab_file": config.get("vocab_file"),
+        }
+    )
     if not os.path.isdir(config.data_dir):
         raise FinetuneConfigError(f"data_dir={config.data_dir} is not a directory; point it at the task's data.")
     os.makedirs(workdir, exist_ok=True)
