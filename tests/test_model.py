@@ -262,3 +262,33 @@ def test_too_long_input_is_a_clear_error():
     config = named_config("tiny", vocab_size=300, max_position_embeddings=16)
     with pytest.raises(ValueError, match="exceeds max_position_embeddings=16"):
         init_params(BertModel(config), jax.random.key(0), seq_length=17)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-6), ("bfloat16", 2e-2)])
+def test_the_attention_softmax_keeps_only_its_output_and_has_the_usual_gradient(dtype, tolerance):
+    """softmax_keeping_output's forward and gradient against jax.nn.softmax's in float32 (masked entries too):
+    exact in float32; in bfloat16 within the rounding of the bfloat16 probabilities it keeps."""
+    from bert_jax.model import softmax_keeping_output
+
+    scores = jax.random.normal(jax.random.key(0), (2, 3, 5, 7), jnp.float32) * 3
+    scores = scores.at[..., -2:].set(jnp.finfo(jnp.float32).min)  # padded keys
+    cotangent = jax.random.normal(jax.random.key(1), scores.shape, jnp.float32)
+
+    def ours(x):
+        return jnp.sum(softmax_keeping_output(x, jnp.dtype(dtype)).astype(jnp.float32) * cotangent)
+
+    def reference(x):
+        return jnp.sum(jax.nn.softmax(x, axis=-1) * cotangent)
+
+    np.testing.assert_allclose(
+        softmax_keeping_output(scores, jnp.dtype(dtype)).astype(jnp.float32),
+        jax.nn.softmax(scores, axis=-1),
+        atol=tolerance,
+    )
+    grad, expected = jax.grad(ours)(scores), jax.grad(reference)(scores)
+    np.testing.assert_allclose(grad, expected, atol=tolerance * float(jnp.abs(expected).max()))
+    assert float(jnp.abs(grad[..., -2:]).max()) == 0.0  # nothing flows to padded keys
+    # The backward pass keeps the probabilities in `dtype`, not float32 (jax.nn.softmax keeps float32).
+    residuals = jax.vjp(lambda x: softmax_keeping_output(x, jnp.dtype(dtype)), scores)[1]
+    kept = [leaf for leaf in jax.tree_util.tree_leaves(residuals) if getattr(leaf, "shape", ()) == scores.shape]
+    assert kept and all(leaf.dtype == jnp.dtype(dtype) for leaf in kept)
