@@ -21,12 +21,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from bert_jax.data import documents as documents_lib
-from bert_jax.data.corpus import (
-    _KEY_BASE,
+from bert_jax.data.corpus_spec import (
+    KEY_BASE,
     CorpusOptions,
-    _instances_of,
-    _tokenize_document,
     document_key,
+    instances_of,
+    tokenize_document,
 )
 from bert_jax.data.token_store import TokenStore, TokenStoreWriter
 from bert_jax.progress import ProgressBar
@@ -132,7 +132,7 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
             documents = documents_lib.iter_file_documents(path, self._options.text_format, self.read_stats)
             read = 0
             for doc_index, document in enumerate(documents):
-                writer.add(_tokenize_document(tokenizer, document), key=file_index * _KEY_BASE + doc_index)
+                writer.add(tokenize_document(tokenizer, document), key=file_index * KEY_BASE + doc_index)
                 if bar is not None:  # characters + line ends: close to the bytes of the file read so far
                     read += sum(len(sentence) + 1 for sentence in document)
                     bar.update(files_done + min(read, sizes[file_index]))
@@ -157,8 +157,8 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
         if self._show_progress:
             bar = ProgressBar(f"Writing the {split} instances", len(store.keys), unit="documents", scale=1.0)
         for index, key in enumerate(store.keys):
-            file_index, doc_index = divmod(int(key), _KEY_BASE)
-            yield from _instances_of(self._options, config, store, index, document_key(file_index, doc_index), split)
+            file_index, doc_index = divmod(int(key), KEY_BASE)
+            yield from instances_of(self._options, config, store, index, document_key(file_index, doc_index), split)
             if bar is not None:
                 bar.update(index + 1)
         if bar is not None:
@@ -203,12 +203,12 @@ def _bucket_instances(
     keyed = sorted(members)  # a deterministic order whatever order the runner delivered them in
     store, keys = [], []
     for key, sentences in keyed:
-        tokenized = _tokenize_document(tokenizer, sentences)
+        tokenized = tokenize_document(tokenizer, sentences)
         if tokenized:
             store.append([(np.asarray(ids, np.int32), np.asarray(starts, bool)) for ids, starts in tokenized])
             keys.append(key)
     for index, key in enumerate(keys):
-        yield from _instances_of(options, config, store, index, key, split)
+        yield from instances_of(options, config, store, index, key, split)
 
 
 def _beam_examples(options: CorpusOptions, split: str) -> Any:
