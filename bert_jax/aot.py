@@ -293,14 +293,19 @@ class CompiledJob:
     eval_step: Any | None
 
 
-def compile_job(config: ml_collections.ConfigDict, target: Target) -> CompiledJob:
+JobFactory = Callable[[ml_collections.ConfigDict, Sequence[Any]], Any]
+
+
+def compile_job(config: ml_collections.ConfigDict, target: Target, make_job: JobFactory | None = None) -> CompiledJob:
     """Compiles the job's train and eval steps for `target` and reads their memory, FLOPs and collectives.
 
-    Config mistakes raise `ValueError`s (`plan.JobConfigError`, `sharding.ConfigError`) before any compile.
+    `make_job(config, devices)` builds the plan (default `job_plan`); a running job passes its own, e.g. the
+    fine-tuning job, whose schedule length comes from its data. Config mistakes raise `ValueError`s
+    (`plan.JobConfigError`, `sharding.ConfigError`) before any compile.
     """
     config = _check_slices(config, target.num_slices)
     devices = list(target.devices)
-    job = job_plan(config, devices)
+    job = (make_job or job_plan)(config, devices)
     state, batch = job.abstract_train_args()
     start = time.perf_counter()
     train_compiled, train_oom = _compile(job.train_step.lower(state, batch))
@@ -457,6 +462,7 @@ def suggest_fits(
     max_compiles: int = 6,
     want: int = 3,
     progress: Callable[[str], None] | None = None,
+    make_job: JobFactory | None = None,
 ) -> list[Suggestion]:
     """Compiles up to `max_compiles` candidate changes (cheapest first) and returns every one tried.
 
@@ -468,7 +474,7 @@ def suggest_fits(
     for change in candidate_changes(config, target.chips_per_slice, report)[:max_compiles]:
         say(f"trying {change.label} ({change.flags})")
         try:
-            compiled = compile_job(change.apply(config), target)
+            compiled = compile_job(change.apply(config), target, make_job)
         except ValueError as e:
             tried.append(Suggestion(change, None, str(e)))
         else:

@@ -46,7 +46,7 @@ class FittedJob:
     """The plan the job runs (after any `fit="auto"` change) and the steps to call."""
 
     config: ml_collections.ConfigDict
-    job: plan.PretrainPlan
+    job: Any  # plan.PretrainPlan or finetune.plan.FinetunePlan
     train_step: Callable[..., Any]
     eval_step: Callable[..., Any]
     report: aot.CompileReport | None = None  # None: not checked (fit="off", or no memory limit known)
@@ -103,11 +103,13 @@ def fit_job(
     devices: Sequence[Any] | None = None,
     *,
     say: Callable[[str], None] | None = None,
-    job: plan.PretrainPlan | None = None,
+    job: Any = None,
+    make_job: aot.JobFactory | None = None,
 ) -> FittedJob:
     """The job's plan and steps, checked to fit `devices` (default: all of the job's) when a limit is known.
 
-    `job`: `plan.make_plan(config, devices)` if the caller has it already (used as is when nothing is checked).
+    `job`: the plan if the caller has it already (used as is when nothing is checked). `make_job(config,
+    devices)` builds the plan of a config (default `aot.job_plan`: `plan.make_plan` for pretraining).
 
     Raises `DoesNotFitError` (a `JobConfigError`) when the program does not fit and `fit` is "check", or
     when it is "auto" and none of the changes tried fits; config mistakes raise as `plan.make_plan` does.
@@ -118,11 +120,11 @@ def fit_job(
     devices = list(jax.devices() if devices is None else devices)
     budget = memory_budget(config, devices) if mode != "off" else None
     if budget is None:
-        job = job if job is not None else plan.make_plan(config, devices)
+        job = job if job is not None else (make_job or aot.job_plan)(config, devices)
         return FittedJob(config, job, job.train_step, job.eval_step)
     target = aot.device_target(devices, budget, num_slices=int(config.mesh.get("dcn_data", 1)))
     say(f"Compiling the train and eval steps to check they fit in {aot.format_bytes(budget)} per device ...")
-    compiled = aot.compile_job(config, target)
+    compiled = aot.compile_job(config, target, make_job)
     report = compiled.report
     if report.fits:
         say(fit_line(report))
@@ -138,6 +140,7 @@ def fit_job(
         max_compiles=max_compiles,
         want=1 if mode == "auto" else 3,
         progress=lambda line: say(f"  {line}"),
+        make_job=make_job,
     )
     best = aot.best_fit(suggestions)
     if mode == "auto" and best is not None and best.compiled is not None:
@@ -156,8 +159,9 @@ def fit_job(
     if best is not None:
         lines.append(f"Run with {best.change.flags}, or with --config.fit=auto to let the job pick it.")
     else:
+        more = "" if aot.is_finetune_config(config) else ", or more num_microbatches"
         lines.append(
             "None of the changes tried fits: use more devices (mesh.fsdp shards the state), a smaller "
-            "global_batch_size or max_seq_length, or more num_microbatches."
+            f"global_batch_size or max_seq_length{more}."
         )
     raise DoesNotFitError("\n".join(lines))

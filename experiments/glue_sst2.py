@@ -25,6 +25,11 @@ def get_config(task: str = "glue_sst2") -> ml_collections.ConfigDict:
     config.eval_split = ""  # default: the task's dev split
     config.init_from = ""
     config.compilation_cache_dir = ""  # "" = <workdir>/jax_cache (restarts load compiled programs), "off", or a dir
+    # The train and prediction steps are compiled before training and checked against the device's memory:
+    # "check" stops a job that does not fit (with the changes that would), "auto" runs the first that fits.
+    config.fit = "check"
+    config.fit_memory_gb = 0.0  # 0 = the device's own limit (CPUs report none: the check runs only if set)
+    config.fit_max_compiles = 6
     config.vocab_file = ""  # default: the vocab.txt of init_from
     config.lowercase = True
     config.seed = 0

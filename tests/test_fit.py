@@ -99,3 +99,63 @@ def test_fit_auto_runs_the_cheapest_change_that_fits_and_resumes_with_it(tmp_pat
     out = capsys.readouterr().out
     assert result.step == 9 and "Resumed from the checkpoint of step 6" in out
     assert "fit=auto: running with --config.num_microbatches=2" in out
+
+
+def finetune_config(**overrides):
+    config = runpy.run_path(str(REPO_ROOT / "experiments" / "glue_sst2.py"))["get_config"]()
+    config.data_dir = str(shared_path("glue"))
+    config.model.size = "tiny"
+    config.vocab_file = str(REPO_ROOT / "bert_jax" / "assets" / "vocab.txt")
+    config.max_seq_length, config.global_batch_size = 32, 16
+    config.num_train_steps, config.log_every_steps, config.eval_every_steps = 4, 2, 4
+    config.eval_split = "dev"
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+def test_the_fine_tuning_job_runs_its_compiled_steps_when_they_fit(tmp_path, capsys):
+    from bert_jax.finetune import job as finetune_job
+
+    result = finetune_job.finetune_and_evaluate(finetune_config(fit_memory_gb=100.0), str(tmp_path))
+    out = capsys.readouterr().out
+    assert "Fits: " in out and " of 100.00 GB per device" in out
+    assert result.step == 4 and 0.0 <= result.eval_metrics["accuracy"] <= 1.0
+
+
+def test_the_fine_tuning_job_stops_before_training_when_it_does_not_fit(tmp_path):
+    from bert_jax.finetune import job as finetune_job
+
+    with pytest.raises(fit.DoesNotFitError) as raised:
+        finetune_job.finetune_and_evaluate(finetune_config(fit_memory_gb=0.001, fit_max_compiles=1), str(tmp_path))
+    message = str(raised.value)
+    assert "total per chip" in message and "remat" in message and "num_microbatches" not in message
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "task, data",
+    [
+        ("glue_sst2", "glue"),
+        ("glue_stsb", "glue"),
+        ("conll_ner", "conll2003"),
+        ("squad", "squad"),
+    ],
+)
+def test_each_task_declares_the_batch_layout_its_data_has(task, data):
+    """The abstract batch a compile uses (Task.target_spec) has the keys, dtypes and row shapes of the real data."""
+    from bert_jax import tokenizers
+    from bert_jax.finetune import plan as finetune_plan
+
+    config = finetune_config(task=task, data_dir=str(shared_path(data)))
+    if task == "squad":
+        config = runpy.run_path(str(REPO_ROOT / "experiments" / "squad.py"))["get_config"]()
+        config.data_dir, config.max_seq_length = str(shared_path(data)), 128
+    task_ = finetune_plan.task_from_config(config)
+    tokenizer = tokenizers.load_tokenizer(str(REPO_ROOT / "bert_jax" / "assets" / "vocab.txt"), None, True)
+    split = task_.load(config.data_dir, task_.eval_split, tokenizer, config.max_seq_length)
+    job = finetune_plan.make_finetune_plan(config, task_, plan.model_config(small_config(), 30522), 10)
+    abstract = job.abstract_batch()
+    assert set(abstract) == set(split.arrays)
+    for key, array in split.arrays.items():
+        assert abstract[key].dtype == array.dtype and abstract[key].shape[1:] == array.shape[1:], key

@@ -19,17 +19,18 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import checkpoint, compile_cache, paths, sharding, step_loop, train, warm_start
+from bert_jax import checkpoint, compile_cache, fit, paths, sharding, step_loop, train, warm_start
 from bert_jax.data.pipeline import epoch_permutation
 from bert_jax.finetune.plan import (
     FinetuneConfigError,
+    FinetunePlan,
     check_seq_length,
     make_finetune_plan,
     model_and_tokenizer,
@@ -89,6 +90,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Fi
     `compilation_cache_dir` names (`compile_cache`; by default `<workdir>/jax_cache`).
     """
     task = task_from_config(config)
+    fit.fit_mode(config)  # a bad `fit` setting ends before the data is read
     paths.require_local(
         {
             "workdir": workdir,
@@ -114,7 +116,14 @@ def _finetune_and_evaluate(
     train_split = task.load(config.data_dir, task.train_split, tokenizer, config.max_seq_length)
     eval_split = task.load(config.data_dir, config.eval_split or task.eval_split, tokenizer, config.max_seq_length)
     total_steps, per_epoch = train_steps(config, len(train_split))
-    job = make_finetune_plan(config, task, model_config, total_steps)
+
+    def plan_for(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> FinetunePlan:
+        return make_finetune_plan(config, task, model_config, total_steps, devices)
+
+    # On accelerators the steps compile now, to check they fit the devices' memory (`fit`, as pretraining).
+    fitted = fit.fit_job(config, say=print if is_main else None, job=plan_for(config, jax.devices()), make_job=plan_for)
+    config, job = fitted.config, fitted.job
+    train_step, predict_step = fitted.train_step, fitted.eval_step
     model_config, mesh, shardings = job.model_config, job.mesh, job.shardings
     checkpointer = checkpoint.Checkpointer(
         checkpoint.checkpoint_dir(workdir),
@@ -154,7 +163,7 @@ def _finetune_and_evaluate(
             for local in _eval_batches(eval_split, config.global_batch_size):
                 inputs = {k: local[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
                 global_inputs = sharding.global_batch_from_process_local(inputs, mesh)
-                chunks.append(np.asarray(job.predict_step(state.params, global_inputs)))
+                chunks.append(np.asarray(predict_step(state.params, global_inputs)))
             outputs = np.concatenate(chunks, axis=0)[: len(eval_split)]
             results, records[:] = task.evaluate(outputs, eval_split)
             log.write(step, results, prefix="eval_")
@@ -196,7 +205,7 @@ def _finetune_and_evaluate(
         try:
             loop = step_loop.run(
                 state,
-                job.train_step,
+                train_step,
                 loop_batches(start_step),
                 step_loop.LoopSettings(
                     total_steps=total_steps,
