@@ -69,6 +69,7 @@ class MetricsLog:
             ("tokens_per_sec", "{:,.0f} tok/s"),
             ("examples_per_sec", "{:,.1f} ex/s"),
             ("mfu", "MFU {:.1%}"),
+            ("input_wait", "input wait {:.0%}"),
         ):
             if key in metrics:
                 parts.append(fmt.format(metrics[key]))

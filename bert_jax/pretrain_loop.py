@@ -324,6 +324,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
                     checkpoint_meta=checkpoint_meta,
                     tokenizer_files=tokenizer_files,
                     first_step=first_step,
+                    input_hint=(
+                        "one host thread reads, masks and assembles the batches; bert-jax-benchmark-data measures "
+                        "its rate on this host"
+                    ),
                 ),
             )
         finally:

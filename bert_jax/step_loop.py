@@ -5,7 +5,8 @@
 `bert-jax-pretrain` (`pretrain_loop`) and `bert-jax-finetune` (`finetune.job`) each plug their task into it:
 the batches (device arrays, with the tokens they hold and the input state a checkpoint must record), the
 evaluation, the throughput figures of a log line and the checkpoint metadata. The loop owns what must be the
-same in both: between log steps nothing waits for a device (the transfer guard turns a stray device-to-host
+same in both: the share of time spent waiting for the next batch (`input_wait` in the log line and
+`metrics.jsonl`, a warning above 5%), between log steps nothing waits for a device (the transfer guard turns a stray device-to-host
 read into an error), a log line reads the metrics once, an eval runs at every `eval_every_steps` and at the
 last step, a checkpoint is saved at every `checkpoint_every_steps`, at the last step and when a SIGTERM/SIGINT
 (or a preemption notice) asks the job to stop, after which it returns with `stopped_by` set.
@@ -34,6 +35,10 @@ class LoopBatch:
     checkpoint_meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # e.g. the input's state after it
 
 
+INPUT_WAIT_WARNING = 0.05
+"""Share of a log window's wall time spent waiting for the next batch above which the loop warns."""
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopSettings:
     total_steps: int
@@ -57,6 +62,7 @@ class LoopHooks:
     checkpoint_meta: Mapping[str, Any]
     tokenizer_files: Mapping[str, str] | None = None
     first_step: Callable[[float], None] | None = None
+    input_hint: str = ""  # appended to the input-wait warning: what the job's user can do about it
 
 
 @dataclasses.dataclass
@@ -82,12 +88,17 @@ def run(
     done = start_step
     final_eval: dict[str, float] = {}
     stopped_by = None
-    window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
+    window_start, window_tokens, window_steps, window_wait = time.perf_counter(), 0, 0, 0.0
     job_start = time.perf_counter()
     stop = StopRequest()
     try:
         for step in range(start_step, settings.total_steps):
+            wait_start = time.perf_counter()
             batch = next(batches)
+            if step > start_step:
+                window_wait += time.perf_counter() - wait_start
+            else:  # the first batch waits for the input to start, not for a slow pipeline: not in the window
+                window_start = time.perf_counter()
             window_tokens += batch.tokens
             # Between log steps nothing may wait for a device: steps queue up asynchronously. The guard turns
             # any device-to-host transfer here (a stray float(), a print of an array) into an error.
@@ -102,10 +113,13 @@ def run(
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}  # the only sync
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 values.update(hooks.rates(elapsed, window_steps, window_tokens))
+                values["input_wait"] = window_wait / elapsed
                 eta = (time.perf_counter() - job_start) / (done - start_step) * (settings.total_steps - done)
                 log.write(done, values)
                 log.console(done, settings.total_steps, values, eta)
-                window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
+                if values["input_wait"] > INPUT_WAIT_WARNING and log.is_main:
+                    print(input_wait_warning(values["input_wait"], window_steps, hooks.input_hint), flush=True)
+                window_start, window_tokens, window_steps, window_wait = time.perf_counter(), 0, 0, 0.0
             if done % settings.eval_every_steps == 0 or done == settings.total_steps:
                 final_eval = hooks.evaluate(state, done)
                 window_start = time.perf_counter()
@@ -126,6 +140,15 @@ def run(
     finally:
         stop.close()
     return LoopResult(state, done, final_eval, stopped_by)
+
+
+def input_wait_warning(share: float, steps: int, hint: str = "") -> str:
+    """The warning when the step loop spent more than `INPUT_WAIT_WARNING` of its time waiting for batches."""
+    line = (
+        f"Warning: the last {steps} steps waited {share:.0%} of their time for the next batch: the input is slower "
+        "than the accelerator"
+    )
+    return f"{line}; {hint}" if hint else f"{line}."
 
 
 def stopped_line(result: LoopResult, checkpointer: checkpoint.Checkpointer) -> str:
