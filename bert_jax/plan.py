@@ -136,10 +136,7 @@ class PretrainPlan:
 
     def abstract_state(self) -> train.TrainState:
         """The train state as `ShapeDtypeStruct`s carrying their shardings (no memory is allocated)."""
-        shapes = jax.eval_shape(train.init_fn(self.model, self.optimizer), jax.random.key(self.config.seed))
-        return jax.tree_util.tree_map(
-            lambda shape, where: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=where), shapes, self.shardings
-        )
+        return train.abstract_train_state(self.model, self.optimizer, self.shardings, self.config.seed)
 
     def abstract_batch(self, rows: int | None = None, *, eval_batch: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
         """A global batch (`rows` sequences, default a train batch) as `ShapeDtypeStruct`s sharded as the job

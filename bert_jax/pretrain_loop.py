@@ -309,12 +309,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
                 state,
                 train_step,
                 loop_batches(),
-                step_loop.LoopSettings(
-                    total_steps=config.num_train_steps,
-                    log_every_steps=config.log_every_steps,
-                    eval_every_steps=config.eval_every_steps,
-                    global_batch_size=config.global_batch_size,
-                ),
+                step_loop.LoopSettings.of(config, config.num_train_steps),
                 start_step=start_step,
                 checkpointer=checkpointer,
                 log=log,

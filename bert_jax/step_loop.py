@@ -46,6 +46,11 @@ class LoopSettings:
     eval_every_steps: int
     global_batch_size: int
 
+    @classmethod
+    def of(cls, config: Any, total_steps: int) -> LoopSettings:
+        """From a job config's `log_every_steps`, `eval_every_steps` and `global_batch_size`."""
+        return cls(total_steps, config.log_every_steps, config.eval_every_steps, config.global_batch_size)
+
 
 @dataclasses.dataclass
 class LoopHooks:

@@ -103,6 +103,16 @@ def _dict_keys(path: Any) -> tuple[str, ...]:
     return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
+def abstract_train_state(
+    model: BertForPreTraining, optimizer: optax.GradientTransformation, shardings: TrainState, seed: int
+) -> TrainState:
+    """The train state as `ShapeDtypeStruct`s carrying `shardings` (nothing allocated): for lowering steps."""
+    shapes = jax.eval_shape(init_fn(model, optimizer), jax.random.key(seed))
+    return jax.tree_util.tree_map(
+        lambda shape, where: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=where), shapes, shardings
+    )
+
+
 def create_train_state(
     model: BertForPreTraining,
     optimizer: optax.GradientTransformation,

@@ -207,12 +207,7 @@ def _finetune_and_evaluate(
                 state,
                 train_step,
                 loop_batches(start_step),
-                step_loop.LoopSettings(
-                    total_steps=total_steps,
-                    log_every_steps=config.log_every_steps,
-                    eval_every_steps=config.eval_every_steps,
-                    global_batch_size=config.global_batch_size,
-                ),
+                step_loop.LoopSettings.of(config, total_steps),
                 start_step=start_step,
                 checkpointer=checkpointer,
                 log=log,

@@ -137,10 +137,7 @@ class FinetunePlan:
 
     def abstract_state(self) -> train.TrainState:
         """The train state as `ShapeDtypeStruct`s carrying their shardings (no memory is allocated)."""
-        shapes = jax.eval_shape(train.init_fn(self.model, self.optimizer), jax.random.key(self.config.seed))
-        return jax.tree_util.tree_map(
-            lambda shape, where: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=where), shapes, self.shardings
-        )
+        return train.abstract_train_state(self.model, self.optimizer, self.shardings, self.config.seed)
 
     def abstract_batch(self, *, with_targets: bool = True) -> dict[str, jax.ShapeDtypeStruct]:
         """A global batch as the job places it (rows over data x fsdp): the inputs, and the task's targets."""
