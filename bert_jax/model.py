@@ -228,7 +228,10 @@ class BertSelfAttention(nn.Module):
         # Dropout on the attention probabilities (as the original) needs the explicit form.
         scores = jnp.einsum("bqnd,bknd->bnqk", query, key) / jnp.sqrt(jnp.asarray(head_dim, query.dtype))
         scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-        probs = softmax_keeping_output(scores, jnp.dtype(config.dtype))
+        if jnp.dtype(config.dtype) == jnp.float32:
+            probs = jax.nn.softmax(scores, axis=-1)  # its own gradient keeps float32, which is the dtype here
+        else:
+            probs = softmax_keeping_output(scores, jnp.dtype(config.dtype))
         probs = Dropout(rate)(probs, deterministic=False)
         return jnp.einsum("bnqk,bknd->bqnd", probs, value)
 

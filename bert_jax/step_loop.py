@@ -6,7 +6,7 @@
 the batches (device arrays, with the tokens they hold and the input state a checkpoint must record), the
 evaluation, the throughput figures of a log line and the checkpoint metadata. The loop owns what must be the
 same in both: the share of time spent waiting for the next batch (`input_wait` in the log line and
-`metrics.jsonl`, a warning above 5%), between log steps nothing waits for a device (the transfer guard turns a stray device-to-host
+`metrics.jsonl`, a warning above 5% on accelerators), between log steps nothing waits for a device (the transfer guard turns a stray device-to-host
 read into an error), a log line reads the metrics once, an eval runs at every `eval_every_steps` and at the
 last step, a checkpoint is saved at every `checkpoint_every_steps`, at the last step and when a SIGTERM/SIGINT
 (or a preemption notice) asks the job to stop, after which it returns with `stopped_by` set.
@@ -68,6 +68,9 @@ class LoopHooks:
     tokenizer_files: Mapping[str, str] | None = None
     first_step: Callable[[float], None] | None = None
     input_hint: str = ""  # appended to the input-wait warning: what the job's user can do about it
+    # Warn about input wait only where the steps run on accelerators: on a CPU backend the input and the steps
+    # share the same cores, and waiting there says nothing a faster input would fix.
+    warn_input_wait: bool = dataclasses.field(default_factory=lambda: jax.default_backend() != "cpu")
 
 
 @dataclasses.dataclass
@@ -122,7 +125,7 @@ def run(
                 eta = (time.perf_counter() - job_start) / (done - start_step) * (settings.total_steps - done)
                 log.write(done, values)
                 log.console(done, settings.total_steps, values, eta)
-                if values["input_wait"] > INPUT_WAIT_WARNING and log.is_main:
+                if hooks.warn_input_wait and values["input_wait"] > INPUT_WAIT_WARNING and log.is_main:
                     print(input_wait_warning(values["input_wait"], window_steps, hooks.input_hint), flush=True)
                 window_start, window_tokens, window_steps, window_wait = time.perf_counter(), 0, 0, 0.0
             if done % settings.eval_every_steps == 0 or done == settings.total_steps:

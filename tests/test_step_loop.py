@@ -70,6 +70,7 @@ def _run(tmp_path, delay: float, step_seconds: float = 0.0, total: int = 12, hin
             rates=lambda seconds, steps, tokens: {"tokens_per_sec": tokens / seconds},
             checkpoint_meta={"job": "test"},
             input_hint=hint,
+            warn_input_wait=True,  # as on an accelerator (a CPU backend does not warn)
         ),
     )
     log.close()
