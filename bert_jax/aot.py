@@ -138,6 +138,7 @@ class CompileReport:
     xla_flops_per_chip: float | None
     model_flops_per_chip: float
     collectives: list[hlo_collectives.Collective]
+    host_transfers: int  # host callbacks in the train step (`hlo_collectives.host_transfers`): should be 0
     # libtpu refuses to build a program that cannot fit ("Ran out of memory on HBM ..."): its message, and the
     # HBM it says is available to programs. The memory figures then come from that message.
     compiler_oom: str = ""
@@ -199,6 +200,7 @@ class CompileReport:
             "xla_flops_per_chip": self.xla_flops_per_chip,
             "model_flops_per_chip": self.model_flops_per_chip,
             "collectives": [dataclasses.asdict(c) for c in self.collectives],
+            "host_transfers": self.host_transfers,
             "compiler_oom": self.compiler_oom,
             "compiler_hbm_bytes": self.compiler_hbm_bytes,
         }
@@ -345,6 +347,7 @@ def compile_job(config: ml_collections.ConfigDict, target: Target, make_job: Job
         xla_flops_per_chip=_xla_flops(train_compiled) if train_compiled is not None else None,
         model_flops_per_chip=model_flops,
         collectives=hlo_collectives.collectives(train_compiled.as_text()) if train_compiled is not None else [],
+        host_transfers=hlo_collectives.host_transfers(train_compiled.as_text()) if train_compiled is not None else 0,
         compiler_oom=oom[0] if oom else "",
         compiler_hbm_bytes=oom[2] if oom else None,
     )
@@ -562,6 +565,14 @@ def format_report(report: CompileReport) -> str:
         rows.append((f"collective {c.kind}", f"{c.count} per step, {format_bytes(c.bytes)} per chip per step{loop}"))
     if not report.collectives:
         rows.append(("collectives", "none"))
+    rows.append(
+        (
+            "host transfers",
+            f"{report.host_transfers} (host callbacks stall the step: remove them)"
+            if report.host_transfers
+            else "none",
+        )
+    )
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 

@@ -132,3 +132,14 @@ def collectives(hlo: str) -> list[Collective]:
                 entry.bytes += shape_bytes(shape) * times
             entry.in_unknown_loop |= name in unknown
     return [c for c in found.values() if c.count]
+
+
+_HOST_TRANSFER = re.compile(r"=\s.*?\b(?:send|recv)\(.*\bis_host_transfer=true")
+_CALLBACK_CALL = re.compile(r'custom_call_target="[^"]*callback[^"]*"')
+
+
+def host_transfers(hlo: str) -> int:
+    """Instructions that stop the device for the host: host callbacks (`jax.debug.callback`, `pure_callback`,
+    `io_callback`), which a TPU program runs as `send`/`recv` with `is_host_transfer=true` and a CPU or GPU
+    program as a callback custom-call. A train step should have none."""
+    return sum(1 for line in hlo.splitlines() if _HOST_TRANSFER.search(line) or _CALLBACK_CALL.search(line))

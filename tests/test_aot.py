@@ -93,6 +93,7 @@ def test_tiny_on_v5e_2x2_fits_and_its_argument_bytes_are_the_state_and_the_batch
     assert report.xla_flops_per_chip and 0.75 < report.xla_flops_per_chip / report.model_flops_per_chip < 1.25
     # a data-parallel step all-reduces the gradients
     assert any(c.kind == "all-reduce" and c.bytes > 0 for c in report.collectives)
+    assert report.host_transfers == 0  # no host callbacks in the step
 
 
 def test_v4_8_compiles_in_megacore_mode_one_device_per_chip():

@@ -54,3 +54,37 @@ def test_a_loop_of_unknown_trip_count_counts_once_and_is_flagged():
     hlo = HLO.replace(', backend_config={"known_trip_count":{"n":"4"}}', "")
     gather = next(c for c in hlo_collectives.collectives(hlo) if c.kind == "all-gather")
     assert gather.count == 1 and gather.in_unknown_loop
+
+
+def test_host_callbacks_are_counted_in_compiled_programs():
+    """A jax.debug.callback compiled for this CPU (a callback custom-call) and for a TPU slice (send/recv to
+    the host), against the same function without it: the count is the callbacks', zero without them."""
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    def with_callback(x):
+        jax.debug.callback(lambda v: None, x.sum())
+        return x * 2
+
+    def without(x):
+        return x * 2
+
+    spec = jax.ShapeDtypeStruct((8, 128), jnp.float32)
+    assert hlo_collectives.host_transfers(jax.jit(with_callback).lower(spec).compile().as_text()) >= 1
+    assert hlo_collectives.host_transfers(jax.jit(without).lower(spec).compile().as_text()) == 0
+
+    pytest.importorskip("libtpu", reason="libtpu is in the test extra (pip install -e '.[test]')")
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from bert_jax import tpu_topology
+
+    mesh = Mesh(tpu_topology.parse_topology("v5e:2x2").devices(), ("d",))
+    sharded = NamedSharding(mesh, PartitionSpec("d"))
+    tpu_spec = jax.ShapeDtypeStruct((8, 128), jnp.float32, sharding=sharded)
+
+    def compiled(f):
+        return jax.jit(f, in_shardings=sharded, out_shardings=sharded).lower(tpu_spec).compile().as_text()
+
+    assert hlo_collectives.host_transfers(compiled(with_callback)) >= 2  # a send and a recv
+    assert hlo_collectives.host_transfers(compiled(without)) == 0
