@@ -216,12 +216,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
             **topology,
         )
 
-        abstract = jax.eval_shape(train.init_fn(job.model, job.optimizer), jax.random.key(config.seed))
-        restored = checkpointer.restore(
-            checkpoint.abstract_like(abstract.params, shardings.params),
-            checkpoint.abstract_like(abstract.opt_state, shardings.opt_state),
-            model_config,
-        )
+        abstract = job.abstract_state()  # the restore target: shapes in the job's shardings
+        restored = checkpointer.restore(abstract.params, abstract.opt_state, model_config)
         if restored is not None:
             step_array = jax.device_put(np.int32(restored.step), shardings.step)
             state = train.TrainState(step=step_array, params=restored.params, opt_state=restored.opt_state)

@@ -131,12 +131,8 @@ def _finetune_and_evaluate(
         max_to_keep=config.max_checkpoints_to_keep,
     )
     try:
-        abstract = jax.eval_shape(train.init_fn(job.model, job.optimizer), jax.random.key(config.seed))
-        restored = checkpointer.restore(
-            checkpoint.abstract_like(abstract.params, shardings.params),
-            checkpoint.abstract_like(abstract.opt_state, shardings.opt_state),
-            model_config,
-        )
+        abstract = job.abstract_state()  # the restore target: shapes in the job's shardings
+        restored = checkpointer.restore(abstract.params, abstract.opt_state, model_config)
         if restored is not None:
             state = train.TrainState(
                 step=jax.device_put(np.int32(restored.step), shardings.step),
