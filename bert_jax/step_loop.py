@@ -44,12 +44,11 @@ class LoopSettings:
     total_steps: int
     log_every_steps: int
     eval_every_steps: int
-    global_batch_size: int
 
     @classmethod
     def of(cls, config: Any, total_steps: int) -> LoopSettings:
-        """From a job config's `log_every_steps`, `eval_every_steps` and `global_batch_size`."""
-        return cls(total_steps, config.log_every_steps, config.eval_every_steps, config.global_batch_size)
+        """From a job config's `log_every_steps` and `eval_every_steps`."""
+        return cls(total_steps, config.log_every_steps, config.eval_every_steps)
 
 
 @dataclasses.dataclass

@@ -61,7 +61,7 @@ def _run(tmp_path, delay: float, step_seconds: float = 0.0, total: int = 12, hin
         state,
         slow_step,
         _batches(delay, total),
-        step_loop.LoopSettings(total_steps=total, log_every_steps=4, eval_every_steps=6, global_batch_size=4),
+        step_loop.LoopSettings(total_steps=total, log_every_steps=4, eval_every_steps=6),
         start_step=0,
         checkpointer=checkpointer,
         log=log,
