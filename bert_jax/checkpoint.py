@@ -15,6 +15,10 @@ job killed mid-save leaves only a temporary directory that is ignored. Items:
 Restore takes its target shardings from the *current* mesh (abstract arrays with shardings), so a
 checkpoint written on 8 devices as (2, 2, 2) restores on 1 device or as (1, 1, 4).
 
+Object storage: a gs:// directory is written by orbax directly (tensorstore for the arrays). There a step is
+written in place and published by a `commit_success.txt` written last; a step without it is an unfinished
+save, ignored by orbax and removed when the job starts again. The free-space check applies to disks only.
+
 Integrity: a latest checkpoint that cannot be read (truncated, corrupted) is moved aside into
 `<checkpoints>/corrupt/` with a warning and the previous one is used. Old checkpoints are deleted by
 `max_to_keep` only after a newer one is complete. Before writing, the free disk space is checked
@@ -40,6 +44,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
+from bert_jax import storage
 from bert_jax.configs import BertConfig
 
 logger = logging.getLogger(__name__)
@@ -47,6 +52,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS_SUBDIR = "checkpoints"
 CORRUPT_SUBDIR = "corrupt"
 TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax writes a step into "<step>.orbax-checkpoint-tmp-<n>" first
+COMMIT_FILE = "commit_success.txt"  # on object storage orbax writes a step in place and this file last
 FORMAT_VERSION = 1
 # The model config fields that decide parameter shapes: a resume must match them exactly.
 SHAPE_FIELDS = (
@@ -70,17 +76,16 @@ class CheckpointError(RuntimeError):
 
 def checkpoint_dir(workdir: str) -> str:
     """Where a job's checkpoints live: `<workdir>/checkpoints`."""
-    return os.path.join(workdir, CHECKPOINTS_SUBDIR)
+    return storage.join(workdir, CHECKPOINTS_SUBDIR)
 
 
 def tokenizer_payload(vocab_file: str | None = None, spm_model: str | None = None) -> dict[str, str]:
     """The tokenizer files as JSON-safe text (a SentencePiece model is binary: base64)."""
     payload: dict[str, str] = {}
     if vocab_file:
-        with open(vocab_file, encoding="utf-8") as f:
-            payload["vocab.txt"] = f.read()
+        payload["vocab.txt"] = storage.read_text(vocab_file)
     if spm_model:
-        with open(spm_model, "rb") as f:
+        with storage.open_file(spm_model, "rb") as f:
             payload["spm.model.b64"] = base64.b64encode(f.read()).decode("ascii")
     return payload
 
@@ -153,7 +158,7 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint_every_steps must be >= 1, got {save_every_steps}.")
         if max_to_keep < 1:
             raise CheckpointError(f"max_checkpoints_to_keep must be >= 1, got {max_to_keep}.")
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.absolute(directory)
         self._options = ocp.CheckpointManagerOptions(
             save_interval_steps=save_every_steps,
             max_to_keep=max_to_keep,
@@ -167,10 +172,15 @@ class Checkpointer:
         """Deletes the temporary directories of saves that were killed before publishing (never complete
         checkpoints). Done here, synchronously, rather than by orbax in a background thread, which a job
         failing right after start-up could outlive."""
-        if jax.process_index() == 0 and os.path.isdir(self.directory):
-            for name in os.listdir(self.directory):
-                if TMP_MARKER in name:
-                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        if jax.process_index() == 0:
+            remote = storage.is_remote(self.directory)
+            for name in storage.listdir(self.directory):
+                path = storage.join(self.directory, name)
+                unfinished = TMP_MARKER in name or (
+                    remote and name.isdigit() and not storage.exists(storage.join(path, COMMIT_FILE))
+                )
+                if unfinished:
+                    storage.rmtree(path)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -255,6 +265,8 @@ class Checkpointer:
         self._manager.close()
 
     def _check_disk_space(self, params: Any, opt_state: Any) -> None:
+        if storage.is_remote(self.directory):
+            return  # buckets have no free-space figure to check against
         needed = _nbytes(params) + _nbytes(opt_state)
         needed = int(needed * _DISK_HEADROOM / max(1, jax.process_count())) + _DISK_SLACK_BYTES
         free = shutil.disk_usage(self.directory).free
@@ -314,8 +326,8 @@ class Checkpointer:
 
     def _set_aside(self, step: int, error: BaseException) -> None:
         """Moves an unreadable checkpoint into `corrupt/` (never deletes it), so training can continue."""
-        source = os.path.join(self.directory, str(step))
-        target = os.path.join(self.directory, CORRUPT_SUBDIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        source = storage.join(self.directory, str(step))
+        target = storage.join(self.directory, CORRUPT_SUBDIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
         message = (
             f"WARNING: the checkpoint of step {step} cannot be read ({type(error).__name__}: {str(error)[:300]}); "
             f"moved it to {target} and falling back to the previous checkpoint."
@@ -323,9 +335,8 @@ class Checkpointer:
         logger.warning(message)
         if jax.process_index() == 0:
             print(message, flush=True)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            if os.path.exists(source):
-                os.rename(source, target)
+            if storage.exists(source):
+                storage.move_tree(source, target)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 

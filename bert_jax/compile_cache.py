@@ -29,6 +29,8 @@ from collections.abc import Iterator
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 
+from bert_jax import storage
+
 OFF = "off"
 WORKDIR_SUBDIR = "jax_cache"
 
@@ -54,7 +56,7 @@ def resolve_directory(setting: str, workdir: str, jax_setting: str | None) -> st
         return setting
     if jax_setting:
         return jax_setting
-    return os.path.join(workdir, WORKDIR_SUBDIR)
+    return storage.join(workdir, WORKDIR_SUBDIR)
 
 
 def _point_jax_at(directory: str | None) -> None:

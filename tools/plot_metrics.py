@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from bert_jax import paths, plotting
+from bert_jax import plotting, storage
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", None, "Pretraining workdirs (or metrics.jsonl files), comma-separated.", required=True)
@@ -26,7 +26,7 @@ flags.DEFINE_integer("height", 900, "Image height in pixels.")
 
 
 def main(argv: list[str]) -> None:
-    paths.require_local({"workdirs": ",".join(FLAGS.workdirs or []), "output": FLAGS.output})
+    storage.require_local({"workdirs": ",".join(FLAGS.workdirs or []), "output": FLAGS.output})
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])} (pass workdirs as --workdirs=a,b)")
     output = FLAGS.output

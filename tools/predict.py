@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags, logging
 
-from bert_jax import checkpoint, paths
+from bert_jax import checkpoint, storage
 from bert_jax.finetune.predict import PredictError, Predictor
 
 FLAGS = flags.FLAGS
@@ -28,7 +28,7 @@ flags.DEFINE_integer("batch_size", 32, "Lines per jitted batch.")
 
 
 def main(argv: list[str]) -> None:
-    paths.require_local({"workdir": FLAGS.workdir, "input": FLAGS.input, "output": FLAGS.output})
+    storage.require_local({"workdir": FLAGS.workdir, "input": FLAGS.input, "output": FLAGS.output})
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from bert_jax import paths, tokenizers
+from bert_jax import storage, tokenizers
 from bert_jax.data import documents
 
 FLAGS = flags.FLAGS
@@ -28,7 +28,7 @@ flags.DEFINE_bool("overwrite", False, "Replace --output if it already exists.")
 
 
 def main(argv: list[str]) -> None:
-    paths.require_local({"input_files": FLAGS.input_files, "output": FLAGS.output})
+    storage.require_local({"input_files": FLAGS.input_files, "output": FLAGS.output})
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     files = documents.expand_input_files(FLAGS.input_files)
@@ -54,7 +54,7 @@ def run() -> None:
     """Console-script entry point; user errors end in one line, not a traceback."""
     try:
         app.run(main)
-    except (tokenizers.TokenizerError, documents.CorpusError, paths.UnsupportedPathError, OSError) as e:
+    except (tokenizers.TokenizerError, documents.CorpusError, storage.UnsupportedPathError, OSError) as e:
         raise SystemExit(f"bert-jax-train-vocab: error: {e}") from None
 
 

@@ -18,6 +18,11 @@ A dataset is identified by a fingerprint of its options and inputs (the TFDS con
 different options goes to a new directory and never overwrites an earlier corpus; rebuilding with the same
 options reuses the prepared one.
 
+Object storage: an `output_dir` on gs:// is built in this host's cache (`storage.cache_path`) and uploaded
+with `dataset_info.json` last (TFDS and `find_dataset_dirs` take a directory without it for unfinished); a
+corpus already there is downloaded into the cache (verified by size and MD5) and reused. array_record reads
+local files, so `local_dataset_dir` gives every reader a verified local copy of a remote corpus.
+
 Reading: `open_corpus(path, split)` returns a random-access source (`len`, `[i]`, `__getitems__`) of dicts
 with `tokens`, `segment_ids`, `word_starts`, `is_random_next`, without TensorFlow ops on the read path.
 """
@@ -31,6 +36,7 @@ import shutil
 import time
 from typing import Any
 
+from bert_jax import storage
 from bert_jax.data import documents as documents_lib
 from bert_jax.data.corpus_spec import (
     CorpusOptions,
@@ -83,6 +89,8 @@ def build_corpus(
     documents_lib.expand_input_files(list(options.input_files))  # every input exists (or a clear error)
     options.tokenizer()  # a bad vocabulary fails here, before any reading
     output_dir = os.fspath(output_dir)
+    if storage.is_remote(output_dir):
+        return _build_remote(options, output_dir, num_shards, beam_options, show_progress)
     os.makedirs(output_dir, exist_ok=True)
     from bert_jax.data.corpus_builder import quiet_tfds
 
@@ -97,7 +105,7 @@ def build_corpus(
         )
     vocab_copy = os.path.join(builder.data_dir, "vocab.txt")
     if options.vocab_file and not os.path.exists(vocab_copy):
-        shutil.copyfile(options.vocab_file, vocab_copy)
+        shutil.copyfile(storage.local_copy(options.vocab_file), vocab_copy)
     metadata = builder.info.metadata or {}
     return BuildResult(
         builder.data_dir,
@@ -108,6 +116,54 @@ def build_corpus(
         num_tokens=metadata.get("num_tokens"),
         seconds=time.perf_counter() - start,
     )
+
+
+DATASET_INFO = "dataset_info.json"  # TFDS writes it last: a dataset directory without it is unfinished
+
+
+def dataset_subdir(options: CorpusOptions) -> str:
+    """Where under an output directory the corpus of `options` lives (`<name>/<config>/<version>`)."""
+    from bert_jax.data.corpus_builder import BertPretrainingCorpus, quiet_tfds
+
+    root = os.path.join(storage.cache_root(), "layout")
+    with quiet_tfds():
+        builder = BertPretrainingCorpus(options=options, data_dir=root)
+    return os.path.relpath(os.fspath(builder.data_dir), root)
+
+
+def _build_remote(
+    options: CorpusOptions, output_dir: str, num_shards: int | None, beam_options: Any, show_progress: bool
+) -> BuildResult:
+    """`build_corpus` onto object storage: reuse the uploaded corpus, or build in the host cache and upload."""
+    remote = storage.join(output_dir, dataset_subdir(options))
+    if storage.exists(storage.join(remote, DATASET_INFO)):
+        storage.local_tree(remote)  # the cache now holds a verified copy, which TFDS finds prepared
+    result = build_corpus(options, storage.cache_path(output_dir), num_shards, beam_options, show_progress)
+    storage.upload_tree(result.dataset_dir, remote, last=(DATASET_INFO,))
+    return dataclasses.replace(result, dataset_dir=remote)
+
+
+def local_dataset_dir(path: str | os.PathLike[str]) -> str:
+    """The one prepared corpus at or under `path`, as a local directory (a verified cached copy when remote)."""
+    path = os.fspath(path)
+    if not storage.is_remote(path):
+        dirs = find_dataset_dirs(path)
+    else:
+        dirs = [match.rsplit("/", 1)[0] for match in _remote_dataset_infos(path)]
+    if len(dirs) != 1:
+        raise documents_lib.CorpusError(
+            f"{path} holds {len(dirs)} prepared corpora{': ' + ', '.join(dirs) if dirs else ''}; point it at "
+            "exactly one (build one with bert-jax-build-corpus)."
+        )
+    return storage.local_tree(dirs[0]) if storage.is_remote(dirs[0]) else dirs[0]
+
+
+def _remote_dataset_infos(path: str) -> list[str]:
+    """The `dataset_info.json` files at `path` or up to three levels below it (`<name>/<config>/<version>`)."""
+    found: list[str] = []
+    for depth in range(4):
+        found += storage.glob(storage.join(path, *(["*"] * depth), DATASET_INFO))
+    return sorted(m for m in found if "incomplete" not in m.rsplit("/", 2)[-2])
 
 
 def _build(

@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from bert_jax import tokenizers
+from bert_jax import storage, tokenizers
 from bert_jax.data import documents as documents_lib
 from bert_jax.data.instances import Instance, InstanceConfig, create_instances_from_document
 
@@ -91,12 +90,12 @@ class CorpusOptions:
         fields.pop("use_beam")  # same content either way up to the documented bucket rule
         digest.update(json.dumps(fields, sort_keys=True).encode())
         for path in self.input_files:
-            local = path.removeprefix(documents_lib.TFDS_PREFIX).split("#")[0]
-            stat = os.stat(local)
-            digest.update(f"{path}:{os.path.abspath(local)}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+            location = path.removeprefix(documents_lib.TFDS_PREFIX).split("#")[0]
+            size, mtime = storage.size_and_mtime(location)
+            digest.update(f"{path}:{storage.absolute(location)}:{size}:{mtime}".encode())
         for path in (self.vocab_file, self.spm_model):
             if path:
-                with open(path, "rb") as f:
+                with storage.open_file(path, "rb") as f:
                     digest.update(hashlib.sha256(f.read()).digest())
         return digest.hexdigest()[:12]
 

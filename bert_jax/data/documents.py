@@ -31,6 +31,8 @@ import statistics
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from bert_jax import storage
+
 logger = logging.getLogger(__name__)
 
 TEXT_FORMATS = ("auto", "sentences", "documents", "prose", "wikitext")
@@ -74,8 +76,8 @@ def expand_input_files(spec: str | Sequence[str]) -> list[str]:
                 )
             files.append(part)
             continue
-        matches = sorted(glob.glob(os.path.expanduser(part))) if glob.has_magic(part) else [part]
-        matches = [m for m in matches if os.path.isfile(m)]
+        matches = storage.glob(part) if glob.has_magic(part) else [part]
+        matches = [m for m in matches if storage.isfile(m)]
         if not matches:
             raise CorpusError(f"Input {part!r} matches no file; check the path or the glob.")
         files.extend(matches)
@@ -163,7 +165,7 @@ class _CountingLines:
         self.replaced = 0
 
     def __iter__(self) -> Iterator[str]:
-        with open(self.path, "rb") as raw:
+        with storage.open_file(self.path, "rb") as raw:
             text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=None)
             for line in text:
                 self.replaced += line.count("\ufffd")
@@ -274,7 +276,7 @@ def iter_file_documents(path: str, text_format: str = "auto", stats: ReadStats |
         yield from iter_tfds_documents(path, stats)
         return
     try:
-        with open(path, "rb") as f:
+        with storage.open_file(path, "rb") as f:
             head_bytes = f.read(_SNIFF_BYTES)
     except OSError as e:
         raise CorpusError(f"Cannot read input file {path}: {e.strerror}.") from None

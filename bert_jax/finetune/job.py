@@ -26,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import checkpoint, compile_cache, fit, paths, sharding, step_loop, train, warm_start
+from bert_jax import checkpoint, compile_cache, fit, sharding, step_loop, storage, train, warm_start
 from bert_jax.data.pipeline import epoch_permutation
 from bert_jax.finetune.plan import (
     FinetuneConfigError,
@@ -91,17 +91,14 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Fi
     """
     task = task_from_config(config)
     fit.fit_mode(config)  # a bad `fit` setting ends before the data is read
-    paths.require_local(
-        {
-            "workdir": workdir,
-            "data_dir": config.data_dir,
-            "init_from": config.get("init_from"),
-            "vocab_file": config.get("vocab_file"),
-        }
+    storage.check_served(
+        {"workdir": workdir, "compilation_cache_dir": config.get("compilation_cache_dir"), "vocab_file": config.get("vocab_file")}
     )
+    storage.require_local({"data_dir": config.data_dir, "init_from": config.get("init_from")})
     if not os.path.isdir(config.data_dir):
         raise FinetuneConfigError(f"data_dir={config.data_dir} is not a directory; point it at the task's data.")
-    os.makedirs(workdir, exist_ok=True)
+    workdir = storage.absolute(workdir)
+    storage.makedirs(workdir)
     with compile_cache.job_cache(config.get("compilation_cache_dir", ""), workdir) as cache_dir:
         return _finetune_and_evaluate(config, workdir, task, cache_dir)
 
@@ -228,10 +225,10 @@ def _finetune_and_evaluate(
         checkpointer.close()
     if is_main:
         split_name = config.eval_split or task.eval_split
-        with open(os.path.join(workdir, "eval_results.json"), "w", encoding="utf-8") as f:
-            json.dump({"task": task.name, "split": split_name, "step": done, **results}, f, indent=2)
-        with open(os.path.join(workdir, f"predictions_{split_name}.jsonl"), "w", encoding="utf-8") as f:
+        summary = {"task": task.name, "split": split_name, "step": done, **results}
+        storage.write_text(storage.join(workdir, "eval_results.json"), json.dumps(summary, indent=2))
+        with storage.open_file(storage.join(workdir, f"predictions_{split_name}.jsonl"), "wb") as f:
             for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
         print(f"Wrote {workdir}/eval_results.json: {json.dumps(results)}", flush=True)
     return FinetuneResult(results, done)

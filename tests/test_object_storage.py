@@ -1,0 +1,248 @@
+"""Object storage (gs://) against a real GCS emulator on 127.0.0.1 (fake-gcs-server, started by the `gcs` fixture).
+
+- The path layer (`bert_jax.storage`): cached copies are verified against the object (a damaged cache copy is
+  downloaded again), uploads put the files that mark a directory complete last and skip what is already there.
+- Checkpoints on gs:// (orbax writing through tensorstore and gcsfs): a round trip; a step whose save was cut
+  short (no `commit_success.txt`) is ignored and removed at the next start; an unreadable latest checkpoint is
+  set aside into `corrupt/` and the previous one restores.
+- The corpus on gs://: built into the bucket (dataset_info.json last), reused from it on another host (another
+  cache), read by every host from a verified local copy.
+- The pretraining job with `--workdir=gs://...` (subprocesses, like a user): it trains, is killed with SIGKILL,
+  resumes, and its export is bitwise identical to the same job on a local workdir; no local `gs:` directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, shared_path
+
+
+@pytest.fixture()
+def bucket(gcs, request) -> str:
+    """A fresh bucket per test."""
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    return gcs.create_bucket(f"{name}-{time.time_ns() % 10**8}")
+
+
+def test_a_cached_copy_is_verified_and_replaced_when_it_differs(bucket, tmp_path):
+    from bert_jax import storage
+
+    remote = f"{bucket}/inputs/vocab.txt"
+    storage.write_text(remote, "[PAD]\n[UNK]\nhello\n")
+    local = storage.local_copy(remote)
+    assert local.startswith(storage.cache_root()) and open(local).read() == "[PAD]\n[UNK]\nhello\n"
+    with open(local, "w") as f:  # same size, other bytes: a damaged cache entry
+        f.write("[PAD]\n[UNK]\nhellp\n")
+    assert open(storage.local_copy(remote)).read() == "[PAD]\n[UNK]\nhello\n"
+    assert storage.glob(f"{bucket}/inputs/*.txt") == [remote]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        storage.local_copy(f"{bucket}/inputs/missing.txt")
+
+
+def test_uploads_put_the_completion_markers_last_and_skip_what_is_there(bucket, tmp_path):
+    from bert_jax import storage
+
+    staging = tmp_path / "export"
+    (staging / "hf").mkdir(parents=True)
+    for name in ("hf/config.json", "hf/model.safetensors", "hf/vocab.txt", "step.txt"):
+        (staging / name).write_text(name)
+    order: list[str] = []
+    target = f"{bucket}/run/export"
+    storage.upload_tree(str(staging), target, last=("config.json", "step.txt"), progress=lambda p, n: order.append(p))
+    assert order[-2:] == ["hf/config.json", "step.txt"] and len(order) == 4
+    order.clear()
+    uploaded = storage.upload_tree(str(staging), target, last=("config.json",), progress=lambda p, n: order.append(p))
+    assert uploaded == 0 and order == []  # every object already matches
+    assert storage.read_text(f"{target}/hf/model.safetensors") == "hf/model.safetensors"
+
+
+def _tree(seed: float):
+    import jax.numpy as jnp
+
+    return {"w": jnp.full((64, 32), seed, jnp.float32), "b": jnp.arange(32, dtype=jnp.float32) * seed}
+
+
+def test_checkpoints_on_gs_ignore_unfinished_saves_and_set_corrupt_ones_aside(bucket):
+    import fsspec
+    import jax
+
+    from bert_jax import checkpoint, storage
+
+    directory = f"{bucket}/run/checkpoints"
+    meta = {"data_state": {"position": 1}}
+    saver = checkpoint.Checkpointer(directory, save_every_steps=1, max_to_keep=5)
+    for step in (1, 2):
+        saver.save(step, _tree(step), {"mu": _tree(-step)}, meta, {"vocab.txt": "x"})
+        saver.wait_until_finished()
+    saver.close()
+    fs = fsspec.filesystem("gs")
+    # A save killed before it committed: the step directory exists but has no commit_success.txt.
+    storage.write_text(f"{directory}/3/params/manifest.ocdbt", "partial")
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _tree(0.0))
+    reader = checkpoint.Checkpointer(directory, save_every_steps=1)
+    assert reader.steps() == [1, 2] and not fs.exists(f"{directory}/3")  # removed at start, never restored
+    restored = reader.restore(abstract, {"mu": abstract})
+    assert restored.step == 2 and float(restored.params["w"][0, 0]) == 2.0
+    reader.close()
+    # Damage every array file of step 2: it is moved into corrupt/, and step 1 restores.
+    for name in fs.find(f"{directory}/2/params"):
+        if "/d/" in name:
+            fs.pipe_file(name, b"garbage")
+    reader = checkpoint.Checkpointer(directory, save_every_steps=1)
+    restored = reader.restore(abstract, {"mu": abstract})
+    assert restored.step == 1 and float(restored.opt_state["mu"]["w"][0, 0]) == -1.0
+    (aside,) = fs.ls(f"{directory}/corrupt")
+    assert aside.rsplit("/", 1)[-1].startswith("2-") and fs.exists(f"{aside}/params/manifest.ocdbt")
+    assert reader.steps() == [1]
+    reader.close()
+
+
+def test_the_corpus_is_built_into_the_bucket_and_reused_from_another_host(bucket, tmp_path, monkeypatch):
+    from bert_jax import storage
+    from bert_jax.data import corpus
+
+    book = shared_path("gutenberg", "pg11-alice-in-wonderland.txt")
+    vocab = shared_path("vocab", "bert-base-uncased-vocab.txt")
+    remote_book = f"{bucket}/text/alice.txt"
+    storage.upload_file(str(book), remote_book)
+    options = corpus.CorpusOptions(
+        input_files=(remote_book,), vocab_file=str(vocab), max_seq_length=64, eval_fraction=0.02
+    )
+    output = f"{bucket}/corpus"
+    built = corpus.build_corpus(options, output, num_shards=2)
+    assert not built.reused and built.dataset_dir.startswith(output + "/")
+    assert storage.exists(f"{built.dataset_dir}/{corpus.DATASET_INFO}")
+    # Another host: its own cache, nothing local. It finds the uploaded corpus, reuses it, reads the same data.
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "other-host-cache"))
+    again = corpus.build_corpus(options, output, num_shards=2)
+    assert again.reused and again.num_examples == built.num_examples
+    local = corpus.local_dataset_dir(output)
+    assert local.startswith(str(tmp_path / "other-host-cache"))
+    source = corpus.open_corpus(local, "train")
+    assert len(source) == built.num_examples["train"]
+    assert int(source[0]["tokens"][0]) == 101  # [CLS] of the uncased vocabulary
+
+
+STEPS = 12
+
+
+def _command(workdir: str, book: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "bert_jax.pretrain",
+        f"--config={REPO_ROOT / 'experiments' / 'bert_tiny.py'}",
+        f"--workdir={workdir}",
+        f"--config.data.train_files={book}",
+        f"--config.num_train_steps={STEPS}",
+        "--config.global_batch_size=8",
+        "--config.log_every_steps=1",
+        "--config.eval_every_steps=6",
+        "--config.eval_batches=1",
+        "--config.checkpoint_every_steps=3",
+        "--config.data.eval_fraction=0.02",
+        "--config.peak_flops_per_device=1e11",
+        "--config.optimizer.warmup_steps=2",
+    ]
+
+
+def _env(gcs, cache: str) -> dict[str, str]:
+    return {**os.environ, **gcs.env(), "TF_CPP_MIN_LOG_LEVEL": "3", "BERT_JAX_CACHE_DIR": cache}
+
+
+def _params(export_dir: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(os.path.join(export_dir, "bert_jax", "params.safetensors"))
+
+
+@pytest.mark.slow
+def test_a_gs_workdir_job_killed_with_sigkill_resumes_to_the_local_jobs_export(gcs, bucket, tmp_path):
+    from bert_jax import storage
+
+    book = str(shared_path("gutenberg", "pg11-alice-in-wonderland.txt"))
+    local_run = tmp_path / "local-run"
+    reference = subprocess.run(
+        _command(str(local_run), book),
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=_env(gcs, str(tmp_path / "c0")),
+        timeout=600,
+    )
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    workdir = f"{bucket}/run1"
+    env = _env(gcs, str(tmp_path / "cache"))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    process = subprocess.Popen(
+        _command(workdir, book),
+        cwd=cwd,
+        env={**env, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    kill_after = random.Random(time.time_ns()).randint(4, 10)
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith(f"step {kill_after}/{STEPS}"):
+            break
+    time.sleep(random.random() * 0.3)  # anywhere in the next step(s), possibly during a save
+    process.kill()
+    process.wait()
+    assert any(line.startswith(f"step {kill_after}/") for line in seen), "".join(seen)[-2000:]
+    committed = [
+        int(name)
+        for name in storage.listdir(f"{workdir}/checkpoints")
+        if name.isdigit() and storage.exists(f"{workdir}/checkpoints/{name}/commit_success.txt")
+    ]
+    assert not storage.exists(f"{workdir}/export/step.txt")
+
+    resumed = subprocess.run(
+        _command(workdir, book),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**env, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    if committed:
+        assert f"Resumed from the checkpoint of step {max(committed)} in {workdir}/checkpoints" in resumed.stdout
+    assert "Corpus reused" in resumed.stdout and f"Exported the weights of step {STEPS} to {workdir}/export" in (
+        resumed.stdout
+    )
+    assert os.listdir(cwd) == []  # nothing local: no ./gs:/ directory, no stray files
+
+    export = storage.local_tree(f"{workdir}/export")
+    ours, theirs = _params(export), _params(str(local_run / "export"))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)  # bitwise
+    assert storage.read_text(f"{workdir}/export/step.txt").strip() == str(STEPS)
+    for name in ("config.json", "model.safetensors", "vocab.txt"):
+        assert storage.exists(f"{workdir}/export/hf/{name}")
+    logged = {}
+    for line in storage.read_text(f"{workdir}/metrics.jsonl").splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            logged[record["step"]] = record["loss"]
+    expected = {}
+    for line in (local_run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            expected[record["step"]] = record["loss"]
+    assert logged == expected
+    assert storage.glob(f"{workdir}/tensorboard/events.out.tfevents*")

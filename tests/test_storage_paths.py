@@ -1,0 +1,79 @@
+"""Path checks before anything starts: schemes that cannot be served end in one line, and nothing creates a
+local directory named `gs:` or `s3:`."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import subprocess
+import sys
+
+import pytest
+
+from bert_jax import pretrain_loop, storage
+from bert_jax.finetune import job as finetune_job
+from tests.conftest import REPO_ROOT
+
+
+@pytest.mark.parametrize(
+    "value, scheme",
+    [("gs://bucket/run", "gs"), ("s3://b/k", "s3"), ("/tmp/run", None), ("runs/a", None), ("", None), (None, None)],
+)
+def test_url_schemes_are_recognized(value, scheme):
+    assert storage.url_scheme(value) == scheme
+
+
+def test_a_url_anywhere_in_a_comma_separated_list_is_refused_where_only_local_paths_are_served():
+    with pytest.raises(
+        storage.UnsupportedPathError, match=r"train_files=gs://b/\*\.txt: gs:// paths are not supported"
+    ):
+        storage.require_local({"train_files": "/local/a.txt, gs://b/*.txt"})
+    storage.require_local({"workdir": "/tmp/x", "init_from": ""})  # local paths and empty settings pass
+
+
+def test_only_gs_is_served_and_only_with_one_client(monkeypatch):
+    monkeypatch.setenv("EPATH_USE_TF", "false")
+    storage.check_served({"workdir": "gs://b/run", "train_files": "/a.txt,gs://b/*.txt", "x": None})
+    with pytest.raises(storage.UnsupportedPathError, match=r"train_files=s3://b/x: s3:// is not served"):
+        storage.check_served({"train_files": "gs://b/a.txt, s3://b/x"})
+    monkeypatch.delenv("EPATH_USE_TF")  # orbax would then write gs:// through TensorFlow's client
+    with pytest.raises(storage.UnsupportedPathError, match="set EPATH_USE_TF=false"):
+        storage.check_served({"workdir": "gs://b/run"})
+
+
+def test_remote_paths_join_without_becoming_local_directories():
+    assert storage.join("gs://b/run/", "checkpoints", "3") == "gs://b/run/checkpoints/3"
+    assert storage.absolute("gs://b/run/") == "gs://b/run"
+    assert storage.join("/tmp/run", "export") == os.path.join("/tmp/run", "export")
+
+
+def test_the_jobs_refuse_unserved_paths_before_creating_anything(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EPATH_USE_TF", "false")
+    config = runpy.run_path(str(REPO_ROOT / "experiments" / "bert_tiny.py"))["get_config"]()
+    with pytest.raises(storage.UnsupportedPathError, match="workdir=s3://bucket/run"):
+        pretrain_loop.train_and_evaluate(config, "s3://bucket/run")
+    config.data.train_files = "s3://bucket/books/*.txt"
+    with pytest.raises(storage.UnsupportedPathError, match=r"data\.train_files=s3://bucket/books"):
+        pretrain_loop.train_and_evaluate(config, str(tmp_path / "run"))
+    config = runpy.run_path(str(REPO_ROOT / "experiments" / "bert_tiny.py"))["get_config"]()
+    config.init_from = "gs://bucket/old_run"
+    with pytest.raises(storage.UnsupportedPathError, match="init_from=gs://bucket/old_run: gs:// paths are not"):
+        pretrain_loop.train_and_evaluate(config, str(tmp_path / "run"))
+    finetune = runpy.run_path(str(REPO_ROOT / "experiments" / "glue_sst2.py"))["get_config"]()
+    with pytest.raises(storage.UnsupportedPathError, match="workdir=s3://bucket/sst2"):
+        finetune_job.finetune_and_evaluate(finetune, "s3://bucket/sst2")
+    assert os.listdir(tmp_path) == []  # no ./s3:/..., no ./run
+
+
+def test_the_cli_says_it_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "bert_jax_tools.export", "--workdir=gs://bucket/run", f"--output_dir={tmp_path}/x"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("bert-jax-export: error: workdir=gs://bucket/run")
+    assert not (tmp_path / "gs:").exists()
