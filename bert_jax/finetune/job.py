@@ -92,7 +92,11 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Fi
     task = task_from_config(config)
     fit.fit_mode(config)  # a bad `fit` setting ends before the data is read
     storage.check_served(
-        {"workdir": workdir, "compilation_cache_dir": config.get("compilation_cache_dir"), "vocab_file": config.get("vocab_file")}
+        {
+            "workdir": workdir,
+            "compilation_cache_dir": config.get("compilation_cache_dir"),
+            "vocab_file": config.get("vocab_file"),
+        }
     )
     storage.require_local({"data_dir": config.data_dir, "init_from": config.get("init_from")})
     if not os.path.isdir(config.data_dir):
