@@ -16,7 +16,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import checkpoint, host_memory, quiet, tokenizers
+from bert_jax import checkpoint, host_memory, quiet, storage, tokenizers
 from bert_jax.data import documents
 
 FLAGS = flags.FLAGS
@@ -62,6 +62,7 @@ def run() -> None:
         documents.CorpusError,
         tokenizers.TokenizerError,
         checkpoint.CheckpointError,
+        storage.StorageError,
         FileNotFoundError,
     ) as e:
         raise SystemExit(f"bert-jax-pretrain: error: {e}") from None

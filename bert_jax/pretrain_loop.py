@@ -163,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> JobRe
     """
     plan.check_job(config)
     data = config.data
-    storage.check_served(
+    storage.check_paths(
         {
             "workdir": workdir,
             "data.train_files": data.get("train_files"),

@@ -88,6 +88,61 @@ def require_local(paths: Mapping[str, str | None]) -> None:
                 )
 
 
+REACH_TIMEOUT_SECONDS = 30.0
+
+
+def check_paths(paths: Mapping[str, str | None]) -> None:
+    """What a job or tool runs first on its user-given paths: `check_served`, then `check_reachable`."""
+    check_served(paths)
+    check_reachable(paths.values())
+
+
+def check_reachable(paths: Iterable[str | None], timeout: float = REACH_TIMEOUT_SECONDS) -> None:
+    """Asks the store once for each bucket among `paths` (remote ones only) and raises a `StorageError` within
+    `timeout` seconds when it cannot answer or the bucket does not exist: before a job starts, rather than
+    minutes of the clients' silent retries later. A bucket whose metadata this account may not read passes."""
+    import logging
+    import threading
+
+    buckets = sorted(
+        {_bucket(part.strip()) for p in paths for part in str(p or "").split(",") if is_remote(part.strip())}
+    )
+    for bucket in buckets:
+        outcome: list[BaseException | None] = []
+        # A daemon thread: a store that does not answer must not keep the process from exiting.
+        probe = threading.Thread(target=_probe, args=(bucket, outcome), daemon=True, name="bert-jax-storage-probe")
+        probe.start()
+        probe.join(timeout)
+        error = outcome[0] if outcome else TimeoutError()
+        if error is None or isinstance(error, PermissionError) or getattr(error, "code", None) == 403:
+            continue  # reachable (objects may be usable without bucket-metadata access)
+        logging.getLogger("gcsfs").setLevel(logging.CRITICAL)  # the job ends here: not pages of client retries
+        if isinstance(error, FileNotFoundError):
+            raise StorageError(f"{bucket} does not exist; create the bucket or fix the path.")
+        reason = (
+            f"did not answer within {timeout:.0f} s"
+            if isinstance(error, TimeoutError)
+            else (f"cannot be reached ({type(error).__name__}: {str(error)[:200]})")
+        )
+        raise StorageError(
+            f"{bucket} {reason}. Check the network and credentials (or STORAGE_EMULATOR_HOST for an emulator); "
+            "nothing was started or written."
+        )
+
+
+def _probe(bucket: str, outcome: list[BaseException | None]) -> None:
+    try:
+        _fs(bucket).info(bucket)
+        outcome.append(None)
+    except BaseException as e:  # handed to the waiting thread
+        outcome.append(e)
+
+
+def _bucket(path: str) -> str:
+    scheme = url_scheme(path)
+    return f"{scheme}://{path[len(scheme or '') + 3 :].split('/', 1)[0]}"
+
+
 # ------------------------------------------------------------------------------------------------------
 # Paths
 

@@ -246,3 +246,39 @@ def test_a_gs_workdir_job_killed_with_sigkill_resumes_to_the_local_jobs_export(g
             expected[record["step"]] = record["loss"]
     assert logged == expected
     assert storage.glob(f"{workdir}/tensorboard/events.out.tfevents*")
+
+
+def test_a_missing_bucket_is_one_clear_error_before_anything_starts(gcs):
+    from bert_jax import storage
+
+    with pytest.raises(storage.StorageError, match="gs://no-such-bucket does not exist; create the bucket"):
+        storage.check_paths({"workdir": "gs://no-such-bucket/run", "data.vocab_file": "/local/vocab.txt"})
+
+
+@pytest.mark.slow
+def test_an_unreachable_store_ends_the_job_in_one_line_within_60_seconds(gcs, tmp_path):
+    from tests.gcs_emulator import client_env, free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {**os.environ, **client_env(dead), "TF_CPP_MIN_LOG_LEVEL": "3", "BERT_JAX_CACHE_DIR": str(tmp_path / "c")}
+    start = time.monotonic()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bert_jax.pretrain",
+            f"--config={REPO_ROOT / 'experiments' / 'bert_tiny.py'}",
+            "--workdir=gs://some-bucket/run",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=300,
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0 and elapsed < 60, (elapsed, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("bert-jax-pretrain: error: gs://some-bucket did not answer within 30 s"), last
+    assert os.listdir(tmp_path) == ["c"] or os.listdir(tmp_path) == []  # no ./gs:/..., nothing written

@@ -36,7 +36,7 @@ flags.DEFINE_string("beam_pipeline_options", None, "Beam: comma-separated pipeli
 
 
 def main(argv: list[str]) -> None:
-    storage.check_served(
+    storage.check_paths(
         {
             "input_files": FLAGS.input_files,
             "vocab_file": FLAGS.vocab_file,
@@ -81,7 +81,7 @@ def run() -> None:
     quiet.quiet_native_logs()
     try:
         app.run(main)
-    except (documents.CorpusError, tokenizers.TokenizerError, ValueError, OSError) as e:
+    except (documents.CorpusError, tokenizers.TokenizerError, storage.StorageError, ValueError, OSError) as e:
         raise SystemExit(f"bert-jax-build-corpus: error: {e}") from None
 
 

@@ -91,7 +91,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Fi
     """
     task = task_from_config(config)
     fit.fit_mode(config)  # a bad `fit` setting ends before the data is read
-    storage.check_served(
+    storage.check_paths(
         {
             "workdir": workdir,
             "compilation_cache_dir": config.get("compilation_cache_dir"),
