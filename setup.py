@@ -81,6 +81,7 @@ setup(
             "bert-jax-plot=bert_jax_tools.plot_metrics:run",
             "bert-jax-benchmark=bert_jax_tools.launch:benchmark",
             "bert-jax-compile=bert_jax_tools.compile:run",
+            "bert-jax-benchmark-storage=bert_jax_tools.benchmark_storage:run",
         ]
     },
 )

@@ -282,3 +282,13 @@ def test_an_unreachable_store_ends_the_job_in_one_line_within_60_seconds(gcs, tm
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("bert-jax-pretrain: error: gs://some-bucket did not answer within 30 s"), last
     assert os.listdir(tmp_path) == ["c"] or os.listdir(tmp_path) == []  # no ./gs:/..., nothing written
+
+
+def test_the_storage_benchmark_measures_and_cleans_up(bucket, tmp_path):
+    from bert_jax import storage, storage_benchmark
+
+    for directory in (str(tmp_path / "scratch"), f"{bucket}/scratch"):
+        figures = storage_benchmark.checkpoint_throughput(directory, megabytes=13, repeats=2)
+        assert 12 <= figures["state_mb"] <= 14 and figures["save_mb_per_sec"] > 0 and figures["restore_mb_per_sec"] > 0
+        assert len(figures["save_seconds"]) == len(figures["restore_seconds"]) == 2
+        assert storage.listdir(directory) == []  # the benchmark's checkpoints are removed
