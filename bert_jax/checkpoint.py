@@ -153,20 +153,36 @@ class Checkpointer:
     Every process of a multi-host job must make the same calls (orbax coordinates them).
     """
 
-    def __init__(self, directory: str, *, save_every_steps: int, max_to_keep: int = 3, async_save: bool = True) -> None:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        save_every_steps: int,
+        max_to_keep: int = 3,
+        async_save: bool = True,
+        timeout_seconds: int = 600,
+    ) -> None:
         if save_every_steps < 1:
             raise CheckpointError(f"checkpoint_every_steps must be >= 1, got {save_every_steps}.")
         if max_to_keep < 1:
             raise CheckpointError(f"max_checkpoints_to_keep must be >= 1, got {max_to_keep}.")
+        if timeout_seconds < 1:
+            raise CheckpointError(f"checkpoint_timeout_seconds must be >= 1, got {timeout_seconds}.")
         self.directory = storage.absolute(directory)
         self._options = ocp.CheckpointManagerOptions(
             save_interval_steps=save_every_steps,
             max_to_keep=max_to_keep,
             create=True,
             enable_async_checkpointing=async_save,
+            # An asynchronous save that is not committed in time fails (and is reported by the next save or
+            # wait) instead of hanging in the storage client's retries.
+            async_options=ocp.AsyncOptions(timeout_secs=timeout_seconds),
         )
         self._remove_unfinished_saves()
         self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+        self._complete = self.latest_step()  # the newest step known to be published
+        self._writing: int | None = None  # the step whose asynchronous save may still be running
+        self._failed: CheckpointError | None = None
 
     def _remove_unfinished_saves(self) -> None:
         """Deletes the temporary directories of saves that were killed before publishing (never complete
@@ -244,25 +260,54 @@ class Checkpointer:
             meta=ocp.args.JsonSave(full_meta),
             tokenizer=ocp.args.JsonSave(dict(tokenizer)),
         )
+        if self._failed is not None:
+            raise self._failed
         try:
-            return bool(self._manager.save(step, args=args, force=True))
+            started = bool(self._manager.save(step, args=args, force=True))  # waits for the previous save first
         except Exception as e:
-            if _is_disk_full(e):
+            if _is_disk_full(e):  # the synchronous part of this save ran out of space
                 raise self._disk_full_error(step) from e
-            raise
+            raise self._write_error(e, self._writing if self._writing is not None else step) from e
+        if self._writing is not None:
+            self._complete = self._writing
+        self._writing = step if started else self._writing
+        return started
 
     def wait_until_finished(self) -> None:
         """Blocks until the last asynchronous save is written and published."""
+        if self._failed is not None:
+            raise self._failed
         try:
             self._manager.wait_until_finished()
         except Exception as e:
             if _is_disk_full(e):
                 raise self._disk_full_error(None) from e
-            raise
+            raise self._write_error(e, self._writing) from e
+        if self._writing is not None:
+            self._complete, self._writing = self._writing, None
 
     def close(self) -> None:
-        self.wait_until_finished()
-        self._manager.close()
+        """Waits for the last save and stops orbax's threads; a failed save raises once, not again here."""
+        try:
+            if self._failed is None:
+                self.wait_until_finished()
+        finally:
+            try:
+                self._manager.close()
+            except Exception as e:  # its threads are stopping after a failed write: already reported
+                logger.warning("Closing the checkpoint manager after a failed save: %s", e)
+
+    def _write_error(self, error: BaseException, step: int | None) -> CheckpointError:
+        """The one message for a save that could not be written; later saves are refused with it too."""
+        which = f" of step {step}" if step is not None else ""
+        kept = f"step {self._complete}" if self._complete is not None else "none yet"
+        resume = f"it resumes from step {self._complete}" if self._complete is not None else "it starts afresh"
+        self._failed = CheckpointError(
+            f"Writing the checkpoint{which} to {self.directory} failed ({type(error).__name__}: "
+            f"{str(error)[:200]}). The last complete checkpoint is {kept}, untouched. Check the storage (network, "
+            f"credentials, quota), then run the same command again: {resume}."
+        )
+        return self._failed
 
     def _check_disk_space(self, params: Any, opt_state: Any) -> None:
         if storage.is_remote(self.directory):

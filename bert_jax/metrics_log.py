@@ -4,7 +4,9 @@ Only process 0 writes. `metrics.jsonl` holds one JSON object per logged step (tr
 compared and plotted without TensorBoard.
 
 On a gs:// workdir the files are written in this host's cache (`storage.cache_path`) and uploaded after
-every write (object storage cannot append); a resumed job first takes the bucket's `metrics.jsonl` back.
+every write (object storage cannot append) by a background thread, so a slow or unreachable store never
+holds up a training step; `close` uploads the final state. A resumed job first takes the bucket's
+`metrics.jsonl` back.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,6 +44,7 @@ class MetricsLog:
         self._jsonl = None
         self._tensorboard = None
         self._remote: str | None = None
+        self._upload_failed = False
         if not is_main:
             return
         local = workdir
@@ -48,6 +52,11 @@ class MetricsLog:
             self._remote, local = workdir, storage.cache_path(workdir)
             self._take_remote_jsonl(local)
         self._local = local
+        if self._remote is not None:
+            self._pending = threading.Event()
+            self._stopping = False
+            self._uploader = threading.Thread(target=self._upload_when_asked, daemon=True, name="metrics-upload")
+            self._uploader.start()
         os.makedirs(local, exist_ok=True)
         self._jsonl = open(os.path.join(local, JSONL), "a", encoding="utf-8")
         if tensorboard:
@@ -64,12 +73,33 @@ class MetricsLog:
         elif os.path.exists(cached):
             os.remove(cached)
 
+    def _upload_when_asked(self) -> None:
+        while not self._stopping:
+            self._pending.wait()
+            self._pending.clear()
+            if not self._stopping:
+                self._upload()
+
     def _upload(self) -> None:
+        """Copies the files to the bucket. A failed upload does not stop training (the checkpoints decide
+        whether the job can go on): it is reported once, the files stay in the host cache, and the next write
+        uploads them again."""
         if self._remote is None:
             return
-        storage.upload_file(os.path.join(self._local, JSONL), storage.join(self._remote, JSONL))
-        if os.path.isdir(os.path.join(self._local, TENSORBOARD)):
-            storage.upload_tree(os.path.join(self._local, TENSORBOARD), storage.join(self._remote, TENSORBOARD))
+        try:
+            storage.upload_file(os.path.join(self._local, JSONL), storage.join(self._remote, JSONL))
+            if os.path.isdir(os.path.join(self._local, TENSORBOARD)):
+                storage.upload_tree(os.path.join(self._local, TENSORBOARD), storage.join(self._remote, TENSORBOARD))
+        except Exception as e:
+            if not self._upload_failed:
+                print(
+                    f"WARNING: could not upload the metrics to {self._remote} ({type(e).__name__}: {str(e)[:200]}); "
+                    f"they are kept in {self._local} and uploaded again after the next write.",
+                    flush=True,
+                )
+            self._upload_failed = True
+        else:
+            self._upload_failed = False
 
     def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "") -> None:
         """One record: `{"step": step, prefix + name: value, ...}` to metrics.jsonl and TensorBoard."""
@@ -85,7 +115,8 @@ class MetricsLog:
                     if name != "step":
                         self._tf.summary.scalar(name, value, step=int(step))
             self._tensorboard.flush()
-        self._upload()
+        if self._remote is not None:
+            self._pending.set()  # the uploader thread takes it from here
 
     def console(self, step: int, total_steps: int, metrics: Mapping[str, float], eta_seconds: float) -> None:
         if not self.is_main:
@@ -110,9 +141,13 @@ class MetricsLog:
         print(line, flush=True)
 
     def close(self) -> None:
+        """Closes the files; on a gs:// workdir waits for the uploader, then uploads the final state."""
         if self._jsonl is not None:
             self._jsonl.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
-        if self.is_main:
+        if self.is_main and self._remote is not None:
+            self._stopping = True
+            self._pending.set()
+            self._uploader.join()
             self._upload()

@@ -16,7 +16,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import checkpoint, host_memory, quiet, storage, tokenizers
+from bert_jax import checkpoint, host_memory, process_exit, quiet, storage, tokenizers
 from bert_jax.data import documents
 
 FLAGS = flags.FLAGS
@@ -65,7 +65,7 @@ def run() -> None:
         storage.StorageError,
         FileNotFoundError,
     ) as e:
-        raise SystemExit(f"bert-jax-pretrain: error: {e}") from None
+        process_exit.exit_with_error("bert-jax-pretrain", e)
 
 
 if __name__ == "__main__":

@@ -197,6 +197,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
         checkpoint.checkpoint_dir(workdir),
         save_every_steps=config.checkpoint_every_steps,
         max_to_keep=config.max_checkpoints_to_keep,
+        timeout_seconds=config.get("checkpoint_timeout_seconds", 600),
     )
     try:
         resume_step = _check_resume_shapes(checkpointer, model_config)

@@ -38,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.export = True
     config.checkpoint_every_steps = 400  # also on the last step and when stopped by SIGTERM
     config.max_checkpoints_to_keep = 3
+    # A save not published within this many seconds (a store that stopped answering) stops the job, naming
+    # the last complete checkpoint; orbax would otherwise wait 20 minutes.
+    config.checkpoint_timeout_seconds = 600
     config.init_from = ""  # warm start: a workdir/checkpoint of ours, an export or a Hugging Face BERT directory
     config.compilation_cache_dir = ""  # "" = <workdir>/jax_cache (restarts load compiled programs), "off", or a dir
     # Before the corpus build, the steps are compiled and their memory checked against the device's: "check" stops

@@ -44,6 +44,9 @@ def get_config(task: str = "glue_sst2") -> ml_collections.ConfigDict:
     config.eval_every_steps = 1000
     config.checkpoint_every_steps = 500
     config.max_checkpoints_to_keep = 2
+    # A save not published within this many seconds (a store that stopped answering) stops the job, naming
+    # the last complete checkpoint; orbax would otherwise wait 20 minutes.
+    config.checkpoint_timeout_seconds = 600
 
     config.model = ml_collections.ConfigDict()
     config.model.size = "base"  # only without init_from

@@ -19,6 +19,8 @@ import random
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -155,8 +157,8 @@ def _command(workdir: str, book: str) -> list[str]:
     ]
 
 
-def _env(gcs, cache: str) -> dict[str, str]:
-    return {**os.environ, **gcs.env(), "TF_CPP_MIN_LOG_LEVEL": "3", "BERT_JAX_CACHE_DIR": cache}
+def _env(emulator, cache: str) -> dict[str, str]:
+    return {**os.environ, **emulator.env(), "TF_CPP_MIN_LOG_LEVEL": "3", "BERT_JAX_CACHE_DIR": cache}
 
 
 def _params(export_dir: str) -> dict[str, np.ndarray]:
@@ -292,3 +294,49 @@ def test_the_storage_benchmark_measures_and_cleans_up(bucket, tmp_path):
         assert 12 <= figures["state_mb"] <= 14 and figures["save_mb_per_sec"] > 0 and figures["restore_mb_per_sec"] > 0
         assert len(figures["save_seconds"]) == len(figures["restore_seconds"]) == 2
         assert storage.listdir(directory) == []  # the benchmark's checkpoints are removed
+
+
+@pytest.mark.slow
+def test_a_store_lost_mid_run_stops_the_job_naming_the_last_complete_checkpoint(tmp_path):
+    from tests.gcs_emulator import GcsEmulator
+
+    emulator = GcsEmulator(str(tmp_path / "store")).start()  # its own: this test stops and restarts it
+    try:
+        bucket = emulator.create_bucket("outage")
+        book = str(shared_path("gutenberg", "pg11-alice-in-wonderland.txt"))
+        command = [
+            *_command(f"{bucket}/run", book),
+            "--config.num_train_steps=40",
+            "--config.checkpoint_timeout_seconds=45",
+        ]
+        env = {**_env(emulator, str(tmp_path / "cache")), "PYTHONPATH": str(REPO_ROOT)}
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for line in process.stdout:
+            if line.startswith("step 7/"):
+                break
+        committed = f"{emulator.url}/storage/v1/b/outage/o/run%2Fcheckpoints%2F6%2Fcommit_success.txt"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the save of step 6 is published
+            try:
+                urllib.request.urlopen(committed, timeout=5).read()
+                break
+            except urllib.error.HTTPError:
+                time.sleep(0.2)
+        emulator.stop()  # the store goes away between the checkpoints of steps 6 and 9
+        stopped = time.monotonic()
+        out, err = process.communicate(timeout=300)
+        waited = time.monotonic() - stopped
+        assert process.returncode == 1, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("bert-jax-pretrain: error: Writing the checkpoint of step"), last
+        assert "The last complete checkpoint is step 6, untouched" in last and "resumes from step 6" in last, last
+        assert waited < 150, waited  # the gcsfs retries of two requests, then out (no wait for tensorstore's)
+        emulator.start()  # the store is back, with what it held
+        resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert f"Resumed from the checkpoint of step 6 in {bucket}/run/checkpoints" in resumed.stdout
+        assert "Exported the weights of step 40" in resumed.stdout
+    finally:
+        emulator.stop()

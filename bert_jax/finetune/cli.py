@@ -12,7 +12,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import checkpoint, convert, host_memory, quiet, storage, tokenizers
+from bert_jax import checkpoint, convert, host_memory, process_exit, quiet, storage, tokenizers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "An experiments/*.py fine-tuning config.", lock_config=True)
@@ -44,7 +44,7 @@ def run() -> None:
         storage.StorageError,
         tokenizers.TokenizerError,
     ) as e:
-        raise SystemExit(f"bert-jax-finetune: error: {e}") from None
+        process_exit.exit_with_error("bert-jax-finetune", e)
 
 
 if __name__ == "__main__":

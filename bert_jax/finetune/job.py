@@ -130,6 +130,7 @@ def _finetune_and_evaluate(
         checkpoint.checkpoint_dir(workdir),
         save_every_steps=config.checkpoint_every_steps,
         max_to_keep=config.max_checkpoints_to_keep,
+        timeout_seconds=config.get("checkpoint_timeout_seconds", 600),
     )
     try:
         abstract = job.abstract_state()  # the restore target: shapes in the job's shardings
