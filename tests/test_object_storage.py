@@ -326,7 +326,7 @@ def test_a_store_lost_mid_run_stops_the_job_naming_the_last_complete_checkpoint(
                 time.sleep(0.2)
         emulator.stop()  # the store goes away between the checkpoints of steps 6 and 9
         stopped = time.monotonic()
-        out, err = process.communicate(timeout=300)
+        _, err = process.communicate(timeout=300)
         waited = time.monotonic() - stopped
         assert process.returncode == 1, err[-3000:]
         last = err.strip().splitlines()[-1]
