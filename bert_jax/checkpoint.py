@@ -302,10 +302,15 @@ class Checkpointer:
         which = f" of step {step}" if step is not None else ""
         kept = f"step {self._complete}" if self._complete is not None else "none yet"
         resume = f"it resumes from step {self._complete}" if self._complete is not None else "it starts afresh"
+        if jax.process_count() > 1 and isinstance(error, jax.errors.JaxRuntimeError):
+            cause = "another process of the job stopped or cannot be reached"  # a collective inside the save failed
+            fix = "Check that every process is running (and the storage), then start all of them again"
+        else:
+            cause = "check the storage: network, credentials, quota"
+            fix = "Fix it, then run the same command again"
         self._failed = CheckpointError(
             f"Writing the checkpoint{which} to {self.directory} failed ({type(error).__name__}: "
-            f"{str(error)[:200]}). The last complete checkpoint is {kept}, untouched. Check the storage (network, "
-            f"credentials, quota), then run the same command again: {resume}."
+            f"{str(error)[:200]}; {cause}). The last complete checkpoint is {kept}, untouched. {fix}: {resume}."
         )
         return self._failed
 

@@ -16,7 +16,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import checkpoint, host_memory, process_exit, quiet, storage, tokenizers
+from bert_jax import checkpoint, host_memory, peer_watch, process_exit, quiet, storage, tokenizers
 from bert_jax.data import documents
 
 FLAGS = flags.FLAGS
@@ -27,6 +27,12 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (only where it is not auto-detected).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (only where it is not auto-detected).")
 flags.DEFINE_integer("process_id", None, "This process's index (only where it is not auto-detected).")
+flags.DEFINE_integer(
+    "heartbeat_timeout_seconds",
+    20,
+    "Multi-process: a process whose heartbeats stop this long is taken for dead and every process stops (JAX's "
+    "default is 100 s).",
+)
 
 
 def main(argv: list[str]) -> None:
@@ -44,6 +50,7 @@ def main(argv: list[str]) -> None:
             coordinator_address=FLAGS.coordinator_address,
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
+            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
         )
     from bert_jax import pretrain_loop
 
@@ -71,4 +78,5 @@ def run() -> None:
 if __name__ == "__main__":
     quiet.quiet_native_logs()
     host_memory.restart_with_hugepage_malloc()
+    peer_watch.supervise_if_multi_process("bert-jax-pretrain")
     run()

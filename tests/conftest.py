@@ -13,6 +13,9 @@ from bert_jax import tpu_topology
 # it, for the TPU compile tests), JAX would otherwise start its TPU backend in every test process, print libtpu's
 # warnings and hold libtpu's lock file, which the compile tests' topology descriptions then cannot take.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# As the bert-jax-* commands do: orbax's gs:// paths go through gcsfs (pointed at the tests' emulator), never
+# through TensorFlow's client, which etils.epath would otherwise pick for good at its first gs:// path.
+os.environ.setdefault("EPATH_USE_TF", "false")
 # The compile tests describe TPU slices with libtpu on this host: without these defaults it logs a page of
 # complaints about the TPU it cannot find (bert-jax-compile sets the same ones).
 tpu_topology.quiet_libtpu_for_aot()

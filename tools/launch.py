@@ -1,4 +1,5 @@
-"""Console-script targets of the three long-running jobs: restart with huge-page malloc, then run the job.
+"""Console-script targets of the three long-running jobs: restart with huge-page malloc, watch the peers of a
+multi-process run (`peer_watch`), then run the job.
 
 `bert_jax.host_memory.restart_with_hugepage_malloc` has to run before the job's own imports (jax, flax,
 orbax, TensorFlow Datasets take seconds) or they would be paid twice; this module imports nothing heavy, so
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import importlib
 
-from bert_jax import host_memory, quiet
+from bert_jax import host_memory, peer_watch, quiet
 
+_PROGRAMS = {"pretrain": "bert-jax-pretrain", "finetune": "bert-jax-finetune", "benchmark": "bert-jax-benchmark"}
 _JOBS = {
     "pretrain": "bert_jax.pretrain",
     "finetune": "bert_jax.finetune.cli",
@@ -22,6 +24,7 @@ _JOBS = {
 def _launch(job: str) -> None:
     quiet.quiet_native_logs()
     host_memory.restart_with_hugepage_malloc()
+    peer_watch.supervise_if_multi_process(_PROGRAMS[job])
     importlib.import_module(_JOBS[job]).run()
 
 
