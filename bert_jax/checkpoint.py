@@ -161,6 +161,7 @@ class Checkpointer:
         max_to_keep: int = 3,
         async_save: bool = True,
         timeout_seconds: int = 600,
+        remove_unfinished: bool = True,
     ) -> None:
         if save_every_steps < 1:
             raise CheckpointError(f"checkpoint_every_steps must be >= 1, got {save_every_steps}.")
@@ -178,7 +179,8 @@ class Checkpointer:
             # wait) instead of hanging in the storage client's retries.
             async_options=ocp.AsyncOptions(timeout_secs=timeout_seconds),
         )
-        self._remove_unfinished_saves()
+        if remove_unfinished:  # a job's own directory; readers of another job's checkpoints pass False
+            self._remove_unfinished_saves()
         self._manager = ocp.CheckpointManager(self.directory, options=self._options)
         self._complete = self.latest_step()  # the newest step known to be published
         self._writing: int | None = None  # the step whose asynchronous save may still be running

@@ -7,7 +7,9 @@ this host, strips the vocabulary padding and writes
   * "bert_jax": bert_config.json + params.safetensors (+ vocab.txt), what our fine-tuning loads.
 The vocabulary comes from the checkpoint itself (saved with it), so the export does not depend on files
 that may have moved since training. Output directories are written beside the target and moved into
-place when complete; an existing non-empty one is replaced only with `overwrite=True`.
+place when complete; an existing non-empty one is replaced only with `overwrite=True`. The workdir and the
+output may be on gs://: the checkpoint is read there by orbax, and a remote output is assembled locally and
+uploaded with its config file last (`storage.publish_tree`), the replaced one set aside until then.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import tempfile
 
 import jax
 
-from bert_jax import checkpoint, convert
+from bert_jax import checkpoint, convert, storage
 from bert_jax.model import BertForPreTraining, init_params
 
 FORMATS = ("hf", "bert_jax")
@@ -27,9 +29,9 @@ FORMATS = ("hf", "bert_jax")
 def _resolve(workdir_or_checkpoints: str) -> str:
     """The checkpoints directory of a workdir (or the directory itself when it already is one)."""
     candidate = checkpoint.checkpoint_dir(workdir_or_checkpoints)
-    if os.path.isdir(candidate):
+    if storage.isdir(candidate):
         return candidate
-    if os.path.isdir(workdir_or_checkpoints) and any(e.isdigit() for e in os.listdir(workdir_or_checkpoints)):
+    if any(e.isdigit() for e in storage.listdir(workdir_or_checkpoints)):
         return workdir_or_checkpoints
     raise checkpoint.CheckpointError(
         f"No checkpoints found in {workdir_or_checkpoints} (expected {candidate}); pass the --workdir of a "
@@ -43,9 +45,10 @@ def export_checkpoint(
     """Exports the checkpoint of `step` (default: the latest complete one); returns the step exported."""
     if fmt not in FORMATS:
         raise ValueError(f"Unknown export format {fmt!r}; use one of {', '.join(FORMATS)}.")
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+    if storage.listdir(output_dir) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; choose a new --output_dir or pass --overwrite.")
-    ckpt = checkpoint.Checkpointer(_resolve(workdir), save_every_steps=1, async_save=False)
+    # Read-only: a run that is still training there may be writing a checkpoint right now.
+    ckpt = checkpoint.Checkpointer(_resolve(workdir), save_every_steps=1, async_save=False, remove_unfinished=False)
     try:
         steps = ckpt.steps()
         if not steps:
@@ -65,13 +68,18 @@ def export_checkpoint(
     finally:
         ckpt.close()
     lowercase = bool(meta.get("job_config", {}).get("data", {}).get("lowercase", True))
+    remote = storage.is_remote(output_dir)
+    target = os.path.join(storage.staging_dir_for(output_dir), "out") if remote else output_dir
     with tempfile.TemporaryDirectory() as scratch:
         files = checkpoint.write_tokenizer_files(tokenizer, scratch)
         vocab = files.get("vocab_file")
         if fmt == "hf":
-            convert.to_hf(config, params, output_dir, vocab_file=vocab, do_lower_case=lowercase, overwrite=overwrite)
+            convert.to_hf(config, params, target, vocab_file=vocab, do_lower_case=lowercase, overwrite=overwrite)
         else:
-            convert.to_native(config, params, output_dir, vocab, overwrite=overwrite)
+            convert.to_native(config, params, target, vocab, overwrite=overwrite)
             if "spm_model" in files:
-                shutil.copyfile(files["spm_model"], os.path.join(output_dir, "spm.model"))
+                shutil.copyfile(files["spm_model"], os.path.join(target, "spm.model"))
+    if remote:
+        storage.publish_tree(target, output_dir, last=(convert.HF_CONFIG, convert.NATIVE_CONFIG), replace=overwrite)
+        shutil.rmtree(os.path.dirname(target), ignore_errors=True)
     return step

@@ -171,9 +171,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> JobRe
             "data.vocab_file": data.get("vocab_file"),
             "data.spm_model": data.get("spm_model"),
             "compilation_cache_dir": config.get("compilation_cache_dir"),
+            "init_from": config.get("init_from"),
         }
     )
-    storage.require_local({"init_from": config.get("init_from")})
     workdir = storage.absolute(workdir)
     storage.makedirs(workdir)
     with compile_cache.job_cache(config.get("compilation_cache_dir", ""), workdir) as cache_dir:
@@ -201,7 +201,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
     )
     try:
         resume_step = _check_resume_shapes(checkpointer, model_config)
-        if resume_step is None and config.init_from and not os.path.exists(config.init_from):
+        if resume_step is None and config.init_from and not storage.exists(config.init_from):
             raise JobConfigError(
                 f"init_from={config.init_from} does not exist; give a workdir, export or HF directory."
             )

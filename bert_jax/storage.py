@@ -21,13 +21,14 @@ Object storage has no appendable files and no directory renames, so the jobs use
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
 SERVED_SCHEMES = ("gs",)
@@ -424,15 +425,49 @@ def upload_file(local: str, remote: str) -> None:
     _fs(remote).put_file(local, remote)
 
 
-def publish_tree(staging_dir: str, target_dir: str, *, last: Iterable[str] = ()) -> None:
-    """Moves a finished local `staging_dir` to `target_dir` (local: one rename; remote: an upload with the
-    files in `last` uploaded last, then the staging copy removed)."""
+def publish_tree(staging_dir: str, target_dir: str, *, last: Iterable[str] = (), replace: bool = False) -> None:
+    """Moves a finished local `staging_dir` to `target_dir` (local: a rename; remote: an upload with the files in
+    `last` uploaded last, then the staging copy removed). With `replace`, an existing `target_dir` is moved
+    aside first and deleted only once the new one is complete."""
+    aside = None
+    if replace and listdir(target_dir):
+        aside = f"{absolute(target_dir)}.replaced-{os.getpid()}"
+        move_tree(target_dir, aside)
     if not is_remote(target_dir):
         os.makedirs(os.path.dirname(os.path.abspath(target_dir)), exist_ok=True)
         os.rename(staging_dir, target_dir)
+    else:
+        upload_tree(staging_dir, target_dir, last=last)
+        shutil.rmtree(staging_dir, ignore_errors=True)
+    if aside is not None:
+        rmtree(aside)
+
+
+def local_input(path: str) -> str:
+    """A local path with `path`'s content, for readers that need one: `path` itself when local, else this
+    host's verified copy of the remote file or directory."""
+    if not is_remote(path):
+        return path
+    return local_tree(path) if isdir(path) else local_copy(path)
+
+
+@contextlib.contextmanager
+def local_output(path: str, *, last: Iterable[str] = (), replace: bool = False) -> Iterator[str]:
+    """Yields where to write `path` (a file or a directory) locally; a remote `path` is uploaded when the block
+    ends without an error (a directory with the files in `last` uploaded last). Local paths pass through."""
+    if not is_remote(path):
+        yield path
         return
-    upload_tree(staging_dir, target_dir, last=last)
-    shutil.rmtree(staging_dir, ignore_errors=True)
+    staging = staging_dir_for(path)
+    local = os.path.join(staging, "out")
+    try:
+        yield local
+        if os.path.isdir(local):
+            publish_tree(local, path, last=last, replace=replace)
+        elif os.path.exists(local):
+            upload_file(local, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def staging_dir_for(target: str) -> str:

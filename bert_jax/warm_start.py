@@ -9,6 +9,8 @@ BERT's `init_checkpoint` does. PATH may be:
 The source's model shape must equal the job's (the differing fields are named otherwise). Parameters the
 source lacks (e.g. the MLM/NSP heads of a `BertModel` checkpoint such as all-MiniLM-L6-v2) keep their
 fresh initialization and are listed; the vocabulary padding is adapted to the job's.
+PATH may be on gs://: checkpoints are read there by orbax; an export or HF directory is read from a
+verified copy in the host cache (`storage.local_tree`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from bert_jax import checkpoint, convert
+from bert_jax import checkpoint, convert, storage
 from bert_jax.configs import BertConfig
 from bert_jax.model import BertForPreTraining, init_params
 
@@ -40,23 +42,24 @@ class WarmStart:
 
 def _checkpoint_location(path: str) -> tuple[str, int | None] | None:
     """(checkpoints directory, step or None for the latest) when `path` is one of our checkpoints."""
-    path = os.path.abspath(path)
+    path = storage.absolute(path)
     candidates = [
-        (os.path.join(path, checkpoint.CHECKPOINTS_SUBDIR), None),  # a workdir
+        (storage.join(path, checkpoint.CHECKPOINTS_SUBDIR), None),  # a workdir
         (path, None),  # the checkpoints directory itself
     ]
-    name = os.path.basename(path)
+    name = path.rstrip("/").rsplit("/", 1)[-1]
     if name.isdigit():
-        candidates.append((os.path.dirname(path), int(name)))  # one step
+        candidates.append((path.rstrip("/")[: -len(name) - 1], int(name)))  # one step
     for directory, step in candidates:
-        if os.path.isdir(directory) and any(e.isdigit() for e in os.listdir(directory)):
-            if step is None or os.path.isdir(os.path.join(directory, str(step))):
+        if any(e.isdigit() for e in storage.listdir(directory)):
+            if step is None or storage.isdir(storage.join(directory, str(step))):
                 return directory, step
     return None
 
 
 def _from_checkpoint(directory: str, step: int | None) -> tuple[BertConfig, Any, dict[str, str]]:
-    ckpt = checkpoint.Checkpointer(directory, save_every_steps=1, async_save=False)
+    # Read-only: another job's unfinished saves there are not ours to remove (that job may still be writing).
+    ckpt = checkpoint.Checkpointer(directory, save_every_steps=1, async_save=False, remove_unfinished=False)
     try:
         step = ckpt.latest_step() if step is None else step
         if step is None:
@@ -81,7 +84,7 @@ class Source:
 
 def read_source(path: str) -> Source:
     """Reads a warm-start source (see the module docstring) onto the host."""
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise WarmStartError(f"init_from={path} does not exist; give a workdir, checkpoint, export or HF directory.")
     location = _checkpoint_location(path)
     tokenizer: dict[str, str] = {}
@@ -89,8 +92,11 @@ def read_source(path: str) -> Source:
         if location is not None:
             config, params, tokenizer = _from_checkpoint(*location)
         else:
-            config, params = convert.load_pretrained(path)
-            directory = path if os.path.isdir(path) else os.path.dirname(path)
+            local = path
+            if storage.is_remote(path):
+                local = storage.local_tree(path) if storage.isdir(path) else storage.local_copy(path)
+            config, params = convert.load_pretrained(local)
+            directory = local if os.path.isdir(local) else os.path.dirname(local)
             vocab = os.path.join(directory, "vocab.txt")
             if os.path.exists(vocab):
                 tokenizer = checkpoint.tokenizer_payload(vocab_file=vocab)
@@ -99,7 +105,7 @@ def read_source(path: str) -> Source:
     config, params = convert.unpad_vocab(config, params)
     if "bert" not in params:  # a BertModel checkpoint (no heads): its tree is the encoder's
         params = {"bert": params}
-    return Source(os.path.abspath(path), config, params, tokenizer)
+    return Source(storage.absolute(path), config, params, tokenizer)
 
 
 def merge(source: Source, model_config: BertConfig, fresh_params: Any) -> WarmStart:

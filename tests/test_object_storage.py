@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -227,6 +228,11 @@ def test_a_gs_workdir_job_killed_with_sigkill_resumes_to_the_local_jobs_export(g
         resumed.stdout
     )
     assert os.listdir(cwd) == []  # nothing local: no ./gs:/ directory, no stray files
+    # JAX's compilation cache lives in the bucket too: the restart loads its programs from there.
+    loaded = re.search(
+        rf"compilation cache {re.escape(workdir)}/jax_cache: (\d+) of \d+ programs loaded", resumed.stdout
+    )
+    assert loaded is not None and int(loaded.group(1)) >= 1, resumed.stdout[-2000:]
 
     export = storage.local_tree(f"{workdir}/export")
     ours, theirs = _params(export), _params(str(local_run / "export"))
@@ -248,6 +254,19 @@ def test_a_gs_workdir_job_killed_with_sigkill_resumes_to_the_local_jobs_export(g
             expected[record["step"]] = record["loss"]
     assert logged == expected
     assert storage.glob(f"{workdir}/tensorboard/events.out.tfevents*")
+    # The gs:// workdir is a warm-start source (its latest checkpoint, read by orbax in place), read-only: a
+    # save it left unfinished is not removed by a reader.
+    from bert_jax import warm_start
+
+    storage.write_text(f"{workdir}/checkpoints/99/params/partial", "x")
+    started = warm_start.read_source(workdir)
+    from flax import traverse_util
+
+    flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(started.params).items()}
+    assert flat.keys() == theirs.keys()
+    for name in flat:  # the latest checkpoint (step 12) holds the exported params
+        np.testing.assert_array_equal(flat[name], theirs[name], err_msg=name)
+    assert storage.exists(f"{workdir}/checkpoints/99/params/partial")
 
 
 def test_a_missing_bucket_is_one_clear_error_before_anything_starts(gcs):
@@ -340,3 +359,113 @@ def test_a_store_lost_mid_run_stops_the_job_naming_the_last_complete_checkpoint(
         assert "Exported the weights of step 40" in resumed.stdout
     finally:
         emulator.stop()
+
+
+def test_init_from_a_hugging_face_directory_on_gs(bucket, minilm_dir):
+    from bert_jax import storage, warm_start
+
+    remote = f"{bucket}/models/minilm"
+    storage.upload_tree(str(minilm_dir), remote)
+    source = warm_start.read_source(remote)
+    local = warm_start.read_source(str(minilm_dir))
+    assert source.path == remote and source.config == local.config and source.config.hidden_size == 384
+    np.testing.assert_array_equal(
+        source.params["bert"]["embeddings"]["word_embeddings"]["embedding"],
+        local.params["bert"]["embeddings"]["word_embeddings"]["embedding"],
+    )
+    assert source.tokenizer_files.get("vocab.txt") == local.tokenizer_files.get("vocab.txt")
+    with pytest.raises(warm_start.WarmStartError, match="does not exist"):
+        warm_start.read_source(f"{bucket}/models/missing")
+
+
+def _tool(module: str, *args: str, env: dict[str, str], cwd) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
+    assert result.returncode == 0, f"{module}: {result.stderr[-3000:]}"
+    return result
+
+
+@pytest.mark.slow
+def test_the_tools_and_fine_tuning_read_and_write_gs(gcs, bucket, tmp_path):
+    from bert_jax import storage
+
+    env = {**_env(gcs, str(tmp_path / "cache")), "PYTHONPATH": str(REPO_ROOT)}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    book = shared_path("gutenberg", "pg11-alice-in-wonderland.txt")
+    storage.upload_file(str(book), f"{bucket}/text/alice.txt")
+    run = f"{bucket}/run"
+    pretrain = _command(run, f"{bucket}/text/*.txt")
+    subprocess.run(pretrain, check=True, capture_output=True, cwd=cwd, env=env, timeout=600)
+
+    _tool("bert_jax_tools.export", f"--workdir={run}", f"--output_dir={bucket}/hf", env=env, cwd=cwd)
+    assert storage.read_text(f"{bucket}/hf/config.json") == storage.read_text(f"{run}/export/hf/config.json")
+    converted = f"{bucket}/native"
+    _tool(
+        "bert_jax_tools.convert",
+        f"--input={bucket}/hf",
+        f"--output_dir={converted}",
+        "--output_format=native",
+        env=env,
+        cwd=cwd,
+    )
+    native, exported = (
+        _params_of(storage.local_tree(converted)),
+        _params_of(storage.local_tree(f"{run}/export/bert_jax")),
+    )
+    for name in exported:
+        np.testing.assert_array_equal(native[name], exported[name], err_msg=name)
+    embedded = _tool(
+        "bert_jax_tools.embed", f"--model={bucket}/hf", "--text=the cat sat", "--text=a dog ran", env=env, cwd=cwd
+    )
+    assert "cosine similarity:" in embedded.stdout
+    _tool("bert_jax_tools.plot_metrics", f"--workdirs={run}", env=env, cwd=cwd)
+    assert storage.exists(f"{run}/metrics.png")
+    _tool(
+        "bert_jax_tools.train_vocab",
+        f"--input_files={bucket}/text/*.txt",
+        f"--output={bucket}/vocab/v.txt",
+        "--vocab_size=400",
+        env=env,
+        cwd=cwd,
+    )
+    assert "[MASK]" in storage.read_text(f"{bucket}/vocab/v.txt").split()
+
+    glue = shared_path("glue")
+    sst2 = f"{bucket}/sst2"
+    finetune = [
+        sys.executable,
+        "-m",
+        "bert_jax.finetune.cli",
+        f"--config={REPO_ROOT / 'experiments' / 'glue_sst2.py'}",
+        f"--workdir={sst2}",
+        f"--config.init_from={run}",
+        f"--config.data_dir={glue}",
+        "--config.model.size=tiny",
+        "--config.global_batch_size=16",
+        "--config.max_seq_length=32",
+        "--config.num_train_steps=8",
+        "--config.eval_every_steps=8",
+        "--config.log_every_steps=4",
+    ]
+    tuned = subprocess.run(finetune, capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    assert json.loads(storage.read_text(f"{sst2}/eval_results.json"))["step"] == 8
+    storage.write_text(f"{bucket}/in.txt", "a fine film\na dull film\n")
+    _tool(
+        "bert_jax_tools.predict",
+        f"--workdir={sst2}",
+        f"--input={bucket}/in.txt",
+        f"--output={bucket}/out.jsonl",
+        env=env,
+        cwd=cwd,
+    )
+    assert len(storage.read_text(f"{bucket}/out.jsonl").splitlines()) == 2
+    assert os.listdir(cwd) == []  # nothing written locally: no ./gs:/ anywhere
+
+
+def _params_of(directory: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(os.path.join(directory, "params.safetensors"))

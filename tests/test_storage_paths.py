@@ -57,8 +57,8 @@ def test_the_jobs_refuse_unserved_paths_before_creating_anything(tmp_path, monke
     with pytest.raises(storage.UnsupportedPathError, match=r"data\.train_files=s3://bucket/books"):
         pretrain_loop.train_and_evaluate(config, str(tmp_path / "run"))
     config = runpy.run_path(str(REPO_ROOT / "experiments" / "bert_tiny.py"))["get_config"]()
-    config.init_from = "gs://bucket/old_run"
-    with pytest.raises(storage.UnsupportedPathError, match="init_from=gs://bucket/old_run: gs:// paths are not"):
+    config.init_from = "s3://bucket/old_run"
+    with pytest.raises(storage.UnsupportedPathError, match="init_from=s3://bucket/old_run: s3:// is not served"):
         pretrain_loop.train_and_evaluate(config, str(tmp_path / "run"))
     finetune = runpy.run_path(str(REPO_ROOT / "experiments" / "glue_sst2.py"))["get_config"]()
     with pytest.raises(storage.UnsupportedPathError, match="workdir=s3://bucket/sst2"):
@@ -68,12 +68,16 @@ def test_the_jobs_refuse_unserved_paths_before_creating_anything(tmp_path, monke
 
 def test_the_cli_says_it_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "bert_jax_tools.export", "--workdir=gs://bucket/run", f"--output_dir={tmp_path}/x"],
+        [sys.executable, "-m", "bert_jax_tools.export", "--workdir=s3://bucket/run", f"--output_dir={tmp_path}/x"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         timeout=300,
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("bert-jax-export: error: workdir=gs://bucket/run")
-    assert not (tmp_path / "gs:").exists()
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("bert-jax-export: error: workdir=s3://bucket/run: s3:// is not served")
+    )
+    assert not (tmp_path / "s3:").exists()

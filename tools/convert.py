@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags, logging
 
-from bert_jax import convert, storage
+from bert_jax import convert, quiet, storage
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "Model to convert: a directory or a TF checkpoint prefix.", required=True)
@@ -28,7 +28,7 @@ flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir (only af
 
 
 def main(argv: list[str]) -> None:
-    storage.require_local(
+    storage.check_paths(
         {
             "input": FLAGS.input,
             "tf_config_file": FLAGS.tf_config_file,
@@ -37,28 +37,49 @@ def main(argv: list[str]) -> None:
         }
     )
     del argv
-    kind = convert.detect_format(FLAGS.input) if FLAGS.input_format == "auto" else FLAGS.input_format
+    if storage.listdir(FLAGS.output_dir) and not FLAGS.overwrite and storage.is_remote(FLAGS.output_dir):
+        raise FileExistsError(
+            f"{FLAGS.output_dir} already exists and is not empty; choose another or pass --overwrite."
+        )
+    source = _local_source(FLAGS.input)
+    kind = convert.detect_format(source) if FLAGS.input_format == "auto" else FLAGS.input_format
     if kind == "tf":
-        config, params = convert.from_tf_checkpoint(FLAGS.input, FLAGS.tf_config_file)
+        tf_config = storage.local_input(FLAGS.tf_config_file) if FLAGS.tf_config_file else None
+        config, params = convert.from_tf_checkpoint(source, tf_config)
     else:
-        config, params = {"hf": convert.from_hf, "native": convert.from_native}[kind](FLAGS.input)
-    vocab_file = FLAGS.vocab_file
-    if vocab_file is None and os.path.isdir(FLAGS.input) and os.path.exists(os.path.join(FLAGS.input, "vocab.txt")):
-        vocab_file = os.path.join(FLAGS.input, "vocab.txt")
-    if FLAGS.output_format == "hf":
-        convert.to_hf(config, params, FLAGS.output_dir, vocab_file, FLAGS.lowercase, FLAGS.overwrite)
-    else:
-        convert.to_native(config, params, FLAGS.output_dir, vocab_file, FLAGS.overwrite)
+        config, params = {"hf": convert.from_hf, "native": convert.from_native}[kind](source)
+    vocab_file = storage.local_input(FLAGS.vocab_file) if FLAGS.vocab_file else None
+    if vocab_file is None and os.path.isdir(source) and os.path.exists(os.path.join(source, "vocab.txt")):
+        vocab_file = os.path.join(source, "vocab.txt")
+    last = (convert.HF_CONFIG, convert.NATIVE_CONFIG)
+    with storage.local_output(FLAGS.output_dir, last=last, replace=FLAGS.overwrite) as output_dir:
+        if FLAGS.output_format == "hf":
+            convert.to_hf(config, params, output_dir, vocab_file, FLAGS.lowercase, FLAGS.overwrite)
+        else:
+            convert.to_native(config, params, output_dir, vocab_file, FLAGS.overwrite)
     heads = "with" if "cls" in params else "without"
     logging.info("Wrote %s (%s format, %s pretraining heads).", FLAGS.output_dir, FLAGS.output_format, heads)
     print(f"Converted {FLAGS.input} ({kind}) -> {FLAGS.output_dir} ({FLAGS.output_format}), {heads} pretraining heads.")
 
 
+def _local_source(path: str) -> str:
+    """The input as a local path: a remote directory, file, or TF checkpoint prefix (its .index and .data files)."""
+    if not storage.is_remote(path) or storage.exists(path):
+        return storage.local_input(path)
+    files = storage.glob(path + ".*")  # a TF checkpoint prefix: model.ckpt -> model.ckpt.index, .data-*
+    if not files:
+        raise FileNotFoundError(f"{path} does not exist.")
+    for name in files:
+        storage.local_copy(name)
+    return storage.cache_path(path)
+
+
 def run() -> None:
     """Console-script entry point; user errors end in one line, not a traceback."""
+    quiet.quiet_native_logs()  # also EPATH_USE_TF=false: gs:// through gcsfs
     try:
         app.run(main)
-    except (convert.ConversionError, FileExistsError, ValueError) as e:
+    except (convert.ConversionError, FileExistsError, ValueError, storage.StorageError) as e:
         raise SystemExit(f"bert-jax-convert: error: {e}") from None
 
 

@@ -14,7 +14,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from bert_jax import convert, embed, storage, tokenizers
+from bert_jax import convert, embed, quiet, storage, tokenizers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Model directory (Hugging Face, bert_jax or TF checkpoint).", required=True)
@@ -34,10 +34,11 @@ def _lowercase_of(model_dir: str) -> bool:
 
 
 def main(argv: list[str]) -> None:
-    storage.require_local({"model": FLAGS.model, "vocab_file": FLAGS.vocab_file})
+    storage.check_paths({"model": FLAGS.model, "vocab_file": FLAGS.vocab_file})
     del argv
-    config, params = convert.load_pretrained(FLAGS.model)
-    model_dir = FLAGS.model if os.path.isdir(FLAGS.model) else os.path.dirname(FLAGS.model)
+    model = storage.local_input(FLAGS.model)
+    config, params = convert.load_pretrained(model)
+    model_dir = model if os.path.isdir(model) else os.path.dirname(model)
     vocab_file = FLAGS.vocab_file or os.path.join(model_dir, "vocab.txt")
     tokenizer = tokenizers.load_tokenizer(vocab_file=vocab_file, lowercase=_lowercase_of(model_dir))
     batch = embed.single_segment_batch(tokenizer, FLAGS.text, FLAGS.max_length)
@@ -55,6 +56,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point; user errors end in one line, not a traceback."""
+    quiet.quiet_native_logs()  # also EPATH_USE_TF=false: gs:// through gcsfs
     try:
         app.run(main)
     except (convert.ConversionError, tokenizers.TokenizerError, ValueError, OSError) as e:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from bert_jax import checkpoint, convert, storage
+from bert_jax import checkpoint, convert, quiet, storage
 from bert_jax.export import FORMATS, export_checkpoint
 
 FLAGS = flags.FLAGS
@@ -23,7 +23,7 @@ flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir (only af
 
 
 def main(argv: list[str]) -> None:
-    storage.require_local({"workdir": FLAGS.workdir, "output_dir": FLAGS.output_dir})
+    storage.check_paths({"workdir": FLAGS.workdir, "output_dir": FLAGS.output_dir})
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:
@@ -36,9 +36,16 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point; user errors end in one line, not a traceback."""
+    quiet.quiet_native_logs()
     try:
         app.run(main)
-    except (checkpoint.CheckpointError, convert.ConversionError, FileExistsError, ValueError) as e:
+    except (
+        checkpoint.CheckpointError,
+        convert.ConversionError,
+        storage.StorageError,
+        FileExistsError,
+        ValueError,
+    ) as e:
         raise SystemExit(f"bert-jax-export: error: {e}") from None
 
 

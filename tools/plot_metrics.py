@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from bert_jax import plotting, storage
+from bert_jax import plotting, quiet, storage
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", None, "Pretraining workdirs (or metrics.jsonl files), comma-separated.", required=True)
@@ -26,17 +26,25 @@ flags.DEFINE_integer("height", 900, "Image height in pixels.")
 
 
 def main(argv: list[str]) -> None:
-    storage.require_local({"workdirs": ",".join(FLAGS.workdirs or []), "output": FLAGS.output})
+    storage.check_paths({"workdirs": ",".join(FLAGS.workdirs or []), "output": FLAGS.output})
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])} (pass workdirs as --workdirs=a,b)")
     output = FLAGS.output
     if output is None:
         if len(FLAGS.workdirs) != 1:
             raise ValueError(f"{len(FLAGS.workdirs)} workdirs given: pass --output=FILE.png for the combined plot.")
-        output = plotting.metrics_path(FLAGS.workdirs[0]).removesuffix(".jsonl") + ".png"
-    runs = plotting.plot_workdirs(
-        FLAGS.workdirs, output, names=FLAGS.names, title=FLAGS.title, size_px=(FLAGS.width, FLAGS.height)
-    )
+        only = FLAGS.workdirs[0]
+        output = (
+            storage.join(only, "metrics.png")
+            if storage.is_remote(only)
+            else plotting.metrics_path(only).removesuffix(".jsonl") + ".png"
+        )
+    # A remote workdir is read from this host's copy of its metrics.jsonl (its cache directory keeps the name).
+    local = [_local_metrics(w) for w in FLAGS.workdirs]
+    with storage.local_output(output) as local_output:
+        runs = plotting.plot_workdirs(
+            local, local_output, names=FLAGS.names, title=FLAGS.title, size_px=(FLAGS.width, FLAGS.height)
+        )
     for run in runs:
         for warning in run.warnings:
             print(f"bert-jax-plot: warning: {warning}", file=sys.stderr)
@@ -45,8 +53,16 @@ def main(argv: list[str]) -> None:
     print(f"Wrote {output}")
 
 
+def _local_metrics(workdir: str) -> str:
+    if not storage.is_remote(workdir):
+        return workdir
+    path = workdir if workdir.endswith(".jsonl") else storage.join(workdir, "metrics.jsonl")
+    return storage.local_copy(path)
+
+
 def run() -> None:
     """Console-script entry point; unreadable metrics and bad flags end in one line, not a traceback."""
+    quiet.quiet_native_logs()  # also EPATH_USE_TF=false: gs:// through gcsfs
     try:
         app.run(main)
     except (ValueError, OSError) as e:

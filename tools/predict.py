@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags, logging
 
-from bert_jax import checkpoint, storage
+from bert_jax import checkpoint, quiet, storage
 from bert_jax.finetune.predict import PredictError, Predictor
 
 FLAGS = flags.FLAGS
@@ -28,7 +28,7 @@ flags.DEFINE_integer("batch_size", 32, "Lines per jitted batch.")
 
 
 def main(argv: list[str]) -> None:
-    storage.require_local({"workdir": FLAGS.workdir, "input": FLAGS.input, "output": FLAGS.output})
+    storage.check_paths({"workdir": FLAGS.workdir, "input": FLAGS.input, "output": FLAGS.output})
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:
@@ -38,26 +38,25 @@ def main(argv: list[str]) -> None:
         lines = sys.stdin.read().splitlines()
     else:
         try:
-            with open(FLAGS.input, encoding="utf-8") as f:
-                lines = f.read().splitlines()
+            with storage.open_file(FLAGS.input, "rb") as f:
+                lines = f.read().decode("utf-8").splitlines()
         except UnicodeDecodeError as e:
             raise PredictError(f"{FLAGS.input} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
     lines = [line for line in lines if line.strip()]
     records = predictor.predict(lines)
-    out = sys.stdout if FLAGS.output == "-" else open(FLAGS.output, "w", encoding="utf-8")
-    try:
-        for record in records:
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    if FLAGS.output == "-":
+        sys.stdout.write(text)
+    else:
+        storage.write_text(FLAGS.output, text)
 
 
 def run() -> None:
     """Console-script entry point; user errors end in one line, not a traceback."""
+    quiet.quiet_native_logs()  # also EPATH_USE_TF=false: gs:// through gcsfs
     try:
         app.run(main)
-    except (PredictError, checkpoint.CheckpointError, FileNotFoundError, ValueError) as e:
+    except (PredictError, checkpoint.CheckpointError, FileNotFoundError, ValueError, storage.StorageError) as e:
         raise SystemExit(f"bert-jax-predict: error: {e}") from None
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from bert_jax import storage, tokenizers
+from bert_jax import quiet, storage, tokenizers
 from bert_jax.data import documents
 
 FLAGS = flags.FLAGS
@@ -28,30 +28,36 @@ flags.DEFINE_bool("overwrite", False, "Replace --output if it already exists.")
 
 
 def main(argv: list[str]) -> None:
-    storage.require_local({"input_files": FLAGS.input_files, "output": FLAGS.output})
+    storage.check_paths({"input_files": FLAGS.input_files, "output": FLAGS.output})
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     files = documents.expand_input_files(FLAGS.input_files)
-    if FLAGS.model_type == "wordpiece":
-        path = tokenizers.train_wordpiece(
-            files,
-            FLAGS.vocab_size,
-            FLAGS.output,
-            lowercase=FLAGS.lowercase,
-            min_frequency=FLAGS.min_frequency,
-            overwrite=FLAGS.overwrite,
-        )
-        tokenizer = tokenizers.WordPieceTokenizer(path, lowercase=FLAGS.lowercase)
-    else:
-        path = tokenizers.train_sentencepiece(
-            files, FLAGS.vocab_size, FLAGS.output, lowercase=FLAGS.lowercase, overwrite=FLAGS.overwrite
-        )
-        tokenizer = tokenizers.SentencePieceTokenizer(path)
-    print(f"wrote {path}: {FLAGS.model_type}, {tokenizer.vocab_size} tokens, trained on {len(files)} file(s)")
+    if storage.is_remote(FLAGS.output) and storage.exists(FLAGS.output) and not FLAGS.overwrite:
+        raise FileExistsError(f"{FLAGS.output} exists; pass --overwrite to replace it.")
+    local_files = [storage.local_input(f) for f in files]  # the trainers read local files
+    with storage.local_output(FLAGS.output) as output:
+        if FLAGS.model_type == "wordpiece":
+            path = tokenizers.train_wordpiece(
+                local_files,
+                FLAGS.vocab_size,
+                output,
+                lowercase=FLAGS.lowercase,
+                min_frequency=FLAGS.min_frequency,
+                overwrite=FLAGS.overwrite,
+            )
+            tokenizer = tokenizers.WordPieceTokenizer(path, lowercase=FLAGS.lowercase)
+        else:
+            path = tokenizers.train_sentencepiece(
+                local_files, FLAGS.vocab_size, output, lowercase=FLAGS.lowercase, overwrite=FLAGS.overwrite
+            )
+            tokenizer = tokenizers.SentencePieceTokenizer(path)
+    where = FLAGS.output if storage.is_remote(FLAGS.output) else path
+    print(f"wrote {where}: {FLAGS.model_type}, {tokenizer.vocab_size} tokens, trained on {len(files)} file(s)")
 
 
 def run() -> None:
     """Console-script entry point; user errors end in one line, not a traceback."""
+    quiet.quiet_native_logs()  # also EPATH_USE_TF=false: gs:// through gcsfs
     try:
         app.run(main)
     except (tokenizers.TokenizerError, documents.CorpusError, storage.UnsupportedPathError, OSError) as e:

@@ -96,9 +96,10 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Fi
             "workdir": workdir,
             "compilation_cache_dir": config.get("compilation_cache_dir"),
             "vocab_file": config.get("vocab_file"),
+            "init_from": config.get("init_from"),
         }
     )
-    storage.require_local({"data_dir": config.data_dir, "init_from": config.get("init_from")})
+    storage.require_local({"data_dir": config.data_dir})
     if not os.path.isdir(config.data_dir):
         raise FinetuneConfigError(f"data_dir={config.data_dir} is not a directory; point it at the task's data.")
     workdir = storage.absolute(workdir)

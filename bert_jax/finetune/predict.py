@@ -45,7 +45,7 @@ class Predictor:
     @classmethod
     def from_workdir(cls, workdir: str, step: int | None = None, batch_size: int = 32) -> Predictor:
         directory = checkpoint.checkpoint_dir(workdir)
-        ckpt = checkpoint.Checkpointer(directory, save_every_steps=1, async_save=False)
+        ckpt = checkpoint.Checkpointer(directory, save_every_steps=1, async_save=False, remove_unfinished=False)
         try:
             steps = ckpt.steps()
             if not steps:
