@@ -432,7 +432,8 @@ def test_the_tools_and_fine_tuning_read_and_write_gs(gcs, bucket, tmp_path):
     )
     assert "[MASK]" in storage.read_text(f"{bucket}/vocab/v.txt").split()
 
-    glue = shared_path("glue")
+    glue = f"{bucket}/glue"  # the task data on gs:// too
+    storage.upload_tree(str(shared_path("glue", "SST-2")), f"{glue}/SST-2")
     sst2 = f"{bucket}/sst2"
     finetune = [
         sys.executable,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -97,10 +96,10 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Fi
             "compilation_cache_dir": config.get("compilation_cache_dir"),
             "vocab_file": config.get("vocab_file"),
             "init_from": config.get("init_from"),
+            "data_dir": config.data_dir,
         }
     )
-    storage.require_local({"data_dir": config.data_dir})
-    if not os.path.isdir(config.data_dir):
+    if not storage.isdir(config.data_dir):
         raise FinetuneConfigError(f"data_dir={config.data_dir} is not a directory; point it at the task's data.")
     workdir = storage.absolute(workdir)
     storage.makedirs(workdir)
@@ -115,8 +114,9 @@ def _finetune_and_evaluate(
     is_main = jax.process_index() == 0
     model_config, tokenizer, source, tokenizer_files = model_and_tokenizer(config)
     check_seq_length(config, model_config)  # before the data is tokenized
-    train_split = task.load(config.data_dir, task.train_split, tokenizer, config.max_seq_length)
-    eval_split = task.load(config.data_dir, config.eval_split or task.eval_split, tokenizer, config.max_seq_length)
+    data_dir = storage.local_input(config.data_dir)  # a gs:// task directory: this host's verified copy
+    train_split = task.load(data_dir, task.train_split, tokenizer, config.max_seq_length)
+    eval_split = task.load(data_dir, config.eval_split or task.eval_split, tokenizer, config.max_seq_length)
     total_steps, per_epoch = train_steps(config, len(train_split))
 
     def plan_for(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> FinetunePlan:
