@@ -470,3 +470,58 @@ def _params_of(directory: str) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     return load_file(os.path.join(directory, "params.safetensors"))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_on_gs_and_the_restart_continues_on_another_mesh(gcs, bucket, tmp_path):
+    """SIGTERM saves the current step to the bucket; the restart (8 simulated devices, another mesh) resumes it."""
+    from bert_jax import storage
+
+    book = str(shared_path("gutenberg", "pg11-alice-in-wonderland.txt"))
+    run = f"{bucket}/run"
+    devices = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    env = {**_env(gcs, str(tmp_path / "cache")), "PYTHONPATH": str(REPO_ROOT), "XLA_FLAGS": devices}
+    first = [*_command(run, book), "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
+    process = subprocess.Popen(
+        first, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    for line in process.stdout:
+        if line.startswith(f"step 4/{STEPS}"):
+            break
+    process.send_signal(__import__("signal").SIGTERM)
+    out = process.communicate(timeout=300)[0]
+    assert process.returncode == 0
+    (stopped,) = [line for line in out.splitlines() if line.startswith("Stopped by SIGTERM after step")]
+    step = int(stopped.split("after step ")[1].split(";")[0])
+    assert storage.exists(f"{run}/checkpoints/{step}/commit_success.txt")
+    second = [*_command(run, book), "--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.mesh.tensor=2"]
+    resumed = subprocess.run(second, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resumed from the checkpoint of step {step} in {run}/checkpoints" in resumed.stdout
+    assert "'fsdp': 4" in resumed.stdout and f"Exported the weights of step {STEPS}" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_a_beam_built_corpus_on_gs_trains_a_job(gcs, bucket, tmp_path):
+    pytest.importorskip("apache_beam")
+    from bert_jax import storage
+    from bert_jax.data import corpus
+
+    book = shared_path("gutenberg", "pg11-alice-in-wonderland.txt")
+    storage.upload_file(str(book), f"{bucket}/text/alice.txt")
+    options = corpus.CorpusOptions(
+        input_files=(f"{bucket}/text/alice.txt",),
+        vocab_file=str(REPO_ROOT / "bert_jax" / "assets" / "vocab.txt"),
+        max_seq_length=64,
+        eval_fraction=0.02,
+        use_beam=True,
+        beam_buckets=4,
+    )
+    built = corpus.build_corpus(options, f"{bucket}/corpus", num_shards=2)
+    assert "_beam_" in built.dataset_dir and storage.exists(f"{built.dataset_dir}/{corpus.DATASET_INFO}")
+    env = {**_env(gcs, str(tmp_path / "cache")), "PYTHONPATH": str(REPO_ROOT)}
+    command = [c for c in _command(f"{bucket}/run", "") if not c.startswith("--config.data.train_files")]
+    command += [f"--config.data.corpus_dir={bucket}/corpus", "--config.num_train_steps=4"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step 4/4" in result.stdout and str(tmp_path / "cache") in result.stdout  # read from the host cache
