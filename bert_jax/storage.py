@@ -478,4 +478,18 @@ def staging_dir_for(target: str) -> str:
     else:
         parent = os.path.dirname(os.path.abspath(target))
     os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(target.rstrip('/'))}.staging-")
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(target.rstrip('/'))}.staging-")
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; renamed into place, it is the output itself
+    return staging
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (`os.umask` sets it, racing other threads' file creation)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
