@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT, shared_path
+from tests.pretrain_cli import pretrain_command
 
 
 @pytest.fixture()
@@ -114,11 +115,11 @@ def test_the_corpus_is_built_into_the_bucket_and_reused_from_another_host(bucket
     from bert_jax.data import corpus
 
     book = shared_path("gutenberg", "pg11-alice-in-wonderland.txt")
-    vocab = shared_path("vocab", "bert-base-uncased-vocab.txt")
-    remote_book = f"{bucket}/text/alice.txt"
+    remote_book, remote_vocab = f"{bucket}/text/alice.txt", f"{bucket}/vocab/vocab.txt"
     storage.upload_file(str(book), remote_book)
+    storage.upload_file(str(shared_path("vocab", "bert-base-uncased-vocab.txt")), remote_vocab)
     options = corpus.CorpusOptions(
-        input_files=(remote_book,), vocab_file=str(vocab), max_seq_length=64, eval_fraction=0.02
+        input_files=(remote_book,), vocab_file=remote_vocab, max_seq_length=64, eval_fraction=0.02
     )
     output = f"{bucket}/corpus"
     built = corpus.build_corpus(options, output, num_shards=2)
@@ -132,19 +133,16 @@ def test_the_corpus_is_built_into_the_bucket_and_reused_from_another_host(bucket
     assert local.startswith(str(tmp_path / "other-host-cache"))
     source = corpus.open_corpus(local, "train")
     assert len(source) == built.num_examples["train"]
-    assert int(source[0]["tokens"][0]) == 101  # [CLS] of the uncased vocabulary
+    assert int(source[0]["tokens"][0]) == 101  # [CLS] of the uncased vocabulary (read from the bucket)
+    assert open(os.path.join(local, "vocab.txt")).read() == storage.read_text(remote_vocab)
 
 
 STEPS = 12
 
 
 def _command(workdir: str, book: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bert_jax.pretrain",
-        f"--config={REPO_ROOT / 'experiments' / 'bert_tiny.py'}",
-        f"--workdir={workdir}",
+    return pretrain_command(
+        workdir,
         f"--config.data.train_files={book}",
         f"--config.num_train_steps={STEPS}",
         "--config.global_batch_size=8",
@@ -155,7 +153,7 @@ def _command(workdir: str, book: str) -> list[str]:
         "--config.data.eval_fraction=0.02",
         "--config.peak_flops_per_device=1e11",
         "--config.optimizer.warmup_steps=2",
-    ]
+    )
 
 
 def _env(emulator, cache: str) -> dict[str, str]:

@@ -4,10 +4,10 @@ Each process has its own HOME, TMPDIR, working directory and input cache; the in
 `--workdir` is `gs://...`. Process 0 builds the corpus and uploads it, process 1 downloads it into its own
 cache; both train on a data=4 x fsdp=2 mesh (`jax.distributed` on 127.0.0.1, gloo CPU collectives, 4 simulated
 devices each), writing their own checkpoint shards to the bucket; both are killed with SIGKILL after step 7 of
-12 and restarted with the same command. The result is compared with one process of 8 simulated devices on a
-local disk, uninterrupted: exported params and every logged loss equal to 1e-5 relative (the processes reduce
-over gloo, the reference inside one process; the one-process resume is checked bitwise in
-test_object_storage.py). Slow (minutes on 2 cores): `pytest -m slow`.
+12 and restarted with the same command. The result equals, bitwise (exported params and every logged loss),
+the same two processes run uninterrupted; and it equals one process of 8 simulated devices on a local disk to
+1e-5 relative (the processes reduce over gloo, that reference inside one process, so the last bits differ).
+Slow (minutes on 2 cores): `pytest -m slow`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -24,6 +23,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT, shared_path
 from tests.gcs_emulator import free_port
+from tests.pretrain_cli import kill_all, pretrain_command, stderr_text
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +32,8 @@ TIMEOUT_SECONDS = 1500
 
 
 def _command(workdir: str, train_files: str, distributed: list[str]) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bert_jax.pretrain",
-        f"--config={REPO_ROOT / 'experiments' / 'bert_tiny.py'}",
-        f"--workdir={workdir}",
+    return pretrain_command(
+        workdir,
         *distributed,
         f"--config.data.train_files={train_files}",
         "--config.data.max_seq_length=64",
@@ -53,7 +49,7 @@ def _command(workdir: str, train_files: str, distributed: list[str]) -> list[str
         "--config.checkpoint_every_steps=3",
         "--config.peak_flops_per_device=1e11",
         "--config.optimizer.warmup_steps=2",
-    ]
+    )
 
 
 def _env(devices: int, home: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -77,29 +73,18 @@ def _start_pair(hosts: list[str], workdir: str, train_files: str, emulator_env: 
     processes = []
     for i, home in enumerate(hosts):
         distributed = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"]
-        processes.append(
-            subprocess.Popen(
-                _command(workdir, train_files, distributed),
-                cwd=os.path.join(home, "cwd"),
-                env=_env(4, home, emulator_env),
-                stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
-                stderr=tempfile.TemporaryFile("w+"),
-                text=True,
-            )
+        stderr = tempfile.TemporaryFile("w+")
+        process = subprocess.Popen(
+            _command(workdir, train_files, distributed),
+            cwd=os.path.join(home, "cwd"),
+            env=_env(4, home, emulator_env),
+            stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
         )
+        process.stderr_file = stderr
+        processes.append(process)
     return processes
-
-
-def _kill(processes) -> None:
-    for p in processes:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-
-
-def _stderr(process: subprocess.Popen) -> str:
-    process.stderr.seek(0)
-    return process.stderr.read()[-3000:]
 
 
 def _losses(lines: list[str]) -> dict[int, dict]:
@@ -130,14 +115,16 @@ def test_two_hosts_sharing_only_a_bucket_build_train_die_and_resume(gcs, tmp_pat
     hosts = [str(tmp_path / "host0"), str(tmp_path / "host1")]
 
     reference_dir = tmp_path / "reference"
+    reference_stderr = tempfile.TemporaryFile("w+")
     reference = subprocess.Popen(
         _command(str(reference_dir), train_files, []),
         cwd=REPO_ROOT,
         env=_env(8, str(tmp_path / "reference-host"), gcs.env()),
         stdout=subprocess.DEVNULL,
-        stderr=tempfile.TemporaryFile("w+"),
+        stderr=reference_stderr,
         text=True,
     )
+    reference.stderr_file = reference_stderr
     pair = _start_pair(hosts, workdir, train_files, gcs.env())
     try:
         deadline = time.monotonic() + TIMEOUT_SECONDS
@@ -145,12 +132,14 @@ def test_two_hosts_sharing_only_a_bucket_build_train_die_and_resume(gcs, tmp_pat
         while time.monotonic() < deadline:
             line = pair[0].stdout.readline()
             if not line:
-                pytest.fail(f"process 0 ended early:\n{''.join(seen)[-2000:]}\n{_stderr(pair[0])}\n{_stderr(pair[1])}")
+                pytest.fail(
+                    f"process 0 ended early:\n{''.join(seen)[-2000:]}\n{stderr_text(pair[0])}\n{stderr_text(pair[1])}"
+                )
             seen.append(line)
             if line.startswith(f"step 7/{STEPS}"):
                 break
         assert any(line.startswith("Corpus built") for line in seen), "".join(seen)
-        _kill(pair)  # SIGKILL both, wherever they are (possibly inside an asynchronous save)
+        kill_all(pair)  # SIGKILL both, wherever they are (possibly inside an asynchronous save)
         committed = [
             int(name)
             for name in storage.listdir(f"{workdir}/checkpoints")
@@ -160,11 +149,11 @@ def test_two_hosts_sharing_only_a_bucket_build_train_die_and_resume(gcs, tmp_pat
         pair = _start_pair(hosts, workdir, train_files, gcs.env())
         out, _ = pair[0].communicate(timeout=TIMEOUT_SECONDS)
         pair[1].wait(timeout=300)
-        assert pair[0].returncode == 0 and pair[1].returncode == 0, _stderr(pair[0]) + _stderr(pair[1])
+        assert pair[0].returncode == 0 and pair[1].returncode == 0, stderr_text(pair[0]) + stderr_text(pair[1])
         assert f"Resumed from the checkpoint of step {max(committed)}" in out and "Corpus reused" in out
-        assert reference.wait(timeout=TIMEOUT_SECONDS) == 0, _stderr(reference)
+        assert reference.wait(timeout=TIMEOUT_SECONDS) == 0, stderr_text(reference)
     finally:
-        _kill([*pair, reference])
+        kill_all([*pair, reference])
 
     # Process 1 read the corpus from its own cache, downloaded from the bucket; neither wrote into its cwd.
     cache = os.path.join(hosts[1], "HOME", ".cache", "bert_jax", "gs", bucket.removeprefix("gs://"), "run", "corpus")
@@ -182,3 +171,23 @@ def test_two_hosts_sharing_only_a_bucket_build_train_die_and_resume(gcs, tmp_pat
         for key in ("loss", "mlm_loss", "grad_norm"):
             assert logged[step][key] == pytest.approx(expected[step][key], rel=1e-5), (step, key)
     assert logged[STEPS]["loss"] < logged[1]["loss"]
+
+    # Bitwise: the same two processes run uninterrupted (fresh hosts, another workdir in the bucket) end with the
+    # very same params and losses as the pair that was killed and restarted.
+    straight_dir = f"{bucket}/uninterrupted"
+    straight = _start_pair([str(tmp_path / "host2"), str(tmp_path / "host3")], straight_dir, train_files, gcs.env())
+    try:
+        straight[0].communicate(timeout=TIMEOUT_SECONDS)
+        straight[1].wait(timeout=300)
+        assert straight[0].returncode == 0 and straight[1].returncode == 0, stderr_text(straight[0]) + stderr_text(
+            straight[1]
+        )
+    finally:
+        kill_all(straight)
+    uninterrupted = _params(storage.local_tree(f"{straight_dir}/export"))
+    for name in ours:
+        np.testing.assert_array_equal(ours[name], uninterrupted[name], err_msg=name)
+    straight_logged = _losses(storage.read_text(f"{straight_dir}/metrics.jsonl").splitlines())
+    for step in logged:
+        for key in ("loss", "mlm_loss", "grad_norm"):
+            assert logged[step][key] == straight_logged[step][key], (step, key)

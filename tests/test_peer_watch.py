@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -20,6 +19,7 @@ import pytest
 from bert_jax import peer_watch
 from tests.conftest import REPO_ROOT, shared_path
 from tests.gcs_emulator import free_port
+from tests.pretrain_cli import kill_all, pretrain_command, stderr_text
 
 # What JAX 0.10's distributed client printed here when the peer (task 1) was killed (abbreviated).
 DUMP = (
@@ -48,12 +48,8 @@ def test_the_line_names_the_process_that_stopped():
 
 
 def _command(workdir: str, port: int, process_id: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bert_jax.pretrain",
-        f"--config={REPO_ROOT / 'experiments' / 'bert_tiny.py'}",
-        f"--workdir={workdir}",
+    return pretrain_command(
+        workdir,
         f"--coordinator_address=127.0.0.1:{port}",
         "--num_processes=2",
         f"--process_id={process_id}",
@@ -66,7 +62,7 @@ def _command(workdir: str, port: int, process_id: int) -> list[str]:
         "--config.eval_every_steps=1000",
         "--config.checkpoint_every_steps=4",
         "--config.optimizer.warmup_steps=2",
-    ]
+    )
 
 
 def _start(workdir: str) -> list[subprocess.Popen]:
@@ -94,11 +90,6 @@ def _start(workdir: str) -> list[subprocess.Popen]:
     return processes
 
 
-def _stderr(process: subprocess.Popen) -> str:
-    process.stderr_file.seek(0)
-    return process.stderr_file.read()
-
-
 @pytest.mark.slow
 def test_a_killed_peer_stops_the_survivor_in_one_line_and_a_restart_resumes(tmp_path):
     workdir = str(tmp_path / "run")
@@ -112,7 +103,7 @@ def test_a_killed_peer_stops_the_survivor_in_one_line_and_a_restart_resumes(tmp_
         pair[0].stdout.read()
         pair[0].wait(timeout=120)
         waited = time.monotonic() - killed
-        err = _stderr(pair[0])
+        err = stderr_text(pair[0], limit=10**7)
         assert pair[0].returncode == 1 and waited < 30, (waited, err[-2000:])
         assert err.strip().splitlines()[-1].startswith("bert-jax-pretrain: error: process 1 stopped responding"), err
         assert "Fatal Python error" not in err and "Extension modules" not in err
@@ -120,11 +111,8 @@ def test_a_killed_peer_stops_the_survivor_in_one_line_and_a_restart_resumes(tmp_
         complete = max(int(name) for name in os.listdir(checkpoints) if name.isdigit())  # 4 or 8
         pair = _start(workdir)
         out = pair[0].stdout.read()
-        assert pair[0].wait(timeout=600) == 0 and pair[1].wait(timeout=120) == 0, _stderr(pair[0])[-2000:]
+        assert pair[0].wait(timeout=600) == 0 and pair[1].wait(timeout=120) == 0, stderr_text(pair[0])[-2000:]
         assert f"Resumed from the checkpoint of step {complete}" in out and complete >= 4, out[-2000:]
         assert "Exported the weights of step 24" in out
     finally:
-        for p in pair:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        kill_all(pair)
