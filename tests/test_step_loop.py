@@ -86,8 +86,9 @@ def test_a_starved_loop_reports_its_input_wait_and_warns(tmp_path, capsys):
     assert saved[0][1] == {"job": "test", "data_state": 4}  # the job's metadata and the batch's own
     assert [r["step"] for r in records] == [4, 8, 12]
     # 50 ms per batch against a sub-millisecond step: nearly all of each window is waiting (the first batch
-    # of the run is not counted: it waits for the input to start)
-    assert all(r["input_wait"] > 0.6 for r in records), records
+    # of the run is not counted: it waits for the input to start; the first window also holds the loop's
+    # start-up, which on a loaded 2-core host took 0.1 s of its 0.25 s, so it gets a looser bound)
+    assert records[0]["input_wait"] > 0.3 and all(r["input_wait"] > 0.8 for r in records[1:]), records
     assert 0.9 < records[-1]["input_wait"] <= 1.0
     assert "input wait" in out and out.count("Warning: the last 4 steps waited") == 3
     assert "the input is slower than the accelerator; add input workers" in out
