@@ -76,19 +76,6 @@ def check_served(paths: Mapping[str, str | None]) -> None:
                 )
 
 
-def require_local(paths: Mapping[str, str | None]) -> None:
-    """Raises `UnsupportedPathError` for the first of `paths` that is a URL: for the settings whose readers
-    are still local-only, so that a URL ends in one line instead of becoming a local directory named 'gs:'."""
-    for name, value in paths.items():
-        for part in str(value or "").split(","):  # comma-separated lists of files or globs
-            scheme = url_scheme(part.strip())
-            if scheme is not None:
-                raise UnsupportedPathError(
-                    f"{name}={part.strip()}: {scheme}:// paths are not supported for this setting yet; use a local "
-                    "path, or mount the bucket (gcsfuse, NFS, Filestore) and give its mount point."
-                )
-
-
 REACH_TIMEOUT_SECONDS = 30.0
 
 
