@@ -19,6 +19,10 @@ os.environ.setdefault("EPATH_USE_TF", "false")
 # The compile tests describe TPU slices with libtpu on this host: without these defaults it logs a page of
 # complaints about the TPU it cannot find (bert-jax-compile sets the same ones).
 tpu_topology.quiet_libtpu_for_aot()
+# Two test workers (pytest-xdist) may both describe TPU slices at once; libtpu's lock file would stop the second
+# one. On a host without TPU chips there is nothing to guard, so both may load it (bert-jax-compile's own tests
+# pass the same setting to their subprocesses).
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
