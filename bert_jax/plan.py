@@ -28,7 +28,7 @@ import optax
 from jax.sharding import Mesh
 
 from bert_jax import configs, flops, optim, sharding, tokenizers, train
-from bert_jax.data import corpus
+from bert_jax.data import batch_workers, corpus
 from bert_jax.model import BertForPreTraining
 
 
@@ -62,6 +62,12 @@ def check_job(config: ml_collections.ConfigDict) -> None:
             f"global_batch_size={config.global_batch_size} is not divisible by num_microbatches="
             f"{config.num_microbatches}."
         )
+    data = config.get("data")
+    if data is not None and "num_workers" in data:
+        try:
+            batch_workers.resolve_num_workers(data.num_workers)
+        except ValueError as error:
+            raise JobConfigError(str(error)) from None
 
 
 def vocab_size(config: ml_collections.ConfigDict) -> int:

@@ -39,7 +39,7 @@ from bert_jax import (
     train,
     warm_start,
 )
-from bert_jax.data import corpus, documents, pipeline
+from bert_jax.data import batch_workers, corpus, documents, pipeline
 from bert_jax.data.device_prefetch import prefetch_to_mesh
 from bert_jax.losses import summarize
 from bert_jax.metrics_log import MetricsLog
@@ -216,10 +216,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
 
         shardings = job.shardings
         topology = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+        num_workers = batch_workers.resolve_num_workers(data.get("num_workers", 0))
         batches = pipeline.PretrainingBatches(
             corpus.open_corpus(corpus_dir, "train"),
             pipeline.PipelineConfig(
-                global_batch_size=config.global_batch_size, max_seq_length=data.max_seq_length, seed=config.seed
+                global_batch_size=config.global_batch_size,
+                max_seq_length=data.max_seq_length,
+                seed=config.seed,
+                num_workers=num_workers,
             ),
             masking,
             **topology,
@@ -325,8 +329,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
                     tokenizer_files=tokenizer_files,
                     first_step=first_step,
                     input_hint=(
-                        "one host thread reads, masks and assembles the batches; bert-jax-benchmark-data measures "
-                        "its rate on this host"
+                        f"{batch_workers.describe(num_workers)}: raise data.num_workers (bert-jax-benchmark-data "
+                        "--num_workers=N measures the rate on this host)"
                     ),
                 ),
             )

@@ -89,6 +89,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.eval_fraction = 0.01
     config.data.corpus_seed = 12345  # create_pretraining_data.py's random_seed
     config.data.num_shards = 0  # 0 = TFDS picks the shard count from the corpus size
+    # Worker processes making the batches: -1 = one per 4 host cores (none below 8 cores: a laptop makes them in a
+    # thread of the job), 0 = a thread, N = N processes. The batches are the same for any number.
+    config.data.num_workers = -1
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"

@@ -74,6 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.eval_fraction = 0.03
     config.data.corpus_seed = 12345
     config.data.num_shards = 4
+    # Worker processes making the batches: -1 = one per 4 host cores (none below 8 cores: a laptop makes them in a
+    # thread of the job), 0 = a thread, N = N processes. The batches are the same for any number.
+    config.data.num_workers = -1
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"

@@ -29,15 +29,20 @@ with `tokens`, `segment_ids`, `word_starts`, `is_random_next`, without TensorFlo
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from bert_jax import storage
 from bert_jax.data import documents as documents_lib
+from bert_jax.data import instance_records
 from bert_jax.data.corpus_spec import (
     CorpusOptions,
 )
@@ -208,7 +213,7 @@ def find_dataset_dirs(path: str | os.PathLike[str]) -> list[str]:
     return sorted(found)
 
 
-def open_corpus(path: str | os.PathLike[str], split: str = "train") -> Any:
+def open_corpus(path: str | os.PathLike[str], split: str = "train") -> CorpusSource:
     """A random-access source over one split of a built corpus (or any prepared TFDS dataset directory).
 
     `path` is the dataset version directory or an output directory holding exactly one prepared corpus.
@@ -225,7 +230,36 @@ def open_corpus(path: str | os.PathLike[str], split: str = "train") -> Any:
     builder = tfds.builder_from_directory(dirs[0])
     if split not in builder.info.splits:
         raise documents_lib.CorpusError(f"{dirs[0]} has no split {split!r} (it has {', '.join(builder.info.splits)}).")
-    return builder.as_data_source(split=split)
+    return CorpusSource(builder.as_data_source(split=split))
+
+
+class CorpusSource(collections.abc.Sequence):
+    """One split of a corpus: TFDS's random-access data source, plus `read_columns`, which decodes a whole batch of
+    records at once (`instance_records`), about 8x faster than TFDS's per-record decoding and identical to it.
+
+    Picklable (it holds TFDS's source, which reopens its files), so batch worker processes get their own.
+    """
+
+    def __init__(self, tfds_source: Any) -> None:
+        self.tfds_source = tfds_source
+
+    def __len__(self) -> int:
+        return len(self.tfds_source)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.tfds_source[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return self.tfds_source.__getitems__(indices)
+
+    def read_columns(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        """The instances at `indices` as columns (`instance_records.columns_of_items`); TFDS decodes any record
+        not in the corpus's own layout."""
+        records = self.tfds_source.data_source.__getitems__(list(indices))
+        try:
+            return instance_records.decode_instances(records)
+        except instance_records.UnexpectedLayout:
+            return instance_records.columns_of_items(self.tfds_source.__getitems__(indices))
 
 
 def corpus_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ exactly once and every process runs the same number of steps.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import queue
 import threading
@@ -37,12 +38,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from bert_jax.data import batch_workers, instance_records
 from bert_jax.data.masking import MaskingConfig, mask_batch
 
 STATE_VERSION = 1
 ORDER_STREAM = 0x4F524452  # "ORDR": keeps the order stream apart from any other stream seeded by (seed, epoch)
 _FINGERPRINT_KEYS = ("dataset_size", "global_batch_size", "seed", "shuffle")
-_ITEM_KEYS = ("tokens", "segment_ids", "word_starts", "is_random_next")
 _POLL_SECONDS = 0.1  # how often a blocked producer / consumer checks whether the other side went away
 _JOIN_SECONDS = 30.0
 
@@ -54,7 +55,8 @@ class PipelineConfig:
     """What fixes the batches: global batch size, padded length, seed, order, epochs; and how far to read ahead.
 
     `num_epochs=None` repeats forever. `prefetch` batches are prepared ahead by a background thread (0: batches
-    are made synchronously in `next`).
+    are made synchronously in `next`). `num_workers` > 0 makes them in that many worker processes instead
+    (`batch_workers.py`), `prefetch + 2 * num_workers` batches in flight; the batches are the same either way.
     """
 
     global_batch_size: int
@@ -63,12 +65,14 @@ class PipelineConfig:
     shuffle: bool = True
     num_epochs: int | None = None
     prefetch: int = 2
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         _require_int("global_batch_size", self.global_batch_size, minimum=1)
         _require_int("max_seq_length", self.max_seq_length, minimum=1)
         _require_int("seed", self.seed, minimum=0)
         _require_int("prefetch", self.prefetch, minimum=0)
+        _require_int("num_workers", self.num_workers, minimum=0)
         if self.num_epochs is not None:
             _require_int("num_epochs", self.num_epochs, minimum=1)
         if not isinstance(self.shuffle, bool):
@@ -167,18 +171,31 @@ class _Assembler:
         self.masking = masking
         self.seed = seed
 
-    def read(self, indices: np.ndarray) -> Sequence[Mapping[str, Any]]:
-        """The items at `indices`: one `__getitems__` call when the source has it, else one lookup per index."""
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The instances at `indices` as columns (`instance_records.columns_of_items`): one `read_columns` call
+        when the source decodes whole batches itself (`corpus.CorpusSource`), else one `__getitems__` call when it
+        has one, else one lookup per index."""
         keys = indices.tolist()
-        getitems = getattr(self.source, "__getitems__", None)
-        items = getitems(keys) if getitems is not None else [self.source[i] for i in keys]
-        if len(items) != len(keys):
-            raise ValueError(f"source returned {len(items)} items for {len(keys)} indices")
-        return items
+        read_columns = getattr(self.source, "read_columns", None)
+        if read_columns is not None:
+            columns = read_columns(keys)
+        else:
+            getitems = getattr(self.source, "__getitems__", None)
+            items = getitems(keys) if getitems is not None else [self.source[i] for i in keys]
+            if len(items) != len(keys):
+                raise ValueError(f"source returned {len(items)} items for {len(keys)} indices")
+            columns = instance_records.columns_of_items(items)
+        if len(columns["lengths"]) != len(keys):
+            raise ValueError(f"source returned {len(columns['lengths'])} items for {len(keys)} indices")
+        return columns
+
+    def batch_bytes(self, rows: int) -> int:
+        """Bytes of one batch of `rows` rows: three int32 [rows, T] and three 4-byte [rows, P] arrays, labels."""
+        return 4 * rows * (3 * self.max_seq_length + 3 * self.masking.max_predictions + 1)
 
     def assemble(self, indices: np.ndarray, epoch: int) -> Batch:
         """The batch of instances `indices` (global ids, which also key their masks) in epoch `epoch`."""
-        padded = pad_items(self.read(indices), indices, self.max_seq_length, self.masking.pad_id)
+        padded = pad_columns(self.read(indices), indices, self.max_seq_length, self.masking.pad_id)
         masked = mask_batch(
             padded["tokens"],
             padded["word_starts"],
@@ -203,33 +220,34 @@ class _Assembler:
 def pad_items(
     items: Sequence[Mapping[str, Any]], indices: np.ndarray, max_seq_length: int, pad_id: int = 0
 ) -> dict[str, np.ndarray]:
-    """Stacks source items into `tokens` / `segment_ids` / `word_starts` [b, T], `lengths` and NSP labels [b].
+    """Stacks source items into `tokens` / `segment_ids` / `word_starts` [b, T], `lengths` and NSP labels [b]."""
+    return pad_columns(instance_records.columns_of_items(items), indices, max_seq_length, pad_id)
 
-    Vectorized: each field is concatenated once and scattered into a preallocated array through the mask of real
+
+def pad_columns(
+    columns: Mapping[str, np.ndarray], indices: np.ndarray, max_seq_length: int, pad_id: int = 0
+) -> dict[str, np.ndarray]:
+    """Instances as columns -> `tokens` / `segment_ids` / `word_starts` [b, T], `lengths` and NSP labels [b].
+
+    Vectorized: each concatenated field is scattered into a preallocated array through the mask of real
     positions (row-major, so the concatenation order matches). `indices` only names offending instances in errors.
     """
-    batch = len(items)
-    try:
-        lengths = np.fromiter((len(item["tokens"]) for item in items), np.int64, count=batch)
-        segment_lengths = np.fromiter((len(item["segment_ids"]) for item in items), np.int64, count=batch)
-        start_lengths = np.fromiter((len(item["word_starts"]) for item in items), np.int64, count=batch)
-        labels = np.fromiter((item["is_random_next"] for item in items), np.int32, count=batch)
-    except KeyError as missing:
-        raise ValueError(f"source items need the keys {_ITEM_KEYS}; one lacks {missing}") from None
-    _check_lengths(lengths, segment_lengths, start_lengths, indices, max_seq_length)
+    lengths = np.asarray(columns["lengths"], np.int64)
+    batch = len(lengths)
+    _check_lengths(lengths, columns["segment_lengths"], columns["start_lengths"], indices, max_seq_length)
     real = np.arange(max_seq_length)[None, :] < lengths[:, None]
     tokens = np.full((batch, max_seq_length), pad_id, np.int32)
     segment_ids = np.zeros((batch, max_seq_length), np.int32)
     word_starts = np.zeros((batch, max_seq_length), bool)
-    tokens[real] = np.concatenate([item["tokens"] for item in items])
-    segment_ids[real] = np.concatenate([item["segment_ids"] for item in items])
-    word_starts[real] = np.concatenate([item["word_starts"] for item in items])
+    tokens[real] = columns["tokens"]
+    segment_ids[real] = columns["segment_ids"]
+    word_starts[real] = columns["word_starts"]
     return {
         "tokens": tokens,
         "segment_ids": segment_ids,
         "word_starts": word_starts,
         "lengths": lengths,
-        "next_sentence_labels": labels,
+        "next_sentence_labels": np.asarray(columns["is_random_next"], np.int32),
     }
 
 
@@ -321,13 +339,54 @@ class _Prefetcher:
             self.thread.join(_JOIN_SECONDS)
 
 
+class _PoolPrefetcher:
+    """Batches from worker processes: futures submitted in batch order and collected in that order."""
+
+    def __init__(
+        self, schedule: _Schedule, assembler: _Assembler, start: _Position, depth: int, num_workers: int
+    ) -> None:
+        self._schedule = schedule
+        self._positions = schedule.positions(start)
+        self._in_flight: collections.deque = collections.deque()
+        self._depth = depth
+        self._workers = batch_workers.BatchWorkers(
+            assembler, num_workers, slots=depth, slot_bytes=assembler.batch_bytes(schedule.local_batch_size)
+        )
+
+    def _top_up(self) -> None:
+        while len(self._in_flight) < self._depth:
+            position = next(self._positions, None)
+            if position is None:
+                return
+            indices = self._schedule.local_indices(position)
+            self._in_flight.append((position, self._workers.submit(indices, position.epoch)))
+
+    def get(self) -> Any:
+        """The next (position, batch), `_End` after the last, or a `_Failure` carrying what a worker raised."""
+        try:
+            self._top_up()
+            if not self._in_flight:
+                return _End()
+            position, future = self._in_flight.popleft()
+            batch = self._workers.result(future)
+            self._top_up()  # keep the workers busy while the caller uses this batch
+        except Exception as error:
+            return _Failure(error)
+        return position, batch
+
+    def close(self) -> None:
+        """Stops the workers; batches in flight are dropped."""
+        self._in_flight.clear()
+        self._workers.close()
+
+
 class PretrainingBatches:
     """Iterator over this process's pretraining batches; see the module docstring for the order and the state.
 
     Each batch is a dict of numpy arrays: `input_ids`, `attention_mask`, `token_type_ids` [b, T] int32;
     `masked_lm_positions`, `masked_lm_ids` [b, P] int32 and `masked_lm_weights` [b, P] float32;
     `next_sentence_labels` [b] int32; b = global_batch_size / process_count, T = max_seq_length,
-    P = masking.max_predictions. Use it as a context manager (or call `close`) to stop the prefetch thread.
+    P = masking.max_predictions. Use it as a context manager (or call `close`) to stop the prefetch thread or the worker processes.
     """
 
     def __init__(
@@ -353,7 +412,7 @@ class PretrainingBatches:
         self._schedule = _Schedule(size, config, process_index, process_count)
         self._assembler = _Assembler(source, config.max_seq_length, masking, config.seed)
         self._position = _Position(0, 0)
-        self._prefetcher: _Prefetcher | None = None
+        self._prefetcher: _Prefetcher | _PoolPrefetcher | None = None
         self._finalizer: weakref.finalize | None = None
         self._closed = False
         if start_state is not None:
@@ -377,7 +436,7 @@ class PretrainingBatches:
             raise ValueError("this PretrainingBatches is closed")
         if self._schedule.finished(self._position):
             raise StopIteration
-        if self.config.prefetch == 0:
+        if self.config.prefetch == 0 and self.config.num_workers == 0:
             batch = self.batch_at(*self._position)
             self._position = self._schedule.following(self._position)
             return batch
@@ -386,7 +445,13 @@ class PretrainingBatches:
     def _next_prefetched(self) -> Batch:
         """The next batch from the producer thread (started here, lazily, from the current position)."""
         if self._prefetcher is None:
-            self._prefetcher = _Prefetcher(self._schedule, self._assembler, self._position, self.config.prefetch)
+            if self.config.num_workers:
+                depth = self.config.prefetch + 2 * self.config.num_workers
+                self._prefetcher = _PoolPrefetcher(
+                    self._schedule, self._assembler, self._position, depth, self.config.num_workers
+                )
+            else:
+                self._prefetcher = _Prefetcher(self._schedule, self._assembler, self._position, self.config.prefetch)
             self._finalizer = weakref.finalize(self, self._prefetcher.close)
         item = self._prefetcher.get()
         if isinstance(item, _End):

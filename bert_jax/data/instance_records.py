@@ -1,0 +1,180 @@
+"""Decoding a batch of serialized corpus instances (`tf.train.Example` records) straight into numpy columns.
+
+TFDS decodes a record field by field into Python objects and numpy arrays, about 75 microseconds per instance:
+three quarters of a batch's time in the input pipeline. The corpus's records have one fixed layout (four
+int64 lists, written by TFDS as packed varints), so a batch is decoded here in two steps: a short walk over each
+record's protobuf framing finds where each field's packed values lie, then the values of all the batch's
+records are decoded at once, vectorized over the concatenated varint bytes. A record in any other layout (an
+unpacked list, a field of another type, a missing field) raises `UnexpectedLayout`, and the caller falls back
+to TFDS's own decoder, so the fast path never changes what is read, only how fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+INSTANCE_FIELDS = ("tokens", "segment_ids", "word_starts", "is_random_next")
+
+_LENGTH_DELIMITED_FIELD_1 = 0x0A  # field 1, wire type 2: Example.features, Features.feature, MapEntry.key, packed
+_MAP_ENTRY_VALUE = 0x12  # field 2, wire type 2: MapEntry.value (a Feature)
+_INT64_LIST = 0x1A  # field 3, wire type 2: Feature.int64_list
+
+
+class UnexpectedLayout(ValueError):
+    """A record is not four packed int64 lists; decode it with TFDS instead."""
+
+
+def _varint(record: bytes, pos: int) -> tuple[int, int]:
+    """The varint at `pos` and the position after it."""
+    result = shift = 0
+    while True:
+        try:
+            byte = record[pos]
+        except IndexError:
+            raise UnexpectedLayout("truncated varint") from None
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _packed_values_span(record: bytes, pos: int, end: int) -> tuple[int, int]:
+    """Where the packed varints of the Feature at [pos, end) lie; it must hold an int64 list."""
+    tag, pos = _varint(record, pos)
+    length, pos = _varint(record, pos)
+    if tag != _INT64_LIST or pos + length != end:
+        raise UnexpectedLayout("a feature that is not exactly one int64 list")
+    if length == 0:
+        return pos, pos
+    tag, pos = _varint(record, pos)
+    length, pos = _varint(record, pos)
+    if tag != _LENGTH_DELIMITED_FIELD_1 or pos + length != end:
+        raise UnexpectedLayout("an int64 list that is not packed")
+    return pos, end
+
+
+def field_spans(record: bytes) -> dict[str, tuple[int, int]]:
+    """For each feature of one serialized Example: the (start, end) byte span of its packed int64 values."""
+    spans: dict[str, tuple[int, int]] = {}
+    pos, size = 0, len(record)
+    while pos < size:
+        tag, pos = _varint(record, pos)
+        length, pos = _varint(record, pos)
+        end = pos + length
+        if tag != _LENGTH_DELIMITED_FIELD_1 or end > size:
+            raise UnexpectedLayout("an Example field other than `features`")
+        while pos < end:
+            tag, pos = _varint(record, pos)
+            entry_length, pos = _varint(record, pos)
+            entry_end = pos + entry_length
+            if tag != _LENGTH_DELIMITED_FIELD_1 or entry_end > end:
+                raise UnexpectedLayout("a Features field other than the feature map")
+            key, span = None, None
+            while pos < entry_end:
+                tag, pos = _varint(record, pos)
+                field_length, pos = _varint(record, pos)
+                field_end = pos + field_length
+                if field_end > entry_end:
+                    raise UnexpectedLayout("a map entry longer than its frame")
+                if tag == _LENGTH_DELIMITED_FIELD_1:
+                    key = record[pos:field_end].decode("utf-8")
+                elif tag == _MAP_ENTRY_VALUE:
+                    span = _packed_values_span(record, pos, field_end)
+                else:
+                    raise UnexpectedLayout("an unknown map entry field")
+                pos = field_end
+            if key is None or span is None or key in spans:
+                raise UnexpectedLayout("a feature map entry without key or value, or a repeated key")
+            spans[key] = span
+    return spans
+
+
+def decode_varints(data: np.ndarray) -> np.ndarray:
+    """int64 values of the concatenated varints in `data` (uint8); values are two's complement like protobuf's."""
+    if data.size == 0:
+        return np.zeros(0, np.int64)
+    last = data < 0x80
+    if not last[-1]:
+        raise UnexpectedLayout("truncated varint")
+    if last.all():  # every value below 128 (segment ids, flags, most of a small vocabulary)
+        return data.astype(np.int64)
+    ends = np.flatnonzero(last)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    if (ends - starts).max() > 9:
+        raise UnexpectedLayout("a varint longer than 10 bytes")
+    byte_of_value = np.arange(data.size) - np.repeat(starts, ends - starts + 1)
+    parts = (data & 0x7F).astype(np.uint64) << (7 * byte_of_value).astype(np.uint64)
+    return np.bitwise_or.reduceat(parts, starts).view(np.int64)
+
+
+def decode_instances(records: Sequence[bytes]) -> dict[str, np.ndarray]:
+    """A batch of serialized instances as columns, in the form of `columns_of_items`.
+
+    Raises `UnexpectedLayout` when a record is not four packed int64 lists of consistent lengths; the caller
+    then decodes with TFDS, whose items the pipeline checks (and names the offending instance).
+    """
+    spans = [field_spans(record) for record in records]
+    columns: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
+    for field in INSTANCE_FIELDS:
+        try:
+            pieces = [record[slice(*record_spans[field])] for record, record_spans in zip(records, spans, strict=True)]
+        except KeyError:
+            raise UnexpectedLayout(f"a record without {field!r}") from None
+        data = np.frombuffer(b"".join(pieces), np.uint8)
+        columns[field] = decode_varints(data)
+        offsets = np.cumsum([0, *(len(piece) for piece in pieces)])
+        value_ends = np.concatenate([[0], np.cumsum(data < 0x80)])
+        counts[field] = value_ends[offsets[1:]] - value_ends[offsets[:-1]]
+    if (counts["is_random_next"] != 1).any():
+        raise UnexpectedLayout("is_random_next is not one value per record")
+    lengths = counts["tokens"].astype(np.int64)
+    if (counts["segment_ids"] != lengths).any() or (counts["word_starts"] != lengths).any():
+        raise UnexpectedLayout("per-token fields of different lengths")  # TFDS's decoding names the instance
+    return {
+        "segment_lengths": lengths,
+        "start_lengths": lengths,
+        "tokens": columns["tokens"].astype(np.int32),
+        "segment_ids": columns["segment_ids"].astype(np.int32),
+        "word_starts": columns["word_starts"] != 0,
+        "lengths": lengths,
+        "is_random_next": columns["is_random_next"].astype(np.int32),
+    }
+
+
+_ITEM_KEYS = ("tokens", "segment_ids", "word_starts", "is_random_next")
+
+
+def columns_of_items(items: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Instance dicts -> columns: `tokens`, `segment_ids` (int32) and `word_starts` (bool), each the batch's values
+    concatenated in item order; `lengths`, `segment_lengths`, `start_lengths` [b] int64 (the three fields' own
+    lengths, which the pipeline checks are equal); `is_random_next` [b] int32."""
+    batch = len(items)
+    try:
+        lengths = np.fromiter((len(item["tokens"]) for item in items), np.int64, count=batch)
+        segment_lengths = np.fromiter((len(item["segment_ids"]) for item in items), np.int64, count=batch)
+        start_lengths = np.fromiter((len(item["word_starts"]) for item in items), np.int64, count=batch)
+        labels = np.fromiter((item["is_random_next"] for item in items), np.int32, count=batch)
+    except KeyError as missing:
+        raise ValueError(f"source items need the keys {_ITEM_KEYS}; one lacks {missing}") from None
+
+    def joined(key: str, dtype: type) -> np.ndarray:
+        return (
+            np.concatenate([np.asarray(item[key]) for item in items]).astype(dtype, copy=False)
+            if batch
+            else np.zeros(0, dtype)
+        )
+
+    return {
+        "tokens": joined("tokens", np.int32),
+        "segment_ids": joined("segment_ids", np.int32),
+        "word_starts": joined("word_starts", bool),
+        "lengths": lengths,
+        "segment_lengths": segment_lengths,
+        "start_lengths": start_lengths,
+        "is_random_next": labels,
+    }
