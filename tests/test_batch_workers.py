@@ -244,3 +244,54 @@ def test_a_bad_num_workers_is_a_config_error(value):
     )
     with pytest.raises(plan.JobConfigError, match=r"data\.num_workers"):
         plan.check_job(config)
+
+
+_PARENT_SCRIPT = """
+import sys, time
+import numpy as np
+from bert_jax.data.masking import MaskingConfig
+from bert_jax.data.pipeline import PipelineConfig, PretrainingBatches
+
+if __name__ == "__main__":
+    item = {"tokens": np.array([101, 5, 6, 7, 102], np.int32), "segment_ids": np.zeros(5, np.int32),
+            "word_starts": np.ones(5, bool), "is_random_next": 0}
+    masking = MaskingConfig(vocab_size=200, mask_id=103, special_ids=(0, 101, 102))
+    batches = PretrainingBatches([item] * 64, PipelineConfig(global_batch_size=8, max_seq_length=8, seed=0,
+                                 num_workers=2), masking)
+    next(batches)
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_workers_exit_when_their_parent_is_killed(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        children = [
+            int(pid)
+            for pid in subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
+        ]
+        assert len(children) >= 2  # the two workers (and multiprocessing's resource tracker)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    alive = children
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in alive if os.path.exists(f"/proc/{pid}") and "Z" not in _state(pid)]
+    assert not alive, f"processes {alive} outlived their killed parent"
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

@@ -8,8 +8,10 @@ for any number of workers, and the iterator state (the position of the next batc
 
 Workers are started with "spawn", never "fork": the parent is a JAX process with threads of its own, which a
 forked child would inherit in an arbitrary state. A worker that dies (killed, out of memory) breaks the pool;
-the consumer then gets `BatchWorkerError` naming `data.num_workers`. When the parent dies, its end of the task
-pipe closes and the workers exit on their own.
+the consumer then gets `BatchWorkerError` naming `data.num_workers`. A worker whose parent dies (even by SIGKILL)
+exits within moments (a watchdog thread waits on the parent's sentinel). As with any "spawn" start, a script
+that makes a pipeline with workers must guard its own top level with `if __name__ == "__main__":` (the console
+scripts and `python -m` mains of this package do).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import collections
 import concurrent.futures
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
+import threading
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import shared_memory
 from typing import Any, Protocol
@@ -61,7 +65,22 @@ class _Worker:
     slot_bytes: int = 0
 
 
+def _exit_when_the_parent_dies() -> None:
+    """Worker-side watchdog: the task queue does not tell a worker that its parent was killed (every worker
+    holds both ends of it), so a daemon thread waits on the parent's sentinel and ends the worker then."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="bert_jax-batch-worker-watchdog", daemon=True).start()
+
+
 def _start_worker(pickled_assembler: bytes, memory_name: str | None, slot_bytes: int) -> None:
+    _exit_when_the_parent_dies()
     _Worker.assembler = pickle.loads(pickled_assembler)
     if memory_name is not None:
         _Worker.memory = shared_memory.SharedMemory(name=memory_name)
@@ -176,9 +195,9 @@ class BatchWorkers:
         return batch
 
     def close(self) -> None:
-        """Cancels queued batches, stops the workers without waiting for the one each has in hand, frees the
-        shared memory (a worker still writing keeps its own mapping until it exits)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Cancels queued batches, waits for the workers to finish the batch each has in hand (milliseconds) and
+        exit, so none outlives the pipeline, then frees the shared memory."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
         if self._memory is not None:
             self._memory.close()
             self._memory.unlink()
