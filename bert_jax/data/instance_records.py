@@ -42,17 +42,24 @@ def _varint(record: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+def _frame(record: bytes, pos: int, limit: int) -> tuple[int, int, int]:
+    """The length-delimited field at `pos`: (tag, start of its payload, end of its payload), inside `limit`."""
+    tag, pos = _varint(record, pos)
+    length, pos = _varint(record, pos)
+    if pos + length > limit:
+        raise UnexpectedLayout("a field longer than its enclosing frame")
+    return tag, pos, pos + length
+
+
 def _packed_values_span(record: bytes, pos: int, end: int) -> tuple[int, int]:
     """Where the packed varints of the Feature at [pos, end) lie; it must hold an int64 list."""
-    tag, pos = _varint(record, pos)
-    length, pos = _varint(record, pos)
-    if tag != _INT64_LIST or pos + length != end:
+    tag, pos, list_end = _frame(record, pos, end)
+    if tag != _INT64_LIST or list_end != end:
         raise UnexpectedLayout("a feature that is not exactly one int64 list")
-    if length == 0:
+    if pos == end:
         return pos, pos
-    tag, pos = _varint(record, pos)
-    length, pos = _varint(record, pos)
-    if tag != _LENGTH_DELIMITED_FIELD_1 or pos + length != end:
+    tag, pos, values_end = _frame(record, pos, end)
+    if tag != _LENGTH_DELIMITED_FIELD_1 or values_end != end:
         raise UnexpectedLayout("an int64 list that is not packed")
     return pos, end
 
@@ -62,24 +69,16 @@ def field_spans(record: bytes) -> dict[str, tuple[int, int]]:
     spans: dict[str, tuple[int, int]] = {}
     pos, size = 0, len(record)
     while pos < size:
-        tag, pos = _varint(record, pos)
-        length, pos = _varint(record, pos)
-        end = pos + length
-        if tag != _LENGTH_DELIMITED_FIELD_1 or end > size:
+        tag, pos, end = _frame(record, pos, size)
+        if tag != _LENGTH_DELIMITED_FIELD_1:
             raise UnexpectedLayout("an Example field other than `features`")
         while pos < end:
-            tag, pos = _varint(record, pos)
-            entry_length, pos = _varint(record, pos)
-            entry_end = pos + entry_length
-            if tag != _LENGTH_DELIMITED_FIELD_1 or entry_end > end:
+            tag, pos, entry_end = _frame(record, pos, end)
+            if tag != _LENGTH_DELIMITED_FIELD_1:
                 raise UnexpectedLayout("a Features field other than the feature map")
             key, span = None, None
             while pos < entry_end:
-                tag, pos = _varint(record, pos)
-                field_length, pos = _varint(record, pos)
-                field_end = pos + field_length
-                if field_end > entry_end:
-                    raise UnexpectedLayout("a map entry longer than its frame")
+                tag, pos, field_end = _frame(record, pos, entry_end)
                 if tag == _LENGTH_DELIMITED_FIELD_1:
                     key = record[pos:field_end].decode("utf-8")
                 elif tag == _MAP_ENTRY_VALUE:

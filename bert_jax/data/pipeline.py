@@ -182,8 +182,6 @@ class _Assembler:
         else:
             getitems = getattr(self.source, "__getitems__", None)
             items = getitems(keys) if getitems is not None else [self.source[i] for i in keys]
-            if len(items) != len(keys):
-                raise ValueError(f"source returned {len(items)} items for {len(keys)} indices")
             columns = instance_records.columns_of_items(items)
         if len(columns["lengths"]) != len(keys):
             raise ValueError(f"source returned {len(columns['lengths'])} items for {len(keys)} indices")
@@ -215,13 +213,6 @@ class _Assembler:
             "masked_lm_weights": masked["masked_lm_weights"],
             "next_sentence_labels": padded["next_sentence_labels"],
         }
-
-
-def pad_items(
-    items: Sequence[Mapping[str, Any]], indices: np.ndarray, max_seq_length: int, pad_id: int = 0
-) -> dict[str, np.ndarray]:
-    """Stacks source items into `tokens` / `segment_ids` / `word_starts` [b, T], `lengths` and NSP labels [b]."""
-    return pad_columns(instance_records.columns_of_items(items), indices, max_seq_length, pad_id)
 
 
 def pad_columns(
