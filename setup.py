@@ -82,6 +82,7 @@ setup(
             "bert-jax-benchmark=bert_jax_tools.launch:benchmark",
             "bert-jax-compile=bert_jax_tools.compile:run",
             "bert-jax-benchmark-storage=bert_jax_tools.benchmark_storage:run",
+            "bert-jax-glue-table=bert_jax_tools.glue_table:run",
         ]
     },
 )

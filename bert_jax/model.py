@@ -113,20 +113,37 @@ def _flat_dot_general(
     return out.reshape(lhs.shape[: lhs.ndim - num] + rhs.shape[num:])
 
 
-def _dense(
+KERNEL_INITS = ("truncated_normal", "normal")
+
+
+def dense_layer(
     config: BertConfig,
     features: int | tuple[int, ...],
     names: tuple[str | None, ...],
     name: str,
     axis: int | tuple[int, ...] = -1,
+    *,
+    kernel_init: str = "truncated_normal",
 ) -> nn.DenseGeneral:
+    """A dense layer as every BERT layer has: float32 params, `config.dtype` compute, zero bias, sharded by `names`.
+
+    `kernel_init`: "truncated_normal" (the original's `create_initializer`, std `initializer_range`, cut at 2 std)
+    or "normal" (Hugging Face's `_init_weights`: a plain normal with the same std), for the new head of a fine-tuning
+    recipe that follows transformers.
+    """
+    if kernel_init not in KERNEL_INITS:
+        raise ValueError(f"kernel_init={kernel_init!r} is unknown; use one of {', '.join(KERNEL_INITS)}.")
     num_out = 1 if isinstance(features, int) else len(features)
+    if kernel_init == "normal":
+        init = nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), names)
+    else:
+        init = _kernel_init(config, names)
     return nn.DenseGeneral(
         features=features,
         axis=axis,
         dtype=config.dtype,
         param_dtype=jnp.float32,
-        kernel_init=_kernel_init(config, names),
+        kernel_init=init,
         bias_init=_zeros(names[-num_out:]),
         dot_general=_flat_dot_general,
         name=name,
@@ -218,9 +235,9 @@ class BertSelfAttention(nn.Module):
         config = self.config
         heads, head_dim = config.num_attention_heads, config.head_dim
         names = ("embed", "heads", "kv")
-        query = _dense(config, (heads, head_dim), names, "query")(x)
-        key = _dense(config, (heads, head_dim), names, "key")(x)
-        value = _dense(config, (heads, head_dim), names, "value")(x)
+        query = dense_layer(config, (heads, head_dim), names, "query")(x)
+        key = dense_layer(config, (heads, head_dim), names, "key")(x)
+        value = dense_layer(config, (heads, head_dim), names, "value")(x)
         rate = config.attention_probs_dropout_prob
         if deterministic or rate == 0.0:
             # One fused op (XLA's): no [B, heads, T, T] probabilities kept in float32 for a dropout.
@@ -244,7 +261,7 @@ class BertSelfOutput(nn.Module):
     @nn.compact
     def __call__(self, context: Array, residual: Array, deterministic: bool) -> Array:
         config = self.config
-        x = _dense(config, config.hidden_size, ("heads", "kv", "embed"), "dense", axis=(-2, -1))(context)
+        x = dense_layer(config, config.hidden_size, ("heads", "kv", "embed"), "dense", axis=(-2, -1))(context)
         x = Dropout(config.hidden_dropout_prob)(x, deterministic=deterministic)
         return _layer_norm(config)(x + residual)
 
@@ -266,7 +283,7 @@ class BertIntermediate(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         config = self.config
-        x = _dense(config, config.intermediate_size, ("embed", "mlp"), "dense")(x)
+        x = dense_layer(config, config.intermediate_size, ("embed", "mlp"), "dense")(x)
         return _activation(config.hidden_act)(x)
 
 
@@ -278,7 +295,7 @@ class BertOutputBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, residual: Array, deterministic: bool) -> Array:
         config = self.config
-        x = _dense(config, config.hidden_size, ("mlp", "embed"), "dense")(x)
+        x = dense_layer(config, config.hidden_size, ("mlp", "embed"), "dense")(x)
         x = Dropout(config.hidden_dropout_prob)(x, deterministic=deterministic)
         return _layer_norm(config)(x + residual)
 
@@ -334,7 +351,7 @@ class BertPooler(nn.Module):
     def __call__(self, sequence_output: Array) -> Array:
         config = self.config
         first = sequence_output[:, 0]
-        return jnp.tanh(_dense(config, config.hidden_size, ("embed", "embed_out"), "dense")(first))
+        return jnp.tanh(dense_layer(config, config.hidden_size, ("embed", "embed_out"), "dense")(first))
 
 
 class BertModel(nn.Module):
@@ -389,7 +406,7 @@ class BertPredictionTransform(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         config = self.config
-        x = _dense(config, config.hidden_size, ("embed", "embed_out"), "dense")(x)
+        x = dense_layer(config, config.hidden_size, ("embed", "embed_out"), "dense")(x)
         x = _activation(config.hidden_act)(x)
         return _layer_norm(config)(x)
 
@@ -422,7 +439,7 @@ class BertPreTrainingHeads(nn.Module):
     def __call__(self, hidden: Array, pooled: Array, word_embeddings: Array) -> PreTrainingOutput:
         config = self.config
         mlm_logits = BertLMPredictionHead(config, name="predictions")(hidden, word_embeddings)
-        nsp_logits = _dense(config, 2, ("embed", None), "seq_relationship")(pooled)
+        nsp_logits = dense_layer(config, 2, ("embed", None), "seq_relationship")(pooled)
         return PreTrainingOutput(mlm_logits=mlm_logits, nsp_logits=nsp_logits.astype(jnp.float32))
 
 

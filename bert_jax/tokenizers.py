@@ -177,24 +177,24 @@ _ASCII_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SPECIAL_PATTERN = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
 
 
-def _is_cjk(cp: int) -> bool:
+def is_cjk(cp: int) -> bool:
     """A CJK ideograph by the original's block list (not every Han or CJK character: kana and hangul are not)."""
     return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
 
 
-def _is_control(char: str) -> bool:
+def is_control(char: str) -> bool:
     """Deleted by cleaning: NUL, U+FFFD and every Unicode "other" (C*) character except tab, newline, return."""
     if char in _TAB_NEWLINE_RETURN:
         return False
     return char in "\x00\ufffd" or unicodedata.category(char).startswith("C")
 
 
-def _is_whitespace(char: str) -> bool:
+def is_whitespace(char: str) -> bool:
     """Mapped to a space by cleaning: space, tab, newline, return and the space separators (Zs)."""
     return char in " \t\n\r" or unicodedata.category(char) == "Zs"
 
 
-def _is_punctuation(char: str) -> bool:
+def is_punctuation(char: str) -> bool:
     """Split off as a word of its own: every non-alphanumeric printable ASCII character, and Unicode P*."""
     cp = ord(char)
     if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
@@ -226,16 +226,16 @@ class _CharTable(dict):
 
 def _clean_rule(char: str) -> str | None:
     """Cleaning and CJK splitting (one pass: they act on disjoint characters)."""
-    if _is_control(char):
+    if is_control(char):
         return None
-    if _is_whitespace(char):
+    if is_whitespace(char):
         return " "
-    return f" {char} " if _is_cjk(ord(char)) else char
+    return f" {char} " if is_cjk(ord(char)) else char
 
 
 def _split_rule(char: str) -> str | None:
     """Punctuation splitting; any remaining whitespace (line/paragraph separators) becomes a plain space."""
-    if _is_punctuation(char):
+    if is_punctuation(char):
         return f" {char} "
     return " " if char.isspace() else char
 

@@ -14,6 +14,8 @@ import os
 
 import ml_collections
 
+from bert_jax.finetune import recipes
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED_GLUE = os.path.join(_HERE, "..", "..", "shared", "data", "glue")
 
@@ -40,6 +42,11 @@ def get_config(task: str = "glue_sst2") -> ml_collections.ConfigDict:
     config.learning_rate = 2e-5
     config.warmup_fraction = 0.1
     config.weight_decay = 0.01
+    # The optimizer details around the gradients (bert_jax/finetune/recipes.py): "transformers" (what
+    # transformers.Trainer does: Adam bias correction, eps 1e-8, linear decay from the warmup's end, a normal
+    # head init) or "bert" (google-research/bert's run_classifier). Any of bias_correction, eps, b1, b2,
+    # decay_from_warmup_end set here overrides the recipe's value.
+    config.optimizer = recipes.optimizer_block()
     config.log_every_steps = 50
     config.eval_every_steps = 1000
     config.checkpoint_every_steps = 500

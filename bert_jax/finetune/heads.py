@@ -7,7 +7,8 @@
   positions get the float32 minimum so no span can start or end there.
 
 All take `(input_ids, attention_mask, token_type_ids, deterministic)` like `BertModel`, keep float32
-outputs, and initialize the new dense layer as the original (truncated normal, std initializer_range).
+outputs, and initialize the new dense layer as the original (truncated normal, std initializer_range) or, with
+`head_init="normal"`, as transformers does (a plain normal, same std; the `transformers` fine-tuning recipe).
 The `bert` subtree is exactly `BertModel`'s params, so any pretrained encoder drops in.
 """
 
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 
 from bert_jax.configs import BertConfig
 from bert_jax.dropout import Dropout
-from bert_jax.model import BertModel, _dense
+from bert_jax.model import BertModel, dense_layer
 
 Array = jax.Array
 
@@ -27,6 +28,7 @@ Array = jax.Array
 class BertForSequenceClassification(nn.Module):
     config: BertConfig
     num_labels: int
+    head_init: str = "truncated_normal"
 
     @nn.compact
     def __call__(
@@ -38,12 +40,15 @@ class BertForSequenceClassification(nn.Module):
     ) -> Array:
         _, pooled = BertModel(self.config, name="bert")(input_ids, attention_mask, token_type_ids, None, deterministic)
         pooled = Dropout(self.config.hidden_dropout_prob)(pooled, deterministic=deterministic)
-        return _dense(self.config, self.num_labels, ("embed", None), "classifier")(pooled).astype(jnp.float32)
+        return dense_layer(self.config, self.num_labels, ("embed", None), "classifier", kernel_init=self.head_init)(
+            pooled
+        ).astype(jnp.float32)
 
 
 class BertForTokenClassification(nn.Module):
     config: BertConfig
     num_labels: int
+    head_init: str = "truncated_normal"
 
     @nn.compact
     def __call__(
@@ -57,12 +62,15 @@ class BertForTokenClassification(nn.Module):
             input_ids, attention_mask, token_type_ids, None, deterministic
         )
         sequence = Dropout(self.config.hidden_dropout_prob)(sequence, deterministic=deterministic)
-        return _dense(self.config, self.num_labels, ("embed", None), "classifier")(sequence).astype(jnp.float32)
+        return dense_layer(self.config, self.num_labels, ("embed", None), "classifier", kernel_init=self.head_init)(
+            sequence
+        ).astype(jnp.float32)
 
 
 class BertForQuestionAnswering(nn.Module):
     config: BertConfig
     num_labels: int = 2  # start, end
+    head_init: str = "truncated_normal"
 
     @nn.compact
     def __call__(
@@ -75,7 +83,9 @@ class BertForQuestionAnswering(nn.Module):
         sequence, _ = BertModel(self.config, name="bert")(
             input_ids, attention_mask, token_type_ids, None, deterministic
         )
-        logits = _dense(self.config, 2, ("embed", None), "qa_outputs")(sequence).astype(jnp.float32)
+        logits = dense_layer(self.config, 2, ("embed", None), "qa_outputs", kernel_init=self.head_init)(
+            sequence
+        ).astype(jnp.float32)
         if attention_mask is not None:
             logits = jnp.where(attention_mask[..., None].astype(bool), logits, jnp.finfo(jnp.float32).min)
         return logits  # [B, T, 2]: start, end

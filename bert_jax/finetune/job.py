@@ -27,6 +27,7 @@ import numpy as np
 
 from bert_jax import checkpoint, compile_cache, fit, sharding, step_loop, storage, train, warm_start
 from bert_jax.data.pipeline import epoch_permutation
+from bert_jax.finetune import recipes
 from bert_jax.finetune.plan import (
     FinetuneConfigError,
     FinetunePlan,
@@ -89,7 +90,8 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Fi
     `compilation_cache_dir` names (`compile_cache`; by default `<workdir>/jax_cache`).
     """
     task = task_from_config(config)
-    fit.fit_mode(config)  # a bad `fit` setting ends before the data is read
+    fit.fit_mode(config)  # a bad `fit` or `optimizer` setting ends before the data is read
+    recipes.optimizer_config(config, total_steps=1)
     storage.check_paths(
         {
             "workdir": workdir,

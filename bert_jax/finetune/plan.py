@@ -5,7 +5,7 @@
 
 The counterpart of `bert_jax.plan` for `bert-jax-finetune`: the mesh (checked against the devices and the
 batch), the model config with its vocabulary padded to the vocab shards, the task's model, the optimizer and
-its schedule over `total_steps` (warmup `warmup_fraction` of them), the state shardings, and the jitted train
+its schedule over `total_steps` (warmup `warmup_fraction` of them, the details from `recipes`), the state shardings, and the jitted train
 step (the task's loss, donated state) and prediction step. Nothing is traced here.
 """
 
@@ -25,6 +25,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bert_jax import checkpoint, configs, flops, optim, sharding, tokenizers, train, warm_start
+from bert_jax.finetune import recipes
 from bert_jax.finetune.tasks import SquadOptions, Task, make_task
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -88,18 +89,6 @@ def check_seq_length(config: ml_collections.ConfigDict, model_config: configs.Be
             f"max_seq_length={config.max_seq_length} exceeds the model's max_position_embeddings="
             f"{model_config.max_position_embeddings}."
         )
-
-
-def optimizer_config(config: ml_collections.ConfigDict, total_steps: int) -> optim.OptimizerConfig:
-    """AdamW at the config's rate, warmup `warmup_fraction` of the steps, linear decay, clip 1.0."""
-    return optim.OptimizerConfig(
-        name="adamw",
-        learning_rate=config.learning_rate,
-        warmup_steps=int(config.warmup_fraction * total_steps),
-        total_steps=total_steps,
-        weight_decay=config.weight_decay,
-        clip_global_norm=1.0,
-    )
 
 
 @dataclasses.dataclass
@@ -170,9 +159,9 @@ def make_finetune_plan(
     model_config = model_config.replace(vocab_pad_multiple=math.lcm(model_config.vocab_pad_multiple, vocab_shards))
     sharding.validate_parallelism(model_config, mesh_config, config.global_batch_size, len(devices))
     check_seq_length(config, model_config)
-    settings = optimizer_config(config, total_steps)
+    settings = recipes.optimizer_config(config, total_steps)
     mesh = sharding.make_mesh(mesh_config, devices)
-    model = task.model(model_config)
+    model = task.model(model_config, recipes.resolve(config.get("optimizer")).head_init)
     optimizer = optim.make_optimizer(settings)
     schedule = optim.learning_rate_schedule(settings)
     shardings = train.state_shardings(model, optimizer, mesh)

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from bert_jax.tokenizers import UNK, Tokenizer, _is_cjk, _is_control, _is_punctuation, _is_whitespace
+from bert_jax.tokenizers import UNK, Tokenizer, is_cjk, is_control, is_punctuation, is_whitespace
 
 logger = logging.getLogger(__name__)
 
@@ -217,9 +217,7 @@ def split_by_article(
 
 _WORD, _SPACE, _SINGLE = "w", "s", "p"  # kinds of normalized characters: in a word, a separator, a word of its own
 _ASCII_KIND = {
-    i: (
-        _SPACE if chr(i) in " \t\n\r" else _SINGLE if _is_punctuation(chr(i)) else "d" if _is_control(chr(i)) else _WORD
-    )
+    i: (_SPACE if chr(i) in " \t\n\r" else _SINGLE if is_punctuation(chr(i)) else "d" if is_control(chr(i)) else _WORD)
     for i in range(128)
 }
 
@@ -266,15 +264,15 @@ _CHAR_CACHE: dict[bool, dict[str, tuple[str, str]]] = {True: {}, False: {}}
 
 def _normalize_char(char: str, lowercase: bool) -> tuple[str, str]:
     """What one original character becomes: its normalized characters and their kinds ("" if it is deleted)."""
-    if _is_control(char):
+    if is_control(char):
         return "", ""
-    if _is_whitespace(char):
+    if is_whitespace(char):
         return " ", _SPACE
-    if _is_cjk(ord(char)):
+    if is_cjk(ord(char)):
         return char, _SINGLE
     if lowercase:
         char = "".join(c for c in unicodedata.normalize("NFD", char.lower()) if unicodedata.category(c) != "Mn")
-    kinds = "".join(_SINGLE if _is_punctuation(c) else _SPACE if c.isspace() else _WORD for c in char)
+    kinds = "".join(_SINGLE if is_punctuation(c) else _SPACE if c.isspace() else _WORD for c in char)
     return "".join(" " if c.isspace() else c for c in char), kinds
 
 

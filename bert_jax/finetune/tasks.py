@@ -51,7 +51,8 @@ class Task(abc.ABC):
     primary_metric: str
 
     @abc.abstractmethod
-    def model(self, config: BertConfig) -> nn.Module: ...
+    def model(self, config: BertConfig, head_init: str = "truncated_normal") -> nn.Module:
+        """The task's model: `BertModel` under a new head initialized by `head_init` (see `heads`)."""
 
     @abc.abstractmethod
     def load(self, data_dir: str, split: str, tokenizer: Tokenizer, max_seq_length: int) -> TaskSplit: ...
@@ -108,8 +109,8 @@ class GlueClassification(Task):
     def labels(self) -> list[str] | None:
         return None if self.regression else list(self.glue.labels)
 
-    def model(self, config: BertConfig) -> nn.Module:
-        return BertForSequenceClassification(config, 1 if self.regression else self.glue.num_labels)
+    def model(self, config: BertConfig, head_init: str = "truncated_normal") -> nn.Module:
+        return BertForSequenceClassification(config, 1 if self.regression else self.glue.num_labels, head_init)
 
     def load(self, data_dir: str, split: str, tokenizer: Tokenizer, max_seq_length: int) -> TaskSplit:
         examples = glue_data.read_glue_split(data_dir, self.glue, split)
@@ -177,8 +178,8 @@ class ConllNer(Task):
         "test": "test.txt",
     }
 
-    def model(self, config: BertConfig) -> nn.Module:
-        return BertForTokenClassification(config, len(self.labels))
+    def model(self, config: BertConfig, head_init: str = "truncated_normal") -> nn.Module:
+        return BertForTokenClassification(config, len(self.labels), head_init)
 
     def load(self, data_dir: str, split: str, tokenizer: Tokenizer, max_seq_length: int) -> TaskSplit:
         if split not in self._files:
@@ -245,8 +246,8 @@ class Squad(Task):
     def __init__(self, options: SquadOptions | None = None) -> None:
         self.options = options or SquadOptions()
 
-    def model(self, config: BertConfig) -> nn.Module:
-        return BertForQuestionAnswering(config)
+    def model(self, config: BertConfig, head_init: str = "truncated_normal") -> nn.Module:
+        return BertForQuestionAnswering(config, head_init=head_init)
 
     def _examples(self, data_dir: str, split: str) -> list[squad_data.SquadExample]:
         o = self.options

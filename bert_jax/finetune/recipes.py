@@ -1,0 +1,112 @@
+"""Fine-tuning recipes: the optimizer details around the gradients, named, so two codebases can be compared.
+
+Two fine-tunings with equal gradients still diverge when the recipe around them differs. Each difference that
+moves a trajectory is a named setting here, and `optimizer.recipe` picks a consistent set of them:
+
+| setting                  | "bert" (google-research/bert)          | "transformers" (`transformers.Trainer`)        |
+|--------------------------|----------------------------------------|------------------------------------------------|
+| Adam bias correction     | no (`AdamWeightDecayOptimizer`)        | yes (`torch.optim.AdamW`)                      |
+| eps                      | 1e-6                                   | 1e-8                                           |
+| linear decay runs over   | the whole run (warmup replaces its     | the steps after warmup, from the peak          |
+|                          | first values)                          | (`get_linear_schedule_with_warmup`)            |
+| warmup steps             | floor(warmup_fraction * steps)         | ceil(warmup_ratio * steps)                     |
+| new head's kernel        | truncated normal, std 0.02             | normal, std 0.02 (`_init_weights`)             |
+
+Common to both: b1 0.9, b2 0.999, decoupled weight decay that skips biases and LayerNorm parameters (Trainer's
+`get_decay_parameter_names`, the original's `exclude_from_weight_decay`), gradients clipped to global norm 1.0,
+warmup from 0. The config's `optimizer` block names the recipe and may override any of `bias_correction`, `eps`,
+`b1`, `b2`, `decay_from_warmup_end` (None keeps the recipe's value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import ml_collections
+
+from bert_jax import optim
+
+DEFAULT_RECIPE = "transformers"
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One consistent set of the optimizer details a fine-tuning recipe fixes (see the module docstring)."""
+
+    bias_correction: bool
+    eps: float
+    decay_from_warmup_end: bool
+    warmup_rounding: str  # "floor" or "ceil" of warmup_fraction * total steps
+    head_init: str  # the new head's kernel: "truncated_normal" or "normal" (`model.dense_layer`)
+    b1: float = 0.9
+    b2: float = 0.999
+
+    def warmup_steps(self, warmup_fraction: float, total_steps: int) -> int:
+        steps = warmup_fraction * total_steps
+        return min(total_steps, math.ceil(steps) if self.warmup_rounding == "ceil" else int(steps))
+
+
+RECIPES = {
+    "bert": Recipe(
+        bias_correction=False,
+        eps=1e-6,
+        decay_from_warmup_end=False,
+        warmup_rounding="floor",
+        head_init="truncated_normal",
+    ),
+    "transformers": Recipe(
+        bias_correction=True, eps=1e-8, decay_from_warmup_end=True, warmup_rounding="ceil", head_init="normal"
+    ),
+}
+OVERRIDABLE = ("bias_correction", "eps", "b1", "b2", "decay_from_warmup_end")
+
+
+class RecipeError(ValueError):
+    """An `optimizer` block naming an unknown recipe or setting."""
+
+
+def optimizer_block() -> ml_collections.ConfigDict:
+    """The `optimizer` block of the fine-tuning configs: the default recipe, every override unset (None)."""
+    block = ml_collections.ConfigDict()
+    block.recipe = DEFAULT_RECIPE
+    block.bias_correction = ml_collections.config_dict.placeholder(bool)
+    block.decay_from_warmup_end = ml_collections.config_dict.placeholder(bool)
+    for name in ("eps", "b1", "b2"):
+        block[name] = ml_collections.config_dict.placeholder(float)
+    return block
+
+
+def resolve(block: ml_collections.ConfigDict | dict[str, Any] | None) -> Recipe:
+    """The recipe the config's `optimizer` block describes (no block: the default recipe, unchanged)."""
+    settings = dict(block.to_dict() if isinstance(block, ml_collections.ConfigDict) else block or {})
+    name = settings.pop("recipe", DEFAULT_RECIPE)
+    if name not in RECIPES:
+        raise RecipeError(f"optimizer.recipe={name!r} is unknown; use one of {', '.join(RECIPES)}.")
+    unknown = sorted(set(settings) - set(OVERRIDABLE))
+    if unknown:
+        raise RecipeError(
+            f"optimizer.{unknown[0]} is not a fine-tuning optimizer setting; the block takes recipe and "
+            f"{', '.join(OVERRIDABLE)}."
+        )
+    overrides = {k: v for k, v in settings.items() if v is not None}
+    return dataclasses.replace(RECIPES[name], **overrides)
+
+
+def optimizer_config(config: ml_collections.ConfigDict, total_steps: int) -> optim.OptimizerConfig:
+    """AdamW for `total_steps` at the config's peak rate and weight decay, with its recipe's details, clip 1.0."""
+    recipe = resolve(config.get("optimizer"))
+    return optim.OptimizerConfig(
+        name="adamw",
+        learning_rate=config.learning_rate,
+        warmup_steps=recipe.warmup_steps(config.warmup_fraction, total_steps),
+        total_steps=total_steps,
+        decay_from_warmup_end=recipe.decay_from_warmup_end,
+        b1=recipe.b1,
+        b2=recipe.b2,
+        eps=recipe.eps,
+        weight_decay=config.weight_decay,
+        bias_correction=recipe.bias_correction,
+        clip_global_norm=1.0,
+    )
