@@ -82,7 +82,11 @@ def prepare_corpus(config: ml_collections.ConfigDict, workdir: str) -> str:
     options = corpus_options(config.data)
     corpus_root = storage.join(workdir, "corpus")
     if jax.process_index() == 0:
-        result = corpus.build_corpus(options, corpus_root, num_shards=config.data.num_shards, show_progress=True)
+        # The input's worker processes build the corpus too (none on a small host: the demo builds in-process).
+        workers = batch_workers.resolve_num_workers(config.data.get("num_workers", -1))
+        result = corpus.build_corpus(
+            options, corpus_root, num_shards=config.data.num_shards, show_progress=True, num_workers=workers
+        )
         print(result.summary(), flush=True)
         built = result.dataset_dir
     if jax.process_count() > 1:

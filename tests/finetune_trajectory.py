@@ -3,14 +3,14 @@
 Both start from the same weights (all-MiniLM-L6-v2's encoder and one regression head, copied from ours into
 transformers' `BertForSequenceClassification`), train on the same STS-B batches in the same order with dropout
 off, and record the loss of every step and the final parameters. The PyTorch side is what `transformers.Trainer`
-does with its defaults: `torch.optim.AdamW` over two parameter groups (no weight decay on biases and LayerNorm),
-`get_linear_schedule_with_warmup` with ceil(warmup_ratio * steps) warmup steps, `clip_grad_norm_(1.0)`.
+does with its defaults, the optimizer made as `bert-jax-glue-table`'s reference makes it
+(`torch_reference.trainer_optimizer`: AdamW without weight decay on biases and LayerNorm, linear warmup and
+decay), `clip_grad_norm_(1.0)` before every update.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import runpy
 from typing import Any
@@ -21,6 +21,7 @@ import numpy as np
 from flax import traverse_util
 
 from bert_jax import convert, sharding, train, warm_start
+from bert_jax.finetune import torch_reference
 from bert_jax.finetune.plan import make_finetune_plan, model_and_tokenizer, task_from_config
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
@@ -104,14 +105,17 @@ def train_torch(
         for name, value in initial.params.items():
             state[name].copy_(torch.from_numpy(value))
     model.train()
-    no_decay = [n for n, _ in model.named_parameters() if n.endswith(".bias") or "LayerNorm" in n]
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if n not in no_decay], "weight_decay": config.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n in no_decay], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    settings = torch_reference.ReferenceSettings(
+        steps=config.num_train_steps,
+        batch_size=config.global_batch_size,
+        max_seq_length=config.max_seq_length,
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+        warmup_fraction=config.warmup_fraction,
+        weight_decay=config.weight_decay,
+    )
+    optimizer, schedule = torch_reference.trainer_optimizer(model, settings)
     steps = config.num_train_steps
-    schedule = transformers.get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_fraction * steps), steps)
     batch, losses = config.global_batch_size, []
     for step in range(steps):
         rows = slice(step * batch, (step + 1) * batch)

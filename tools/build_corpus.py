@@ -30,6 +30,11 @@ flags.DEFINE_integer("dupe_factor", 1, "Passes over the corpus with different NS
 flags.DEFINE_integer("seed", 12345, "Seed for pairing, truncation and the validation split.")
 flags.DEFINE_float("eval_fraction", 0.01, "Fraction of instances held out as the 'validation' split.")
 flags.DEFINE_integer("num_shards", None, "Output files per split (default: TFDS picks by size).")
+flags.DEFINE_integer(
+    "num_workers",
+    0,
+    "Local builds: worker processes that tokenize and make instances (0: this process); same corpus for any count.",
+)
 flags.DEFINE_bool("beam", False, "Build with Apache Beam (DirectRunner unless --beam_pipeline_options says).")
 flags.DEFINE_integer("beam_buckets", 64, "Beam: document buckets; random next segments come from the same bucket.")
 flags.DEFINE_string("beam_pipeline_options", None, "Beam: comma-separated pipeline options, e.g. --runner=...")
@@ -64,7 +69,9 @@ def main(argv: list[str]) -> None:
         from apache_beam.options.pipeline_options import PipelineOptions
 
         beam_options = PipelineOptions(FLAGS.beam_pipeline_options.split(","))
-    result = corpus.build_corpus(options, FLAGS.output_dir, FLAGS.num_shards, beam_options, show_progress=True)
+    result = corpus.build_corpus(
+        options, FLAGS.output_dir, FLAGS.num_shards, beam_options, show_progress=True, num_workers=FLAGS.num_workers
+    )
     stats = result.read_stats
     if not result.reused:
         skipped = f", skipped {len(stats.skipped_files)} file(s)" if stats.skipped_files else ""

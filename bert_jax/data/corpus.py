@@ -84,24 +84,29 @@ def build_corpus(
     num_shards: int | None = None,
     beam_options: Any = None,
     show_progress: bool = False,
+    num_workers: int = 0,
 ) -> BuildResult:
     """Builds (or reuses, when already prepared with the same options) the corpus under `output_dir`.
 
     Bad input ends in a `CorpusError` or `TokenizerError` before anything is written; a build that
     produced no training instance is removed again and reported. `show_progress` draws a progress bar on
     stderr for builds that run longer than a few seconds (local builds; Beam runners report their own).
+    `num_workers` > 0 tokenizes and makes the instances of a local build in that many worker processes
+    (`build_workers`); the corpus is the same byte for byte, and so is its fingerprint.
     """
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0 (0: build in this process), got {num_workers!r}.")
     documents_lib.expand_input_files(list(options.input_files))  # every input exists (or a clear error)
     options.tokenizer()  # a bad vocabulary fails here, before any reading
     output_dir = os.fspath(output_dir)
     if storage.is_remote(output_dir):
-        return _build_remote(options, output_dir, num_shards, beam_options, show_progress)
+        return _build_remote(options, output_dir, num_shards, beam_options, show_progress, num_workers)
     os.makedirs(output_dir, exist_ok=True)
     from bert_jax.data.corpus_builder import quiet_tfds
 
     start = time.perf_counter()
     with quiet_tfds():
-        builder, reused = _build(options, output_dir, num_shards, beam_options, show_progress)
+        builder, reused = _build(options, output_dir, num_shards, beam_options, show_progress, num_workers)
     counts = {split: builder.info.splits[split].num_examples for split in options.splits}
     if counts["train"] == 0:
         shutil.rmtree(builder.data_dir, ignore_errors=True)
@@ -137,13 +142,18 @@ def dataset_subdir(options: CorpusOptions) -> str:
 
 
 def _build_remote(
-    options: CorpusOptions, output_dir: str, num_shards: int | None, beam_options: Any, show_progress: bool
+    options: CorpusOptions,
+    output_dir: str,
+    num_shards: int | None,
+    beam_options: Any,
+    show_progress: bool,
+    num_workers: int,
 ) -> BuildResult:
     """`build_corpus` onto object storage: reuse the uploaded corpus, or build in the host cache and upload."""
     remote = storage.join(output_dir, dataset_subdir(options))
     if storage.exists(storage.join(remote, DATASET_INFO)):
         storage.local_tree(remote)  # the cache now holds a verified copy, which TFDS finds prepared
-    result = build_corpus(options, storage.cache_path(output_dir), num_shards, beam_options, show_progress)
+    result = build_corpus(options, storage.cache_path(output_dir), num_shards, beam_options, show_progress, num_workers)
     storage.upload_tree(result.dataset_dir, remote, last=(DATASET_INFO,))
     return dataclasses.replace(result, dataset_dir=remote)
 
@@ -172,14 +182,21 @@ def _remote_dataset_infos(path: str) -> list[str]:
 
 
 def _build(
-    options: CorpusOptions, output_dir: str, num_shards: int | None, beam_options: Any, show_progress: bool
+    options: CorpusOptions,
+    output_dir: str,
+    num_shards: int | None,
+    beam_options: Any,
+    show_progress: bool,
+    num_workers: int,
 ) -> tuple[Any, bool]:
     """The prepared TFDS builder (built now unless it already was) and whether it already was."""
     import tensorflow_datasets as tfds
 
     from bert_jax.data.corpus_builder import BertPretrainingCorpus
 
-    builder = BertPretrainingCorpus(options=options, data_dir=output_dir, show_progress=show_progress)
+    builder = BertPretrainingCorpus(
+        options=options, data_dir=output_dir, show_progress=show_progress, num_workers=num_workers
+    )
     reused = builder.is_prepared()
     kwargs: dict[str, Any] = {}
     if num_shards:

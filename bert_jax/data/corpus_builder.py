@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from bert_jax.data import documents as documents_lib
+from bert_jax.data.build_workers import BuildWorkers
 from bert_jax.data.corpus_spec import (
     KEY_BASE,
     CorpusOptions,
@@ -81,9 +82,13 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
         "1.0.0": "Unpadded NSP instances with word-start flags; masking happens at batch time."
     }
 
-    def __init__(self, *, options: CorpusOptions, data_dir: str, show_progress: bool = False, **kwargs: Any):
+    def __init__(
+        self, *, options: CorpusOptions, data_dir: str, show_progress: bool = False, num_workers: int = 0, **kwargs: Any
+    ):
         config = CorpusBuilderConfig(name=options.config_name(), options=options, description="bert_jax corpus")
         self._options = options
+        self._num_workers = num_workers  # local builds: 0 tokenizes and makes instances in this process
+        self._workers: BuildWorkers | None = None
         self._store_dir: str | None = None
         self._show_progress = show_progress
         self.read_stats = documents_lib.ReadStats()
@@ -118,6 +123,8 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
         if self._options.use_beam:
             return {split: _beam_examples(self._options, split) for split in self._options.splits}
         self._store_dir = tempfile.mkdtemp(prefix="bert_jax_tokens_", dir=self._data_dir_root)
+        if self._num_workers > 0:
+            self._workers = BuildWorkers(self._options, self._num_workers)
         self._tokenize_to_store(self._store_dir)
         return {split: self._generate_examples(split) for split in self._options.splits}
 
@@ -127,16 +134,26 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
         writer = TokenStoreWriter(directory)
         sizes = [_input_bytes(path) for path in self._options.input_files]
         bar = ProgressBar("Tokenizing the corpus", sum(sizes)) if self._show_progress else None
-        files_done = 0
-        for file_index, path in enumerate(self._options.input_files):
-            documents = documents_lib.iter_file_documents(path, self._options.text_format, self.read_stats)
-            read = 0
-            for doc_index, document in enumerate(documents):
-                writer.add(tokenize_document(tokenizer, document), key=file_index * KEY_BASE + doc_index)
-                if bar is not None:  # characters + line ends: close to the bytes of the file read so far
-                    read += sum(len(sentence) + 1 for sentence in document)
-                    bar.update(files_done + min(read, sizes[file_index]))
-            files_done += sizes[file_index]
+        progress = {"files_done": 0, "read": 0}
+
+        def documents() -> Iterator[tuple[int, list[str]]]:
+            for file_index, path in enumerate(self._options.input_files):
+                progress["read"] = 0
+                for doc_index, document in enumerate(
+                    documents_lib.iter_file_documents(path, self._options.text_format, self.read_stats)
+                ):
+                    yield file_index * KEY_BASE + doc_index, document
+                    if bar is not None:  # characters + line ends: close to the bytes of the file read so far
+                        progress["read"] += sum(len(sentence) + 1 for sentence in document)
+                        bar.update(progress["files_done"] + min(progress["read"], sizes[file_index]))
+                progress["files_done"] += sizes[file_index]
+
+        if self._workers is not None:
+            tokenized: Iterator[tuple[int, Any]] = self._workers.tokenize_documents(documents())
+        else:
+            tokenized = ((key, tokenize_document(tokenizer, document)) for key, document in documents())
+        for key, sentences in tokenized:
+            writer.add(sentences, key=key)
         if bar is not None:
             bar.close()
         writer.close()
@@ -156,11 +173,14 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
         bar = None
         if self._show_progress:
             bar = ProgressBar(f"Writing the {split} instances", len(store.keys), unit="documents", scale=1.0)
-        for index, key in enumerate(store.keys):
-            file_index, doc_index = divmod(int(key), KEY_BASE)
-            yield from instances_of(self._options, config, store, index, document_key(file_index, doc_index), split)
-            if bar is not None:
-                bar.update(index + 1)
+        if self._workers is not None:
+            yield from self._workers.instances(self._store_dir, split, store, bar.update if bar is not None else None)
+        else:
+            for index, key in enumerate(store.keys):
+                file_index, doc_index = divmod(int(key), KEY_BASE)
+                yield from instances_of(self._options, config, store, index, document_key(file_index, doc_index), split)
+                if bar is not None:
+                    bar.update(index + 1)
         if bar is not None:
             bar.close()
 
@@ -173,6 +193,9 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
         pass
 
     def cleanup(self) -> None:
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
         if self._store_dir:
             shutil.rmtree(self._store_dir, ignore_errors=True)
             self._store_dir = None

@@ -78,6 +78,10 @@ class TokenStore:
     def __len__(self) -> int:
         return len(self._document_offsets) - 1
 
+    def document_token_counts(self) -> np.ndarray:
+        """Tokens of every document, in store order."""
+        return np.diff(self._sentence_offsets[self._document_offsets])
+
     def __getitem__(self, index: int) -> DocumentView:
         if not 0 <= index < len(self):
             raise IndexError(f"document {index} out of range (the store has {len(self)})")

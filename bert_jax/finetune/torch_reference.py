@@ -54,6 +54,29 @@ def _labels(task: glue_data.GlueTask, examples: Sequence[glue_data.Example]) -> 
     return np.asarray([task.labels.index(e.label) for e in examples], np.int64)
 
 
+def trainer_optimizer(model: Any, settings: ReferenceSettings) -> tuple[Any, Any]:
+    """(optimizer, scheduler) as `transformers.Trainer` makes them by default for `settings`.
+
+    `torch.optim.AdamW` (betas 0.9/0.999, eps 1e-8) over two groups: weight decay on every parameter but the
+    biases and LayerNorm weights; `get_linear_schedule_with_warmup` with ceil(warmup_fraction * steps) warmup.
+    """
+    import torch
+    import transformers
+
+    no_decay = {n for n, _ in model.named_parameters() if n.endswith(".bias") or "LayerNorm" in n}
+    groups = [
+        {
+            "params": [p for n, p in model.named_parameters() if n not in no_decay],
+            "weight_decay": settings.weight_decay,
+        },
+        {"params": [p for n, p in model.named_parameters() if n in no_decay], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    warmup = math.ceil(settings.warmup_fraction * settings.steps)
+    schedule = transformers.get_linear_schedule_with_warmup(optimizer, warmup, settings.steps)
+    return optimizer, schedule
+
+
 def train_and_evaluate(task_name: str, model_dir: str, data_dir: str, settings: ReferenceSettings) -> dict[str, Any]:
     """Fine-tunes transformers' model on the task's train split; the dev metrics and the training seconds."""
     import torch
@@ -68,17 +91,7 @@ def train_and_evaluate(task_name: str, model_dir: str, data_dir: str, settings: 
     model = transformers.BertForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
     train_inputs = _encode(tokenizer, train_examples, settings.max_seq_length)
     train_labels = torch.from_numpy(_labels(task, train_examples))
-    no_decay = {n for n, _ in model.named_parameters() if n.endswith(".bias") or "LayerNorm" in n}
-    groups = [
-        {
-            "params": [p for n, p in model.named_parameters() if n not in no_decay],
-            "weight_decay": settings.weight_decay,
-        },
-        {"params": [p for n, p in model.named_parameters() if n in no_decay], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-8)
-    warmup = math.ceil(settings.warmup_fraction * settings.steps)
-    schedule = transformers.get_linear_schedule_with_warmup(optimizer, warmup, settings.steps)
+    optimizer, schedule = trainer_optimizer(model, settings)
     generator = torch.Generator().manual_seed(settings.seed)
     per_epoch = len(train_examples) // settings.batch_size
     started = time.perf_counter()
