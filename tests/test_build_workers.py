@@ -1,7 +1,7 @@
 """The corpus build over worker processes writes the corpus a single process writes, byte for byte.
 
 Real text (the BERT sample, Alice in Wonderland, part of WikiText-2) with tasks made small, so that a book is
-tokenized in many runs of sentences and the instances come from many document ranges: every file of the dataset
+split and tokenized in many runs of paragraphs and the instances come from many document ranges: every file of the dataset
 directory (the array_record shards of both splits, dataset_info.json, features.json) is identical for 0, 1 and
 3 workers, and so is the dataset directory's name (the corpus fingerprint).
 """
@@ -35,7 +35,7 @@ def _files(dataset_dir: str) -> dict[str, bytes]:
 
 
 def test_any_number_of_workers_writes_the_same_corpus(tmp_path, monkeypatch):
-    monkeypatch.setattr(build_workers, "SENTENCES_PER_TASK", 100)
+    monkeypatch.setattr(build_workers, "CHARACTERS_PER_TASK", 5_000)
     monkeypatch.setattr(build_workers, "TOKENS_PER_TASK", 20_000)
     results = {n: build_corpus(_options(), tmp_path / f"workers{n}", num_shards=3, num_workers=n) for n in (0, 1, 3)}
     reference = _files(results[0].dataset_dir)
@@ -50,6 +50,7 @@ def test_any_number_of_workers_writes_the_same_corpus(tmp_path, monkeypatch):
         different = [name for name in reference if files[name] != reference[name]]
         assert not different, (n, different)
         assert (results[n].num_documents, results[n].num_tokens) == (results[0].num_documents, results[0].num_tokens)
+        assert results[n].read_stats == results[0].read_stats  # sentences are counted where they are split
 
 
 def test_document_ranges_cover_the_store_in_order(tmp_path):

@@ -89,7 +89,9 @@ def test_masking_and_nsp_statistics_on_real_text(corpus_dir):
     assert abs(counts["mask"] / words - 0.8) < 0.01
     assert abs(counts["kept"] / words - 0.1) < 0.01
     assert abs(counts["random"] / words - 0.1) < 0.01
-    assert abs(np.mean(labels) - 0.5) < 0.01
+    # A coin flip per pair: over the corpus's ~4,860 distinct pairs (two epochs repeat them) one standard error is
+    # sqrt(0.25 / 4860) = 0.0072; 3 of them bound the rate (this corpus: 0.490).
+    assert abs(np.mean(labels) - 0.5) < 3 * np.sqrt(0.25 / len(source))
     print(f"{len(labels)} examples, {counts['predictions']} predictions, {len(labels) / elapsed:.0f} examples/s")
 
 

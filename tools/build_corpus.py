@@ -13,7 +13,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from bert_jax import quiet, storage, tokenizers
-from bert_jax.data import corpus, documents
+from bert_jax.data import build_workers, corpus, documents
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -32,8 +32,9 @@ flags.DEFINE_float("eval_fraction", 0.01, "Fraction of instances held out as the
 flags.DEFINE_integer("num_shards", None, "Output files per split (default: TFDS picks by size).")
 flags.DEFINE_integer(
     "num_workers",
-    0,
-    "Local builds: worker processes that tokenize and make instances (0: this process); same corpus for any count.",
+    -1,
+    "Local builds: worker processes that split, tokenize and make instances (-1: one per core, up to 16; 0: this "
+    "process); the same corpus for any count.",
 )
 flags.DEFINE_bool("beam", False, "Build with Apache Beam (DirectRunner unless --beam_pipeline_options says).")
 flags.DEFINE_integer("beam_buckets", 64, "Beam: document buckets; random next segments come from the same bucket.")
@@ -70,7 +71,12 @@ def main(argv: list[str]) -> None:
 
         beam_options = PipelineOptions(FLAGS.beam_pipeline_options.split(","))
     result = corpus.build_corpus(
-        options, FLAGS.output_dir, FLAGS.num_shards, beam_options, show_progress=True, num_workers=FLAGS.num_workers
+        options,
+        FLAGS.output_dir,
+        FLAGS.num_shards,
+        beam_options,
+        show_progress=True,
+        num_workers=build_workers.resolve_num_workers(FLAGS.num_workers),
     )
     stats = result.read_stats
     if not result.reused:

@@ -27,8 +27,10 @@ from bert_jax.data.corpus_spec import (
     CorpusOptions,
     document_key,
     instances_of,
+    split_records_of,
     tokenize_document,
 )
+from bert_jax.data.split_files import SplitShardsWriter
 from bert_jax.data.token_store import TokenStore, TokenStoreWriter
 from bert_jax.progress import ProgressBar
 
@@ -118,15 +120,25 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
             metadata=metadata,
         )
 
-    def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
-        del dl_manager
+    def _download_and_prepare(self, dl_manager: Any, download_config: Any) -> None:
+        """Local builds write their shards themselves (`split_files`), from records serialized where they are
+        made; Beam builds go through TFDS's generator path (`_split_generators`). TFDS's `download_and_prepare`
+        around this gives both the same temporary directory, `dataset_info.json` and atomic rename."""
         if self._options.use_beam:
-            return {split: _beam_examples(self._options, split) for split in self._options.splits}
+            super()._download_and_prepare(dl_manager, download_config)
+            return
         self._store_dir = tempfile.mkdtemp(prefix="bert_jax_tokens_", dir=self._data_dir_root)
         if self._num_workers > 0:
             self._workers = BuildWorkers(self._options, self._num_workers)
         self._tokenize_to_store(self._store_dir)
-        return {split: self._generate_examples(split) for split in self._options.splits}
+        self.info.set_splits(tfds.core.SplitDict(self._write_splits(download_config.num_shards)))
+
+    def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
+        del dl_manager  # Beam builds only (see `_download_and_prepare`)
+        return {split: _beam_examples(self._options, split) for split in self._options.splits}
+
+    def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        raise NotImplementedError("Local builds write their splits in _download_and_prepare; Beam builds use Beam.")
 
     def _tokenize_to_store(self, directory: str) -> None:
         """Pass 1: every document, tokenized, appended to an on-disk store."""
@@ -136,24 +148,27 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
         bar = ProgressBar("Tokenizing the corpus", sum(sizes)) if self._show_progress else None
         progress = {"files_done": 0, "read": 0}
 
-        def documents() -> Iterator[tuple[int, list[str]]]:
+        def documents() -> Iterator[tuple[int, documents_lib.RawDocument]]:
             for file_index, path in enumerate(self._options.input_files):
                 progress["read"] = 0
                 for doc_index, document in enumerate(
-                    documents_lib.iter_file_documents(path, self._options.text_format, self.read_stats)
+                    documents_lib.iter_file_raw_documents(path, self._options.text_format, self.read_stats)
                 ):
                     yield file_index * KEY_BASE + doc_index, document
                     if bar is not None:  # characters + line ends: close to the bytes of the file read so far
-                        progress["read"] += sum(len(sentence) + 1 for sentence in document)
+                        progress["read"] += sum(len(piece) + 1 for piece in document.pieces)
                         bar.update(progress["files_done"] + min(progress["read"], sizes[file_index]))
                 progress["files_done"] += sizes[file_index]
 
         if self._workers is not None:
-            tokenized: Iterator[tuple[int, Any]] = self._workers.tokenize_documents(documents())
+            for key, (ids, starts, lengths), num_sentences in self._workers.tokenize_documents(documents()):
+                writer.add_flat(ids, starts, lengths, key=key)
+                self.read_stats.sentences += num_sentences
         else:
-            tokenized = ((key, tokenize_document(tokenizer, document)) for key, document in documents())
-        for key, sentences in tokenized:
-            writer.add(sentences, key=key)
+            for key, document in documents():
+                sentences = document.sentences()
+                writer.add(tokenize_document(tokenizer, sentences), key=key)
+                self.read_stats.sentences += len(sentences)
         if bar is not None:
             bar.close()
         writer.close()
@@ -165,24 +180,44 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
         self.info.metadata.update(num_documents=writer.num_documents, num_tokens=writer.num_tokens)
         logger.info("Tokenized %d documents, %d tokens.", writer.num_documents, writer.num_tokens)
 
-    def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Pass 2: instances document by document, random segments from the whole memory-mapped corpus."""
+    def _write_splits(self, num_shards: int | None) -> list[tfds.core.SplitInfo]:
+        """Pass 2: the instances of every document, random segments from the whole memory-mapped corpus, each
+        serialized and written to its split's shards in one pass over the documents."""
         assert self._store_dir is not None
         store = TokenStore(self._store_dir)
-        config = self._options.instance_config(self._options.tokenizer())
-        bar = None
-        if self._show_progress:
-            bar = ProgressBar(f"Writing the {split} instances", len(store.keys), unit="documents", scale=1.0)
-        if self._workers is not None:
-            yield from self._workers.instances(self._store_dir, split, store, bar.update if bar is not None else None)
-        else:
-            for index, key in enumerate(store.keys):
-                file_index, doc_index = divmod(int(key), KEY_BASE)
-                yield from instances_of(self._options, config, store, index, document_key(file_index, doc_index), split)
-                if bar is not None:
-                    bar.update(index + 1)
+        bar = (
+            ProgressBar("Writing the instances", len(store), unit="documents", scale=1.0)
+            if self._show_progress
+            else None
+        )
+        writers = {
+            split: SplitShardsWriter(self.data_dir, self.name, split, num_shards) for split in self._options.splits
+        }
+        try:
+            if self._workers is not None:
+                records = self._workers.split_records(self._store_dir, store, bar.update if bar is not None else None)
+            else:
+                records = self._split_records_here(store, bar)
+            for split, record in records:
+                writers[split].write(record)
+            for split, writer in writers.items():
+                if writer.num_records == 0:
+                    raise no_instance_error(split, self._options.eval_fraction)
+        except BaseException:
+            for writer in writers.values():
+                writer.discard()
+            raise
         if bar is not None:
             bar.close()
+        return [writer.close() for writer in writers.values()]
+
+    def _split_records_here(self, store: TokenStore, bar: ProgressBar | None) -> Iterator[tuple[str, bytes]]:
+        config = self._options.instance_config(self._options.tokenizer())
+        for index, key in enumerate(store.keys):
+            file_index, doc_index = divmod(int(key), KEY_BASE)
+            yield from split_records_of(self._options, config, store, index, document_key(file_index, doc_index))
+            if bar is not None:
+                bar.update(index + 1)
 
     # TFDS's own lines around a build ("Downloading and preparing dataset Unknown size ...", "Dataset ...
     # downloaded and prepared to ..."): nothing is downloaded here, and the job prints its own corpus line.
@@ -203,6 +238,18 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
 
 # ----------------------------------------------------------------------------------------------------------
 # The Apache Beam engine
+
+
+def no_instance_error(split: str, eval_fraction: float) -> documents_lib.CorpusError:
+    """The error for a split that got no instance, naming the fix."""
+    if split == "train":
+        return documents_lib.CorpusError(
+            "The corpus produced no training instance (every document was empty after tokenization)."
+        )
+    return documents_lib.CorpusError(
+        f"The {split} split got no instance: the corpus is too small for eval_fraction={eval_fraction}. Raise "
+        "--eval_fraction, add text, or pass --eval_fraction=0 for no validation split."
+    )
 
 
 def _bucket_of(document_key: str, buckets: int) -> int:

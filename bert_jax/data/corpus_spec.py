@@ -18,6 +18,7 @@ import numpy as np
 
 from bert_jax import storage, tokenizers
 from bert_jax.data import documents as documents_lib
+from bert_jax.data.instance_records import encode_instance
 from bert_jax.data.instances import Instance, InstanceConfig, create_instances_from_document
 
 DATASET_NAME = "bert_pretraining_corpus"
@@ -144,3 +145,14 @@ def instances_of(
         for i, instance in enumerate(instances):
             if split_of(options, dupe, document_key, i) == split:
                 yield f"{dupe}/{document_key}/{i}", example_of(instance)
+
+
+def split_records_of(
+    options: CorpusOptions, config: InstanceConfig, store: Any, document_index: int, document_key: str
+) -> Iterator[tuple[str, bytes]]:
+    """(split, serialized record) of every instance of one tokenized document, all splits in one pass, in the
+    order `instances_of` makes them (the local build's form; `instance_records.encode_instance`)."""
+    for dupe in range(options.dupe_factor):
+        instances = create_instances_from_document(store, document_index, config, seed=options.seed, dupe_index=dupe)
+        for i, instance in enumerate(instances):
+            yield split_of(options, dupe, document_key, i), encode_instance(example_of(instance))

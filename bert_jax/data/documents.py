@@ -58,6 +58,21 @@ class ReadStats:
 TFDS_PREFIX = "tfds:"
 
 
+@dataclasses.dataclass(frozen=True)
+class RawDocument:
+    """A document before sentence splitting: its paragraphs, each split by `split_sentences` (`split`), or its
+    sentences already (the "sentences" format). Splitting is most of the cost of reading, so a parallel build
+    does it in its worker processes (`build_workers`) and its own process only reads lines."""
+
+    pieces: list[str]
+    split: bool = True
+
+    def sentences(self) -> list[str]:
+        if not self.split:
+            return [piece for piece in self.pieces if piece]
+        return [sentence for piece in self.pieces for sentence in split_sentences(piece)]
+
+
 def expand_input_files(spec: str | Sequence[str]) -> list[str]:
     """A glob, a comma-separated list (of files or globs) or a list -> sorted, de-duplicated file paths.
 
@@ -124,12 +139,15 @@ def split_sentences(text: str) -> list[str]:
 # Reading files
 
 
+_CONTROL_BYTES = bytes([*range(9), *range(14, 32)])  # control characters other than tab, newlines, form feed
+
+
 def _looks_binary(head: bytes) -> bool:
     if b"\x00" in head:
         return True
     if not head:
         return False
-    controls = sum(1 for b in head if b < 9 or 13 < b < 32)
+    controls = len(head) - len(head.translate(None, _CONTROL_BYTES))
     return controls / len(head) > 0.1
 
 
@@ -184,41 +202,39 @@ def _paragraph_blocks(lines: Iterable[str]) -> Iterator[list[str]]:
         yield block
 
 
-def _sentences_format(lines: Iterable[str]) -> Iterator[list[str]]:
+def _sentences_format(lines: Iterable[str]) -> Iterator[RawDocument]:
     for block in _paragraph_blocks(lines):
-        yield [" ".join(ln.split()) for ln in block]
+        yield RawDocument([" ".join(ln.split()) for ln in block], split=False)
 
 
-def _documents_format(lines: Iterable[str]) -> Iterator[list[str]]:
+def _documents_format(lines: Iterable[str]) -> Iterator[RawDocument]:
     for line in lines:
         if line.strip():
-            yield split_sentences(line)
+            yield RawDocument([line])
 
 
-def _prose_format(lines: Iterable[str]) -> Iterator[list[str]]:
-    document: list[str] = []
-    for block in _paragraph_blocks(lines):
-        document.extend(split_sentences(" ".join(block)))
-    if document:
-        yield document
+def _prose_format(lines: Iterable[str]) -> Iterator[RawDocument]:
+    paragraphs = [" ".join(block) for block in _paragraph_blocks(lines)]
+    if paragraphs:
+        yield RawDocument(paragraphs)
 
 
-def _wikitext_format(lines: Iterable[str]) -> Iterator[list[str]]:
-    document: list[str] = []
+def _wikitext_format(lines: Iterable[str]) -> Iterator[RawDocument]:
+    paragraphs: list[str] = []
     for line in lines:
         stripped = line.strip()
         if not stripped:
             continue
         if re.fullmatch(r"= [^=].* =", stripped):  # a new article
-            if document:
-                yield document
-            document = []
+            if paragraphs:
+                yield RawDocument(paragraphs)
+            paragraphs = []
         elif re.fullmatch(r"(= )+.*( =)+", stripped):  # a section heading inside the article
             continue
         else:
-            document.extend(split_sentences(stripped))
-    if document:
-        yield document
+            paragraphs.append(stripped)
+    if paragraphs:
+        yield RawDocument(paragraphs)
 
 
 _READERS = {
@@ -230,7 +246,12 @@ _READERS = {
 
 
 def iter_tfds_documents(spec: str, stats: ReadStats | None = None, text_feature: str = "text") -> Iterator[list[str]]:
-    """Documents of a prepared TFDS text dataset: `tfds:DIR[#split]` (default split "train").
+    """Documents of a prepared TFDS text dataset: `tfds:DIR[#split]` (default split "train")."""
+    yield from _sentences_of(_iter_tfds_raw_documents(spec, stats, text_feature), stats)
+
+
+def _iter_tfds_raw_documents(spec: str, stats: ReadStats | None, text_feature: str) -> Iterator[RawDocument]:
+    """`iter_tfds_documents` before sentence splitting.
 
     Each example's `text_feature` is one document; its non-blank lines are paragraphs, split into sentences.
     """
@@ -249,11 +270,10 @@ def iter_tfds_documents(spec: str, stats: ReadStats | None = None, text_feature:
     for example in _tfds_examples(builder, split):
         text = example[text_feature]
         text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
-        document = [s for line in text.splitlines() if line.strip() for s in split_sentences(line)]
-        if document:
+        paragraphs = [line for line in text.splitlines() if line.strip()]
+        if paragraphs:
             stats.documents += 1
-            stats.sentences += len(document)
-            yield document
+            yield RawDocument(paragraphs)
 
 
 def _tfds_examples(builder: Any, split: str) -> Iterable[dict[str, Any]]:
@@ -269,11 +289,28 @@ def _tfds_examples(builder: Any, split: str) -> Iterable[dict[str, Any]]:
 
 def iter_file_documents(path: str, text_format: str = "auto", stats: ReadStats | None = None) -> Iterator[list[str]]:
     """Documents (each a non-empty list of sentences) of one file; see the module docstring."""
+    stats = stats if stats is not None else ReadStats()
+    yield from _sentences_of(iter_file_raw_documents(path, text_format, stats), stats)
+
+
+def _sentences_of(raw_documents: Iterable[RawDocument], stats: ReadStats | None) -> Iterator[list[str]]:
+    for raw in raw_documents:
+        sentences = raw.sentences()
+        if stats is not None:
+            stats.sentences += len(sentences)
+        yield sentences
+
+
+def iter_file_raw_documents(
+    path: str, text_format: str = "auto", stats: ReadStats | None = None
+) -> Iterator[RawDocument]:
+    """`iter_file_documents` before sentence splitting: each document's paragraphs (never empty, and each
+    yields at least one sentence). `stats` counts files and documents here; sentences, whoever splits."""
     if text_format not in TEXT_FORMATS:
         raise CorpusError(f"Unknown text format {text_format!r}; use one of {', '.join(TEXT_FORMATS)}.")
     stats = stats if stats is not None else ReadStats()
     if path.startswith(TFDS_PREFIX):
-        yield from iter_tfds_documents(path, stats)
+        yield from _iter_tfds_raw_documents(path, stats, "text")
         return
     try:
         with storage.open_file(path, "rb") as f:
@@ -293,10 +330,8 @@ def iter_file_documents(path: str, text_format: str = "auto", stats: ReadStats |
     stats.files += 1
     lines = _CountingLines(path)
     for document in _READERS[fmt](lines):
-        document = [s for s in document if s]
-        if document:
+        if any(document.pieces):
             stats.documents += 1
-            stats.sentences += len(document)
             yield document
     if lines.replaced:
         stats.replaced_characters += lines.replaced

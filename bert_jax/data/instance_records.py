@@ -7,6 +7,10 @@ record's protobuf framing finds where each field's packed values lie, then the v
 records are decoded at once, vectorized over the concatenated varint bytes. A record in any other layout (an
 unpacked list, a field of another type, a missing field) raises `UnexpectedLayout`, and the caller falls back
 to TFDS's own decoder, so the fast path never changes what is read, only how fast.
+
+`encode_instance` is the inverse, for the corpus build: the same record TFDS's serializer writes for an
+instance (the same protobuf message, field for field), faster, so that the build's worker processes can
+serialize and its own process only writes bytes.
 """
 
 from __future__ import annotations
@@ -143,6 +147,68 @@ def decode_instances(records: Sequence[bytes]) -> dict[str, np.ndarray]:
         "lengths": lengths,
         "is_random_next": columns["is_random_next"].astype(np.int32),
     }
+
+
+# The order TFDS's serializer (protobuf's map) writes the features in; any order decodes the same.
+_ENCODED_ORDER = ("word_starts", "tokens", "is_random_next", "segment_ids")
+_ENCODED_KEYS = {field: bytes((_LENGTH_DELIMITED_FIELD_1, len(field))) + field.encode() for field in _ENCODED_ORDER}
+
+
+def _varint_bytes(value: int) -> bytes:
+    if value < 0:
+        value += 1 << 64  # two's complement, as protobuf writes a negative int64
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_SMALL_VARINTS: list[bytes] = []  # the varints of 0 .. 2**16 - 1 (every id of a real vocabulary), made on first use
+
+
+def _small_varints() -> list[bytes]:
+    if not _SMALL_VARINTS:
+        _SMALL_VARINTS.extend(_varint_bytes(value) for value in range(1 << 16))
+    return _SMALL_VARINTS
+
+
+def encode_varints(values: np.ndarray) -> bytes:
+    """Concatenated protobuf varints of `values` (int64, negatives as two's complement)."""
+    values = np.asarray(values).astype(np.int64, copy=False)
+    if values.size == 0:
+        return b""
+    low, high = int(values.min()), int(values.max())
+    if low >= 0 and high < 0x80:  # flags, segment ids, labels: one byte each
+        return values.astype(np.uint8).tobytes()
+    if low >= 0 and high < 1 << 16:  # token ids: a table lookup per value beats numpy on a few hundred values
+        table = _small_varints()
+        return b"".join([table[value] for value in values.tolist()])
+    return b"".join(_varint_bytes(value) for value in values.view(np.uint64).tolist())
+
+
+def _length_delimited(tag: int, payload: bytes) -> bytes:
+    size = len(payload)
+    return bytes((tag, size)) + payload if size < 0x80 else bytes((tag,)) + _varint_bytes(size) + payload
+
+
+def _feature_entry(field: str, packed: bytes) -> bytes:
+    """One entry of the Features map: the key and a Feature holding one packed int64 list."""
+    int64_list = _length_delimited(_LENGTH_DELIMITED_FIELD_1, packed) if packed else b""
+    feature = _length_delimited(_MAP_ENTRY_VALUE, _length_delimited(_INT64_LIST, int64_list))
+    return _length_delimited(_LENGTH_DELIMITED_FIELD_1, _ENCODED_KEYS[field] + feature)
+
+
+def encode_instance(example: Mapping[str, Any]) -> bytes:
+    """One instance (`tokens`, `segment_ids`, `word_starts`, `is_random_next`) as a serialized `tf.train.Example`:
+    four packed int64 lists, the message TFDS's `FeaturesDict.serialize_example` writes for the corpus's
+    features (protobuf leaves the order of map entries open; this one is fixed) and `decode_instances` reads."""
+    features = b"".join(
+        _feature_entry(field, _varint_bytes(int(value)) if np.ndim(value) == 0 else encode_varints(value))
+        for field, value in ((field, example[field]) for field in _ENCODED_ORDER)
+    )
+    return _length_delimited(_LENGTH_DELIMITED_FIELD_1, features)
 
 
 _ITEM_KEYS = ("tokens", "segment_ids", "word_starts", "is_random_next")

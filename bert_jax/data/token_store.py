@@ -49,6 +49,19 @@ class TokenStoreWriter:
         self._document_offsets.append(len(self._sentence_offsets) - 1)
         self._keys.append(key)
 
+    def add_flat(self, ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray, key: int = -1) -> None:
+        """`add` for a document given as flat arrays: every sentence's ids and word starts concatenated, and the
+        sentences' lengths (a worker process's form, `build_workers`). Empty sentences are dropped as in `add`."""
+        lengths = np.asarray(lengths, np.int64)
+        kept = lengths[lengths > 0]
+        if kept.size == 0:
+            return
+        self._tokens.write(np.asarray(ids, np.int32).tobytes())
+        self._starts.write(np.asarray(starts, np.uint8).tobytes())
+        self._sentence_offsets.extend((self._sentence_offsets[-1] + np.cumsum(kept)).tolist())
+        self._document_offsets.append(len(self._sentence_offsets) - 1)
+        self._keys.append(key)
+
     def close(self) -> None:
         self._tokens.close()
         self._starts.close()
