@@ -128,6 +128,7 @@ class CompileReport:
     seq_length: int
     remat_policy: str
     dtype: str
+    attention_kernel: str
     params_bytes: int  # per chip, from the shapes and shardings (not from XLA)
     opt_state_bytes: int
     batch_bytes: int
@@ -180,6 +181,7 @@ class CompileReport:
             "seq_length": self.seq_length,
             "remat_policy": self.remat_policy,
             "dtype": self.dtype,
+            "attention_kernel": self.attention_kernel,
             "per_chip_bytes": {
                 "params": self.params_bytes,
                 "opt_state": self.opt_state_bytes,
@@ -337,6 +339,7 @@ def compile_job(config: ml_collections.ConfigDict, target: Target, make_job: Job
         seq_length=job.seq_length,
         remat_policy=str(job.model_config.remat_policy),
         dtype=str(job.model_config.dtype),
+        attention_kernel=str(job.model_config.attention_kernel),
         params_bytes=_shard_bytes(state.params),
         opt_state_bytes=_shard_bytes(state.opt_state) + _shard_bytes(state.step),
         batch_bytes=batch_bytes,
@@ -523,7 +526,7 @@ def format_report(report: CompileReport) -> str:
         (
             "program",
             f"global batch {report.global_batch_size} x seq {report.seq_length}, {report.num_microbatches} "
-            f"microbatch(es), remat {report.remat_policy}, {report.dtype}",
+            f"microbatch(es), remat {report.remat_policy}, {report.dtype}, {report.attention_kernel} attention",
         ),
         (
             "params / opt state / batch",

@@ -53,7 +53,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import flops, host_memory, op_profile, plan, pretrain_loop, sharding, tokenizers, train
+from bert_jax import flops, host_memory, op_profile, plan, pretrain_loop, sharding, train
 from bert_jax.data import corpus, pipeline
 from bert_jax.data.masking import MaskingConfig, mask_batch, num_predictions
 
@@ -142,17 +142,6 @@ def synthetic_batch(
         "masked_lm_weights": masked["masked_lm_weights"],
         "next_sentence_labels": rng.integers(0, 2, size=global_batch_size).astype(np.int32),
     }
-
-
-def _special_ids(config: ml_collections.ConfigDict) -> dict[str, int]:
-    """The special token ids of the config's vocabulary (as `plan.vocab_size` finds the vocabulary)."""
-    data = config.data
-    if data.get("corpus_dir") and not (data.vocab_file or data.get("spm_model")):
-        found = corpus.find_dataset_dirs(data.corpus_dir)
-        if len(found) == 1:
-            return {k: int(v) for k, v in corpus.corpus_metadata(found[0])["special_ids"].items()}
-    tokenizer = tokenizers.load_tokenizer(data.vocab_file or None, data.get("spm_model") or None, data.lowercase)
-    return dict(tokenizer.special_ids)
 
 
 def _synthetic_masking(config: ml_collections.ConfigDict, vocab_size: int, special: Mapping[str, int]) -> MaskingConfig:
@@ -306,7 +295,7 @@ def run_benchmark(
         if options.input == "pipeline":
             inputs, masking, corpus_s = _pipeline_inputs(config, options, vocab_size, cleanup, say)
         else:
-            special = _special_ids(config)
+            special = plan.vocabulary(config)[1]
             masking = _synthetic_masking(config, vocab_size, special)
             batch = synthetic_batch(config.global_batch_size, seq_length, masking, special, options.seed)
             inputs, corpus_s = itertools.repeat(_process_rows(batch)), None

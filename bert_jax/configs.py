@@ -15,6 +15,7 @@ from typing import Any
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_KERNELS = ("xla", "splash", "splash_interpret")  # see attention.py
 
 # Keys that Hugging Face / the original code write into a config but which carry no information
 # for this model (or only the value we already assume). Anything else unknown is an error.
@@ -69,6 +70,8 @@ class BertConfig:
     - `remat_policy`: what each encoder layer keeps for the backward pass ("none": everything, no
       recomputation; "full": nothing, the layer is recomputed; "dots": matmul outputs;
       "dots_no_batch": matmul outputs without batch dimensions, i.e. weight-gradient inputs).
+    - `attention_kernel`: "xla" (every platform), "splash" (Pallas's flash-attention kernel, TPU only, no
+      attention dropout) or "splash_interpret" (that kernel interpreted, any platform, slow): `attention.py`.
     """
 
     vocab_size: int = 30522
@@ -86,6 +89,7 @@ class BertConfig:
     dtype: str = "float32"
     vocab_pad_multiple: int = 1
     remat_policy: str = "none"
+    attention_kernel: str = "xla"
 
     def __post_init__(self) -> None:
         positive = (
@@ -120,6 +124,17 @@ class BertConfig:
             raise ConfigError(
                 f"BertConfig.remat_policy={self.remat_policy!r} is not supported; use one of {', '.join(REMAT_POLICIES)}."
             )
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise ConfigError(
+                f"BertConfig.attention_kernel={self.attention_kernel!r} is not supported; use one of "
+                f"{', '.join(ATTENTION_KERNELS)}."
+            )
+        if self.attention_kernel != "xla" and self.attention_probs_dropout_prob != 0.0:
+            raise ConfigError(
+                f"attention_kernel={self.attention_kernel!r} has no dropout on the attention probabilities: set "
+                f"attention_probs_dropout_prob=0.0 (it is {self.attention_probs_dropout_prob}), or use "
+                "attention_kernel='xla'."
+            )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -148,7 +163,7 @@ class BertConfig:
     def to_hf_dict(self) -> dict[str, Any]:
         """The fields a Hugging Face `config.json` for `BertForPreTraining` needs."""
         fields = self.to_dict()
-        for compute_option in ("dtype", "vocab_pad_multiple", "remat_policy"):
+        for compute_option in ("dtype", "vocab_pad_multiple", "remat_policy", "attention_kernel"):
             fields.pop(compute_option)
         fields.update(
             architectures=["BertForPreTraining"],

@@ -60,7 +60,8 @@ def export_checkpoint(
                 f"There is no checkpoint of step {step} in {ckpt.directory}; available: {steps}."
             )
         meta = ckpt.read_meta(step)
-        config = checkpoint.model_config_from_meta(meta)
+        # exports run anywhere: XLA's attention, whatever kernel the training run used (bert_jax/attention.py)
+        config = checkpoint.model_config_from_meta(meta).replace(attention_kernel="xla")
         shapes = jax.eval_shape(lambda: init_params(BertForPreTraining(config), jax.random.key(0)))
         restored = ckpt.restore_params(step, checkpoint.abstract_like(shapes, checkpoint.host_shardings(shapes)))
         params = jax.device_get(restored)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from bert_jax import attention
 from bert_jax.configs import BertConfig
 from bert_jax.dropout import Dropout
 
@@ -239,17 +240,25 @@ class BertSelfAttention(nn.Module):
         key = dense_layer(config, (heads, head_dim), names, "key")(x)
         value = dense_layer(config, (heads, head_dim), names, "value")(x)
         rate = config.attention_probs_dropout_prob
-        if deterministic or rate == 0.0:
+        if config.attention_kernel in attention.SPLASH_KERNELS:  # the config guarantees rate == 0
+            keep = mask[:, 0, 0, :]  # the key-padding mask, [B, T]
+            interpret = config.attention_kernel == "splash_interpret"
+            return attention.splash_attention(query, key, value, keep, interpret=interpret)
+        low_precision = jnp.dtype(config.dtype) != jnp.float32
+        if deterministic or (rate == 0.0 and not low_precision):
             # One fused op (XLA's): no [B, heads, T, T] probabilities kept in float32 for a dropout.
             return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation="xla")
-        # Dropout on the attention probabilities (as the original) needs the explicit form.
+        # The explicit form: for dropout on the attention probabilities (as the original), and in bfloat16 /
+        # float16 training for `softmax_keeping_output`: jax.nn.dot_product_attention's softmax keeps its float32
+        # output for the backward pass (BERT-base, 16 x 512 per chip: 1.8 GB more temporaries, bert-jax-compile).
         scores = jnp.einsum("bqnd,bknd->bnqk", query, key) / jnp.sqrt(jnp.asarray(head_dim, query.dtype))
         scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
         if jnp.dtype(config.dtype) == jnp.float32:
             probs = jax.nn.softmax(scores, axis=-1)  # its own gradient keeps float32, which is the dtype here
         else:
             probs = softmax_keeping_output(scores, jnp.dtype(config.dtype))
-        probs = Dropout(rate)(probs, deterministic=False)
+        if rate > 0.0:
+            probs = Dropout(rate)(probs, deterministic=False)
         return jnp.einsum("bnqk,bknd->bqnd", probs, value)
 
 

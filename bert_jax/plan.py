@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from bert_jax import configs, flops, optim, sharding, tokenizers, train
+from bert_jax import attention, configs, flops, optim, sharding, tokenizers, train
 from bert_jax.data import batch_workers, corpus
 from bert_jax.model import BertForPreTraining
 
@@ -70,14 +70,22 @@ def check_job(config: ml_collections.ConfigDict) -> None:
             raise JobConfigError(str(error)) from None
 
 
-def vocab_size(config: ml_collections.ConfigDict) -> int:
-    """The vocabulary size: from the tokenizer files, or from a prebuilt corpus's metadata."""
+def vocabulary(config: ml_collections.ConfigDict) -> tuple[int, dict[str, int]]:
+    """(vocabulary size, special token ids) of the job: from the tokenizer files, or from a prebuilt corpus's
+    metadata when the config names only the corpus."""
     data = config.data
     if data.get("corpus_dir") and not (data.vocab_file or data.get("spm_model")):
         found = corpus.find_dataset_dirs(data.corpus_dir)
         if len(found) == 1:
-            return int(corpus.corpus_metadata(found[0])["vocab_size"])
-    return tokenizers.load_tokenizer(data.vocab_file or None, data.get("spm_model") or None, data.lowercase).vocab_size
+            metadata = corpus.corpus_metadata(found[0])
+            return int(metadata["vocab_size"]), {k: int(v) for k, v in metadata["special_ids"].items()}
+    tokenizer = tokenizers.load_tokenizer(data.vocab_file or None, data.get("spm_model") or None, data.lowercase)
+    return tokenizer.vocab_size, dict(tokenizer.special_ids)
+
+
+def vocab_size(config: ml_collections.ConfigDict) -> int:
+    """The vocabulary size: from the tokenizer files, or from a prebuilt corpus's metadata."""
+    return vocabulary(config)[0]
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> configs.BertConfig:
@@ -180,12 +188,14 @@ def make_plan(config: ml_collections.ConfigDict, devices: Sequence[Any] | None =
     """
     check_job(config)
     devices = list(jax.devices() if devices is None else devices)
-    model = model_config(config, vocab_size(config))
+    size, special_ids = vocabulary(config)
+    model = model_config(config, size)
     mesh_config = sharding.MeshConfig(**config.mesh.to_dict())
     # The vocabulary rows always split evenly over the mesh: pad to a multiple of the vocab shards too.
     vocab_shards = sharding.vocab_shards(mesh_config, len(devices))
     model = model.replace(vocab_pad_multiple=math.lcm(model.vocab_pad_multiple, vocab_shards))
     sharding.validate_parallelism(model, mesh_config, config.global_batch_size, len(devices))
+    attention.check_devices(model.attention_kernel, devices)
     optimizer_settings = optimizer_config(config)
     mesh = sharding.make_mesh(mesh_config, devices)
     module = BertForPreTraining(model)
@@ -211,5 +221,7 @@ def make_plan(config: ml_collections.ConfigDict, devices: Sequence[Any] | None =
         schedule=schedule,
         shardings=shardings,
         train_step=train.jit_train_step(step, shardings, mesh),
-        eval_step=train.jit_eval_step(train.make_eval_step(module, mesh), shardings.params, mesh),
+        eval_step=train.jit_eval_step(
+            train.make_eval_step(module, mesh, mask_id=special_ids.get(tokenizers.MASK)), shardings.params, mesh
+        ),
     )

@@ -55,6 +55,7 @@ PANELS: tuple[tuple[str, str, tuple[tuple[str, str, str], ...]], ...] = (
             ("mlm_accuracy", "train MLM", "-"),
             ("nsp_accuracy", "train NSP", ":"),
             ("eval_mlm_accuracy", "eval MLM", "-"),
+            ("eval_mlm_accuracy_at_mask", "eval MLM at [MASK]", "-."),
             ("eval_nsp_accuracy", "eval NSP", ":"),
         ),
     ),

@@ -290,9 +290,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
             results = {k: float(v) for k, v in jax.device_get(summarize(totals)).items()}
             log.write(step, results, prefix="eval_")
             if is_main:
+                at_mask = results.get("mlm_accuracy_at_mask")
                 print(
-                    f"eval at step {step}: loss {results['loss']:.4f} | mlm_acc {results['mlm_accuracy']:.4f} | "
-                    f"nsp_acc {results['nsp_accuracy']:.4f}",
+                    f"eval at step {step}: loss {results['loss']:.4f} | mlm_acc {results['mlm_accuracy']:.4f}"
+                    + ("" if at_mask is None else f" (at [MASK] {at_mask:.4f})")
+                    + f" | nsp_acc {results['nsp_accuracy']:.4f}",
                     flush=True,
                 )
             return results

@@ -44,9 +44,10 @@ is compiled, and no function reads absl flags.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -335,6 +336,18 @@ def param_shardings(
     shardings = logical_to_mesh_sharding(boxed, mesh, rules)
     _check_divisible(nn.meta.unbox(boxed), shardings, mesh)
     return shardings
+
+
+def traced_in_mesh(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+    """`fn`, traced with `mesh` as the abstract mesh: code inside it can then place a `shard_map` on the job's
+    mesh without being handed it (the splash attention kernel, deep in the model, does)."""
+
+    @functools.wraps(fn)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return traced
 
 
 def batch_sharding(mesh: Mesh, rules: LogicalRules = LOGICAL_AXIS_RULES) -> NamedSharding:

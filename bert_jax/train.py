@@ -216,13 +216,18 @@ def make_train_step(
     return make_step(loss_fn, optimizer, schedule, dropout_seed=dropout_seed, num_microbatches=num_microbatches)
 
 
-def make_eval_step(model: BertForPreTraining, mesh: Mesh | None = None) -> Callable[[Any, Batch], Metrics]:
-    """`(params, batch) -> sums` (see `losses.pretraining_terms`); add them over batches, then `summarize`."""
+def make_eval_step(
+    model: BertForPreTraining, mesh: Mesh | None = None, mask_id: int | None = None
+) -> Callable[[Any, Batch], Metrics]:
+    """`(params, batch) -> sums` (see `losses.pretraining_terms`); add them over batches, then `summarize`.
+
+    With `mask_id`, the accuracy at the predictions whose input was [MASK] is summed apart as well.
+    """
     mlm_terms = mlm_terms_for(mesh)
 
     def eval_step(params: Any, batch: Batch) -> Metrics:
         mlm_logits, nsp_logits = _forward(model, params, batch, deterministic=True, rng=None)
-        return losses.pretraining_terms(mlm_logits, nsp_logits, batch, mlm_terms)
+        return losses.pretraining_terms(mlm_logits, nsp_logits, batch, mlm_terms, mask_id=mask_id)
 
     return eval_step
 
@@ -235,7 +240,7 @@ def jit_train_step(
     batch = sharding.batch_sharding(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(
-        train_step,
+        sharding.traced_in_mesh(train_step, mesh),
         in_shardings=(shardings, batch),
         out_shardings=(shardings, replicated),
         donate_argnums=(0,),
@@ -244,4 +249,8 @@ def jit_train_step(
 
 def jit_eval_step(eval_step: Callable, params_sharding: Any, mesh: Mesh) -> Callable[[Any, Batch], Metrics]:
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(eval_step, in_shardings=(params_sharding, sharding.batch_sharding(mesh)), out_shardings=replicated)
+    return jax.jit(
+        sharding.traced_in_mesh(eval_step, mesh),
+        in_shardings=(params_sharding, sharding.batch_sharding(mesh)),
+        out_shardings=replicated,
+    )

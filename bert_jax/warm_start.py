@@ -103,6 +103,9 @@ def read_source(path: str) -> Source:
     except (convert.ConversionError, checkpoint.CheckpointError) as e:
         raise WarmStartError(f"init_from={path}: {e}") from None
     config, params = convert.unpad_vocab(config, params)
+    # The attention kernel is a choice of the run that wrote the weights (a TPU kernel may not run here, and it
+    # forbids attention dropout): the job that loads them decides its own.
+    config = config.replace(attention_kernel="xla")
     if "bert" not in params:  # a BertModel checkpoint (no heads): its tree is the encoder's
         params = {"bert": params}
     return Source(storage.absolute(path), config, params, tokenizer)

@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     # shapes, and a vocabulary that splits over "tensor". Exports strip the padding.
     config.model.vocab_pad_multiple = 128
     config.model.remat_policy = "none"  # or "full", "dots", "dots_no_batch": trade compute for memory
+    # "xla", or on TPUs "splash" (Pallas flash attention: no [T, T] activations kept; needs
+    # model.attention_probs_dropout_prob=0). See bert_jax/attention.py.
+    config.model.attention_kernel = "xla"
 
     config.data = ml_collections.ConfigDict()
     config.data.train_files = asset("corpus/*.txt")

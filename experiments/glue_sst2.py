@@ -60,6 +60,9 @@ def get_config(task: str = "glue_sst2") -> ml_collections.ConfigDict:
     config.model.dtype = "float32"
     config.model.hidden_dropout_prob = 0.1
     config.model.attention_probs_dropout_prob = 0.1
+    # "xla", or on TPUs "splash" (with attention_probs_dropout_prob=0): bert_jax/attention.py. The kernel the
+    # pretraining run used does not come with its weights.
+    config.model.attention_kernel = "xla"
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1

@@ -182,3 +182,28 @@ def test_a_fine_tuning_config_compiles_its_train_and_predict_steps():
     assert any(c.kind == "all-reduce" for c in report.collectives)
     # no microbatch suggestions for a step that runs its batch whole
     assert all("num_microbatches" not in c.overrides for c in aot.candidate_changes(config, 4))
+
+
+@pytest.mark.slow
+def test_splash_attention_compiles_for_a_slice_with_the_heads_split():
+    """The Mosaic kernel itself (not its interpreter) in the TPU program, per device under a tensor-split mesh."""
+    where = tpu_topology.parse_topology("v5e:2x2")
+    config = tiny_config(
+        **{
+            "model.attention_kernel": "splash",
+            "model.attention_probs_dropout_prob": 0.0,
+            "mesh.tensor": 2,
+            "data.max_seq_length": 128,
+            "data.max_predictions_per_seq": 20,
+        }
+    )
+    compiled = aot.compile_job(config, aot.slice_target(where, _tpu_devices(where)))
+    assert compiled.report.fits and compiled.report.attention_kernel == "splash"
+    assert compiled.report.mesh["tensor"] == 2
+    text = compiled.train_step.as_text()
+    # one kernel call per layer forward, and the backward's (dq, dkv) kernels
+    assert text.count("tpu_custom_call") >= 2 * config_layers(config), text.count("tpu_custom_call")
+
+
+def config_layers(config) -> int:
+    return plan.model_config(config, 30522).num_hidden_layers

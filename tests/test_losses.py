@@ -72,6 +72,25 @@ def test_hand_computed_terms():
     assert float(means["loss"]) == pytest.approx(-np.log(0.2) + (-np.log(0.9) - np.log(0.25)) / 2, rel=1e-6)
 
 
+def test_accuracy_at_mask_counts_only_the_masked_inputs():
+    # Three predictions: the first two hid their word behind [MASK] (id 4), the third kept it; the model gets
+    # the first and the third right. Mixed accuracy 2/3, at [MASK] 1/2; padding examples drop out.
+    logits = jnp.log(jnp.array([[[0.1, 0.7, 0.2], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]], [[0.9, 0.05, 0.05]] * 3]))
+    batch = {
+        "input_ids": jnp.array([[0, 4, 2, 4], [4, 4, 4, 4]]),
+        "masked_lm_positions": jnp.array([[1, 3, 2], [0, 1, 2]]),
+        "masked_lm_ids": jnp.array([[1, 2, 2], [0, 0, 0]]),
+        "masked_lm_weights": jnp.ones((2, 3)),
+        "next_sentence_labels": jnp.array([0, 1]),
+        "example_weights": jnp.array([1.0, 0.0]),
+    }
+    nsp = jnp.zeros((2, 2))
+    means = summarize(pretraining_terms(logits, nsp, batch, mask_id=4))
+    assert float(means["mlm_accuracy"]) == pytest.approx(2 / 3)
+    assert float(means["mlm_accuracy_at_mask"]) == pytest.approx(1 / 2)
+    assert "mlm_accuracy_at_mask" not in summarize(pretraining_terms(logits, nsp, batch))
+
+
 def test_example_weights_drop_padding_examples():
     logits = jnp.zeros((2, 1, 5))
     batch = {

@@ -515,10 +515,12 @@ def _vocab_parallel_report() -> dict[str, Any]:
     ids = rng.integers(0, 1000, (8, 5)).astype(np.int32)
     ids[0, 0], ids[1, 1] = 10, 260
     weights = (rng.random((8, 5)) < 0.8).astype(np.float32)
+    mask_weights = weights * (rng.random((8, 5)) < 0.8)  # the predictions whose input was [MASK]
+    mask_weights[0, 0] = mask_weights[1, 1] = 1.0  # both ties (correct predictions) among them
     parallel = train.mlm_terms_for(mesh)
 
     def loss(terms_fn, x):
-        sums = terms_fn(x, ids, weights)
+        sums = terms_fn(x, ids, weights, mask_weights)
         return sums["mlm_loss_sum"] / sums["mlm_count"], sums
 
     x = jax.device_put(
@@ -635,6 +637,7 @@ def test_vocab_parallel_loss_equals_the_plain_loss(multidevice):
         assert report["parallel"][name] == pytest.approx(value, rel=1e-5, abs=1e-5), name
     # The two planted ties are predicted correctly only if the smallest id among the maxima wins.
     assert report["plain"]["mlm_correct_sum"] >= 2
+    assert report["plain"]["mlm_mask_correct_sum"] >= 2 and report["parallel"]["mlm_mask_count"] > 0
     assert report["grad_max_abs_diff"] <= 1e-6 * max(1.0, report["grad_max_abs"])
 
 

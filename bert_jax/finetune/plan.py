@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bert_jax import checkpoint, configs, flops, optim, sharding, tokenizers, train, warm_start
+from bert_jax import attention, checkpoint, configs, flops, optim, sharding, tokenizers, train, warm_start
 from bert_jax.finetune import recipes
 from bert_jax.finetune.tasks import SquadOptions, Task, make_task
 
@@ -159,6 +159,7 @@ def make_finetune_plan(
     model_config = model_config.replace(vocab_pad_multiple=math.lcm(model_config.vocab_pad_multiple, vocab_shards))
     sharding.validate_parallelism(model_config, mesh_config, config.global_batch_size, len(devices))
     check_seq_length(config, model_config)
+    attention.check_devices(model_config.attention_kernel, devices)
     settings = recipes.optimizer_config(config, total_steps)
     mesh = sharding.make_mesh(mesh_config, devices)
     model = task.model(model_config, recipes.resolve(config.get("optimizer")).head_init)
@@ -181,8 +182,11 @@ def make_finetune_plan(
         train.make_step(loss_fn, optimizer, schedule, dropout_seed=config.seed + 1), shardings, mesh
     )
     predict_step = jax.jit(
-        lambda params, batch: model.apply(
-            {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+        sharding.traced_in_mesh(
+            lambda params, batch: model.apply(
+                {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+            ),
+            mesh,
         ),
         in_shardings=(shardings.params, sharding.batch_sharding(mesh)),
         out_shardings=NamedSharding(mesh, PartitionSpec()),
