@@ -49,6 +49,7 @@ def check_devices(kernel: str, devices: Sequence[Any]) -> None:
 
 def _single_device_splash(query: jax.Array, key: jax.Array, value: jax.Array, keep: jax.Array, interpret: bool):
     """The kernel on local arrays: [b, T, h, d] query/key/value, [b, T] bool keep; T a multiple of `BLOCK`."""
+    # imported here, not at the top: only splash runs need Pallas's TPU modules, and every job imports the model
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernels
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
