@@ -248,7 +248,7 @@ def _compile(lowered: Any) -> tuple[Any | None, tuple[str, int, int] | None]:
         return None, oom
 
 
-def _check_slices(config: ml_collections.ConfigDict, num_slices: int) -> ml_collections.ConfigDict:
+def check_slices(config: ml_collections.ConfigDict, num_slices: int) -> ml_collections.ConfigDict:
     """The config with `mesh.dcn_data` matching the slice count (set when left at 1; an error when it differs)."""
     dcn = int(config.mesh.get("dcn_data", 1))
     if dcn == num_slices:
@@ -307,7 +307,7 @@ def compile_job(config: ml_collections.ConfigDict, target: Target, make_job: Job
     fine-tuning job, whose schedule length comes from its data. Config mistakes raise `ValueError`s
     (`plan.JobConfigError`, `sharding.ConfigError`) before any compile.
     """
-    config = _check_slices(config, target.num_slices)
+    config = check_slices(config, target.num_slices)
     devices = list(target.devices)
     job = (make_job or job_plan)(config, devices)
     state, batch = job.abstract_train_args()

@@ -62,14 +62,14 @@ def test_unknown_names_say_which_are_known(name):
         tpu_topology.parse_topology(name)
 
 
-def _tpu_devices(where):
+def tpu_devices(where):
     pytest.importorskip("libtpu", reason="libtpu is in the test extra (pip install -e '.[test]')")
     return where.devices()
 
 
 def test_tiny_on_v5e_2x2_fits_and_its_argument_bytes_are_the_state_and_the_batch_rows():
     where = tpu_topology.parse_topology("v5e:2x2")
-    devices = _tpu_devices(where)
+    devices = tpu_devices(where)
     config = tiny_config()
     report = aot.compile_for_slice(config, where, devices)
     assert report.chips == 4 and report.device_kind == "TPU v5 lite" and report.mesh["data"] == 4
@@ -98,17 +98,17 @@ def test_tiny_on_v5e_2x2_fits_and_its_argument_bytes_are_the_state_and_the_batch
 
 def test_v4_8_compiles_in_megacore_mode_one_device_per_chip():
     where = tpu_topology.parse_topology("v4-8")
-    report = aot.compile_for_slice(tiny_config(), where, _tpu_devices(where))
+    report = aot.compile_for_slice(tiny_config(), where, tpu_devices(where))
     assert report.chips == 4 and report.device_kind == "TPU v4" and report.fits
 
 
 def test_two_slices_compile_with_dcn_data():
     where = tpu_topology.parse_topology("v5e:2x2", num_slices=2)
-    report = aot.compile_for_slice(tiny_config(**{"mesh.dcn_data": 2}), where, _tpu_devices(where))
+    report = aot.compile_for_slice(tiny_config(**{"mesh.dcn_data": 2}), where, tpu_devices(where))
     assert report.chips == 8 and report.num_slices == 2 and report.mesh["data"] == 8 and report.fits
 
 
-def _compile_cli(*args, timeout=900):
+def compile_cli(*args, timeout=900):
     # this test process may hold libtpu already (the in-process compiles): let the child load it too
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
     return subprocess.run(
@@ -125,7 +125,7 @@ def test_a_config_that_does_not_fit_exits_1_and_names_a_change_that_fits():
     pytest.importorskip("libtpu", reason="libtpu is in the test extra (pip install -e '.[test]')")
     # 8,192 sequences of 512 on four 16 GB chips: the attention probabilities alone need about three times what a
     # chip has; in four microbatches (512 per chip at a time) they fit.
-    result = _compile_cli(
+    result = compile_cli(
         "--topology=v5litepod-4",
         "--config.global_batch_size=8192",
         "--config.data.max_seq_length=512",
@@ -142,14 +142,14 @@ def test_a_config_that_does_not_fit_exits_1_and_names_a_change_that_fits():
 
 
 def test_an_unknown_topology_exits_2_with_one_line():
-    result = _compile_cli("--topology=v9-8", timeout=300)
+    result = compile_cli("--topology=v9-8", timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("bert-jax-compile: error: unknown TPU topology 'v9-8'")
     assert "Traceback" not in result.stderr
 
 
 def test_configs_errors_end_before_compiling_with_exit_2():
-    result = _compile_cli("--topology=v5e:2x2", "--config.mesh.tensor=3", timeout=300)
+    result = compile_cli("--topology=v5e:2x2", "--config.mesh.tensor=3", timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("bert-jax-compile: error:")
 
@@ -162,7 +162,7 @@ def test_a_fine_tuning_config_compiles_its_train_and_predict_steps():
     from bert_jax.finetune.tasks import make_task
 
     where = tpu_topology.parse_topology("v5e:2x2")
-    devices = _tpu_devices(where)
+    devices = tpu_devices(where)
     config = runpy.run_path(str(REPO_ROOT / "experiments" / "glue_sst2.py"))["get_config"]()
     config.model.size = "tiny"
     config.vocab_file = str(REPO_ROOT / "bert_jax" / "assets" / "vocab.txt")
@@ -197,7 +197,7 @@ def test_splash_attention_compiles_for_a_slice_with_the_heads_split():
             "data.max_predictions_per_seq": 20,
         }
     )
-    compiled = aot.compile_job(config, aot.slice_target(where, _tpu_devices(where)))
+    compiled = aot.compile_job(config, aot.slice_target(where, tpu_devices(where)))
     assert compiled.report.fits and compiled.report.attention_kernel == "splash"
     assert compiled.report.mesh["tensor"] == 2
     text = compiled.train_step.as_text()

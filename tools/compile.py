@@ -9,13 +9,22 @@ A pretraining config compiles `bert-jax-pretrain`'s train and eval steps; a fine
 `task`) compiles `bert-jax-finetune`'s train and prediction steps, without the task's data. Needs libtpu (`pip install -e ".[tpu]"`), not a TPU. Prints a table and one JSON line (`{"compile": ...}`);
 when the program does not fit, compiles up to --max_compiles cheaper variants and prints those that fit.
 Exit status: 0 fits, 1 does not fit, 2 a config or topology error (one line, before any compile).
+
+  bert-jax-compile --config=experiments/bert_base_phase2.py --topology=v5p-8 --largest_batch
+
+--largest_batch finds the largest batch per chip (rows per step, per microbatch; multiples of --batch_granularity)
+that fits, by compiling the config at a few global batch sizes (`bert_jax/largest_batch.py`); it prints the
+compiles, the answer with the table of its compile, and a JSON line (`{"largest_batch": ...}`); exit 0 when some
+size fits, 1 when none does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -27,7 +36,14 @@ config_flags.DEFINE_config_file("config", None, "An experiments/*.py config file
 flags.DEFINE_string("topology", None, "A TPU slice: v4-8, v5p-8, v5litepod-16, v6e-8, ... or v5e:4x4, v5p:2x2x2.")
 flags.DEFINE_integer("num_slices", 1, "Slices joined over the data-center network (multislice; mesh.dcn_data).")
 flags.DEFINE_bool("suggest", True, "When it does not fit, compile cheaper variants and print those that fit.")
-flags.DEFINE_integer("max_compiles", 6, "At most this many variants are compiled for --suggest.")
+flags.DEFINE_integer("max_compiles", 6, "At most this many variants are compiled for --suggest or --largest_batch.")
+flags.DEFINE_bool(
+    "largest_batch",
+    False,
+    "Instead of one compile: find the largest batch per chip that fits (rows per step, multiples of "
+    "--batch_granularity), compiling the config at a few global batch sizes.",
+)
+flags.DEFINE_integer("batch_granularity", 8, "--largest_batch: sizes per chip are multiples of this many rows.")
 flags.mark_flags_as_required(["config", "topology"])
 
 EXIT_FITS, EXIT_DOES_NOT_FIT, EXIT_CONFIG_ERROR = 0, 1, 2
@@ -38,11 +54,16 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    from bert_jax import aot, tpu_topology
+    from bert_jax import aot, fit, tpu_topology
 
     try:
         where = tpu_topology.parse_topology(FLAGS.topology, FLAGS.num_slices)
         target = aot.slice_target(where)
+        budget = fit.memory_budget(FLAGS.config, [])  # the job's fit_memory_gb: a smaller budget than the HBM
+        if budget:
+            target = dataclasses.replace(target, memory_bytes=budget)
+        if FLAGS.largest_batch:
+            _largest_batch(target)
         report = aot.compile_job(FLAGS.config, target).report
     except ValueError as e:  # TopologyError, JobConfigError, sharding.ConfigError: all before a compile ends
         print(f"bert-jax-compile: error: {e}", file=sys.stderr)
@@ -69,6 +90,29 @@ def main(argv: list[str]) -> None:
     ]
     print(json.dumps({"compile": line}), flush=True)
     raise SystemExit(EXIT_FITS if report.fits else EXIT_DOES_NOT_FIT)
+
+
+def _largest_batch(target: Any) -> None:
+    """--largest_batch: the search, its lines and JSON line; exit 0 when some size fits, 1 when none does."""
+    from bert_jax import aot, largest_batch
+
+    print(
+        f"Finding the largest batch per chip that fits {target.name} (up to {FLAGS.max_compiles} compiles) ...",
+        flush=True,
+    )
+    result = largest_batch.find_largest_batch(
+        FLAGS.config,
+        target,
+        granularity=FLAGS.batch_granularity,
+        max_compiles=FLAGS.max_compiles,
+        progress=lambda line: print(f"  {line}", flush=True),
+    )
+    best = result.best
+    if best is not None:
+        print(aot.format_report(best.report), flush=True)
+    print(largest_batch.format_result(result))
+    print(json.dumps({"largest_batch": {"topology": target.name, "num_slices": target.num_slices, **result.to_json()}}))
+    raise SystemExit(EXIT_FITS if result.rows else EXIT_DOES_NOT_FIT)
 
 
 def run() -> None:
