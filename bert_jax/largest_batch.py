@@ -6,19 +6,24 @@
 "Per chip" means the rows of one step (one microbatch when the config has several) that each batch shard
 holds: the config's global batch divided by its microbatch count and by the shards its rows are split over
 (data x fsdp x dcn_data). Everything else in the config stays as it is: model, remat, dtype, mesh, microbatch
-count; only `global_batch_size` changes, to `rows x shards x num_microbatches`.
+count; only `global_batch_size` changes, to `rows x shards x num_microbatches`. The sizes considered are a
+ladder: multiples of a granularity (8 by default; any number below it), or powers of two (fewer compiles).
 
-A chip's memory grows with the rows it holds (activations, their gradients and the batch itself; the state is
-fixed), almost linearly but bending upwards. The search compiles the config's own size, then where memory in
-proportion to the rows would reach the chip's usable memory, then where a line, and from three compiles on a
-parabola, through the compiles nearest the limit reaches it. Every answer is a compile, not a model: it stops when
-the largest fitting size and the next size up (one `granularity` more) have both been compiled, one fitting
-and one not, or when `max_compiles` is spent, which the result then says (`exact` False, with the bracket).
-libtpu's own out-of-memory refusal counts as a compile: its message gives the temporaries it needed.
+A chip's memory grows with the rows it holds (activations, their gradients, the batch; the state is fixed),
+nearly linearly at first. Near the limit it does not: libtpu rematerializes and reschedules to make a program
+fit (measured: BERT-base at seq 128 on a 16 GiB v5e chip needs 15.81 GB at 400 rows and 15.78 GB at 512), so no
+curve through the compiles predicts where it stops fitting. The search therefore compiles the config's own
+size, then where memory in proportion to the rows would reach the chip's usable memory, then (until a size
+does not fit) at least 25% more each time, guided by a line or parabola through the compiles; once a fitting
+and a failing size bracket the limit, it bisects the ladder between them. Every answer is a compile: the search
+ends when the answer fits and the next size on the ladder does not, both compiled, or reports the bracket when
+`max_compiles` is spent. libtpu's own out-of-memory refusal counts as a compile (and is quick): its message
+gives the temporaries it needed.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from collections.abc import Callable
@@ -53,9 +58,10 @@ class LargestBatch:
     """What the search found. `rows` is the largest size compiled that fits (None: none of those tried fits)."""
 
     rows: int | None
-    exact: bool  # `rows + granularity` was compiled too and does not fit (or `rows` is the smallest grid size)
+    exact: bool  # the next allowed size above `rows` was compiled too and does not fit (or none fits at all)
     too_large: int | None  # the smallest size compiled that does not fit (None: every size tried fits)
-    granularity: int
+    next_size: int | None  # the allowed size after `rows` (the smallest one when nothing fits)
+    sizes: str  # which sizes were allowed: "multiples of 8", "powers of two"
     batch_shards: int
     num_microbatches: int
     usable_bytes: int
@@ -85,7 +91,7 @@ class LargestBatch:
             "rows_per_chip": self.rows,
             "exact": self.exact,
             "smallest_not_fitting": self.too_large,
-            "granularity": self.granularity,
+            "sizes": self.sizes,
             "global_batch_size": self.global_batch_size(self.rows) if self.rows else None,
             "batch_shards": self.batch_shards,
             "num_microbatches": self.num_microbatches,
@@ -180,15 +186,37 @@ def _quadratic_root(probes: list[Probe], usable: int) -> float | None:
     return min(rising) if rising else None
 
 
-def _next_size(probes: list[Probe], usable: int, grid: int) -> int | None:
-    """The next size to compile, or None when the boundary is found on the grid."""
+MAX_ROWS = 2**20  # no chip holds a million sequences: the sizes considered end here
+
+
+def ladder(granularity: int, powers_of_two: bool = False) -> list[int]:
+    """The sizes the search may compile, ascending: powers of two, or 1 .. granularity-1 then multiples of it."""
+    if powers_of_two:
+        return [2**k for k in range(MAX_ROWS.bit_length())]
+    return list(range(1, granularity)) + list(range(granularity, MAX_ROWS + 1, granularity))
+
+
+def _at_or_below(sizes: list[int], rows: float) -> int:
+    """Index of the largest size <= rows (0 when rows is below them all)."""
+    return max(0, bisect.bisect_right(sizes, rows) - 1)
+
+
+# Before a size that does not fit has been compiled, grow at least this much per compile (and from a miss,
+# shrink at least this much): near the limit libtpu rematerializes to make programs fit, so memory per chip
+# flattens there and a curve through the compiles points only a little past the last fitting one.
+MIN_STEP = 1.25
+
+
+def _next_size(probes: list[Probe], usable: int, sizes: list[int]) -> int | None:
+    """The next size to compile, or None when the largest size that fits is found on the ladder `sizes`."""
     fit = max((p.rows for p in probes if p.fits), default=None)
     fail = min((p.rows for p in probes if not p.fits), default=None)
-    if fit is not None and fail is not None and fail - fit <= grid:
-        return None  # found (or the sizes are not monotone: a larger size fits where a smaller did not; stop)
-    if fail is not None and fail <= grid and fit is None:
-        return None  # not even the smallest grid size fits (the caller then searches below it row by row)
-    low = fit + grid if fit is not None else grid
+    lo = sizes.index(fit) if fit is not None else -1
+    hi = sizes.index(fail) if fail is not None else len(sizes)
+    if hi - lo <= 1:
+        return None  # found, or nothing on the ladder fits (or the sizes are not monotone: stop)
+    if fit is not None and fail is not None:
+        return sizes[(lo + hi) // 2]  # bracketed: bisect (the compiler's own fitting makes curves unreliable here)
     if len(probes) == 1:
         estimate = _proportional_guess(probes[0], usable)
     else:
@@ -196,20 +224,11 @@ def _next_size(probes: list[Probe], usable: int, grid: int) -> int | None:
         if estimate is None:
             line = _line(probes)
             estimate = (usable - line[1]) / line[0] if line and line[0] > 0 else None
-    if estimate is None:  # memory did not rise with the rows: double up from a fit, halve down from a miss
-        guess = 2 * fit if fail is None else max(grid, (fail // 2) // grid * grid)
-    elif fail is None and estimate < fit:
-        guess = 2 * fit  # every size so far fits, yet the curve says the limit is below them: go up anyway
-    elif fit is None and estimate >= fail:
-        guess = max(grid, (fail // 2) // grid * grid)  # no size fits, yet the curve says the limit is above them
-    else:
-        guess = int(estimate) // grid * grid
-    high = fail - grid if fail is not None else max(guess, low)
-    guess = min(max(guess, low), high)
-    if any(p.rows == guess for p in probes):
-        # the estimate points at a size already compiled: step next to it, towards the unknown side
-        guess = guess + grid if any(p.rows == guess and p.fits for p in probes) else guess - grid
-    return guess
+    if fail is None:  # everything so far fits: up, by at least MIN_STEP
+        target = max(estimate or 0.0, fit * MIN_STEP)
+        return sizes[min(max(_at_or_below(sizes, target), lo + 1), hi - 1)]
+    target = min(estimate if estimate is not None else fail, fail / MIN_STEP)  # nothing fits yet: down
+    return sizes[max(min(_at_or_below(sizes, target), hi - 1), 0)]
 
 
 def find_largest_batch(
@@ -217,15 +236,16 @@ def find_largest_batch(
     target: aot.Target,
     *,
     granularity: int = DEFAULT_GRANULARITY,
+    powers_of_two: bool = False,
     max_compiles: int = DEFAULT_MAX_COMPILES,
     progress: Callable[[str], None] | None = None,
     make_job: aot.JobFactory | None = None,
 ) -> LargestBatch:
     """Compiles the job at a few batch sizes and returns the largest rows per chip that fits `target`.
 
-    Sizes are multiples of `granularity`; when not even `granularity` rows fit, sizes below it row by row. The
-    first size compiled is the config's own rows per chip (rounded to the grid). Config mistakes raise as
-    `aot.compile_job` does, before any compile.
+    Sizes are multiples of `granularity` (below it, any number of rows), or powers of two. The first size
+    compiled is the config's own rows per chip (the nearest allowed size at or below it). Config mistakes raise
+    as `aot.compile_job` does, before any compile.
     """
     if granularity < 1 or max_compiles < 2:
         raise ValueError(f"granularity must be >= 1 and max_compiles >= 2, got {granularity} and {max_compiles}.")
@@ -233,11 +253,10 @@ def find_largest_batch(
     micro = num_microbatches(config)
     job = (make_job or aot.job_plan)(aot.check_slices(config, target.num_slices), list(target.devices))
     shards = batch_shards(job)
-    own_rows = config.global_batch_size // (shards * micro)
     usable = int(target.memory_bytes * (1 - aot.HBM_RESERVE_FRACTION))
+    sizes = ladder(granularity, powers_of_two)
     probes: list[Probe] = []
-    grid = granularity
-    rows: int | None = max(grid, round(own_rows / grid) * grid)
+    rows: int | None = sizes[_at_or_below(sizes, config.global_batch_size // (shards * micro))]
     while rows is not None and len(probes) < max_compiles:
         report = aot.compile_job(with_rows_per_chip(config, rows, shards), target, make_job).report
         probes.append(Probe(rows, report))
@@ -245,18 +264,17 @@ def find_largest_batch(
             f"{rows} rows per chip (global batch {rows * shards * micro}): {aot.format_bytes(report.peak_bytes)}"
             f" per chip, {'fits' if report.fits else 'does not fit'} ({report.compile_seconds:.0f} s)"
         )
-        rows = _next_size(probes, usable, grid)
-        if rows is None and grid > 1 and not any(p.fits for p in probes):
-            grid = 1  # not even `granularity` rows fit: look below it, one row at a time
-            rows = _next_size(probes, usable, grid)
+        rows = _next_size(probes, usable, sizes)
     fit = max((p.rows for p in probes if p.fits), default=None)
     fail = min((p.rows for p in probes if not p.fits), default=None)
-    exact = (fit is not None and fail is not None and 0 < fail - fit <= grid) or (fit is None and fail == 1)
+    lo = sizes.index(fit) if fit is not None else -1
+    hi = sizes.index(fail) if fail is not None else len(sizes)
     return LargestBatch(
         rows=fit,
-        exact=exact,
+        exact=hi - lo == 1,
         too_large=fail,
-        granularity=grid,
+        next_size=sizes[lo + 1] if lo + 1 < len(sizes) else None,
+        sizes="powers of two" if powers_of_two else f"multiples of {granularity}",
         batch_shards=shards,
         num_microbatches=micro,
         usable_bytes=usable,
@@ -274,17 +292,21 @@ def format_result(result: LargestBatch) -> str:
         )
     per_step = "per microbatch " if result.num_microbatches > 1 else ""
     if result.rows is None:
-        lines.append(f"Largest batch per chip: none fits (not even {result.too_large} row(s) per chip {per_step}).")
+        lines.append(
+            f"Largest batch per chip {per_step}({result.sizes}): none fits (not even {result.too_large} row(s)"
+            + ("" if result.exact else "; smaller sizes not compiled")
+            + ")."
+        )
     else:
         global_batch = result.global_batch_size(result.rows)
         verdict = (
-            f"{result.rows + result.granularity} does not fit"
-            if result.exact and result.too_large
+            f"{result.next_size} does not fit"
+            if result.exact
             else f"not confirmed: {result.too_large or 'no larger size'} was the smallest miss compiled"
         )
         lines.append(
-            f"Largest batch per chip {per_step}(multiples of {result.granularity}): {result.rows} rows "
-            f"({verdict}); global batch {global_batch} on {result.batch_shards} batch shard(s)"
+            f"Largest batch per chip {per_step}({result.sizes}): {result.rows} rows ({verdict}); global batch "
+            f"{global_batch} on {result.batch_shards} batch shard(s)"
             + (f" x {result.num_microbatches} microbatches" if result.num_microbatches > 1 else "")
         )
     if result.bytes_per_row is not None:

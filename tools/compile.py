@@ -12,8 +12,8 @@ Exit status: 0 fits, 1 does not fit, 2 a config or topology error (one line, bef
 
   bert-jax-compile --config=experiments/bert_base_phase2.py --topology=v5p-8 --largest_batch
 
---largest_batch finds the largest batch per chip (rows per step, per microbatch; multiples of --batch_granularity)
-that fits, by compiling the config at a few global batch sizes (`bert_jax/largest_batch.py`); it prints the
+--largest_batch finds the largest batch per chip (rows per step, per microbatch; multiples of --batch_granularity,
+or --powers_of_two) that fits, by compiling the config at a few global batch sizes (`bert_jax/largest_batch.py`); it prints the
 compiles, the answer with the table of its compile, and a JSON line (`{"largest_batch": ...}`); exit 0 when some
 size fits, 1 when none does.
 """
@@ -44,6 +44,7 @@ flags.DEFINE_bool(
     "--batch_granularity), compiling the config at a few global batch sizes.",
 )
 flags.DEFINE_integer("batch_granularity", 8, "--largest_batch: sizes per chip are multiples of this many rows.")
+flags.DEFINE_bool("powers_of_two", False, "--largest_batch: sizes per chip are powers of two (fewer compiles).")
 flags.mark_flags_as_required(["config", "topology"])
 
 EXIT_FITS, EXIT_DOES_NOT_FIT, EXIT_CONFIG_ERROR = 0, 1, 2
@@ -104,6 +105,7 @@ def _largest_batch(target: Any) -> None:
         FLAGS.config,
         target,
         granularity=FLAGS.batch_granularity,
+        powers_of_two=FLAGS.powers_of_two,
         max_compiles=FLAGS.max_compiles,
         progress=lambda line: print(f"  {line}", flush=True),
     )
