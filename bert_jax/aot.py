@@ -32,6 +32,11 @@ GB = 1e9
 HBM_RESERVE_FRACTION = 0.03
 
 
+def usable_bytes(memory_bytes: int) -> int:
+    """What a program may use of a chip's `memory_bytes`: all but the runtime's reserve."""
+    return int(memory_bytes * (1 - HBM_RESERVE_FRACTION))
+
+
 def _shard_bytes(tree: Any) -> int:
     """Bytes one device holds of a tree of `ShapeDtypeStruct`s carrying NamedShardings."""
     total = 0
@@ -157,7 +162,7 @@ class CompileReport:
 
     @property
     def usable_bytes(self) -> int:
-        return int(self.hbm_bytes * (1 - HBM_RESERVE_FRACTION))
+        return usable_bytes(self.hbm_bytes)
 
     @property
     def fits(self) -> bool:

@@ -253,7 +253,7 @@ def find_largest_batch(
     micro = num_microbatches(config)
     job = (make_job or aot.job_plan)(aot.check_slices(config, target.num_slices), list(target.devices))
     shards = batch_shards(job)
-    usable = int(target.memory_bytes * (1 - aot.HBM_RESERVE_FRACTION))
+    usable = aot.usable_bytes(target.memory_bytes)
     sizes = ladder(granularity, powers_of_two)
     probes: list[Probe] = []
     rows: int | None = sizes[_at_or_below(sizes, config.global_batch_size // (shards * micro))]
