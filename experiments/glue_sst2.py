@@ -60,6 +60,10 @@ def get_config(task: str = "glue_sst2") -> ml_collections.ConfigDict:
     config.model.dtype = "float32"
     config.model.hidden_dropout_prob = 0.1
     config.model.attention_probs_dropout_prob = 0.1
+    # What each encoder layer keeps for the backward pass: "none", "dots", "dots_no_batch" or "full" (recompute
+    # the layer): memory for compute, the same numbers (BertConfig.remat_policy). `bert-jax-compile` and
+    # `--config.fit=auto` pick it when a batch does not fit; the pretraining run's policy is not inherited.
+    config.model.remat_policy = "none"
     # "xla", or on TPUs "splash" (with attention_probs_dropout_prob=0): bert_jax/attention.py. The kernel the
     # pretraining run used does not come with its weights.
     config.model.attention_kernel = "xla"

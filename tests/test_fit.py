@@ -12,6 +12,7 @@ import runpy
 import types
 
 import jax
+import numpy as np
 import pytest
 
 from bert_jax import aot, fit, plan, pretrain_loop
@@ -111,6 +112,25 @@ def finetune_config(**overrides):
     for key, value in overrides.items():
         config[key] = value
     return config
+
+
+def test_fine_tuning_takes_a_remat_policy_and_computes_the_same_losses(tmp_path):
+    """`model.remat_policy` is a key of the fine-tuning configs (so `--config.model.remat_policy=full` parses, as
+    the compile tool suggests it): recomputing the layers changes memory only, not the losses."""
+    import json
+
+    from bert_jax.finetune import job as finetune_job
+
+    losses = {}
+    for policy in ("none", "full"):
+        config = finetune_config(num_train_steps=3, log_every_steps=1)
+        assert config.model.remat_policy == "none"  # declared, so absl's --config.model.remat_policy=... parses
+        config.model.remat_policy = policy
+        finetune_job.finetune_and_evaluate(config, str(tmp_path / policy))
+        lines = [json.loads(line) for line in (tmp_path / policy / "metrics.jsonl").read_text().splitlines()]
+        losses[policy] = [line["loss"] for line in lines if "loss" in line]
+    assert len(losses["none"]) == 3
+    np.testing.assert_allclose(losses["full"], losses["none"], rtol=1e-5)
 
 
 def test_the_fine_tuning_job_runs_its_compiled_steps_when_they_fit(tmp_path, capsys):
