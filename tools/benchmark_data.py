@@ -17,7 +17,7 @@ import shutil
 import statistics
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from bert_jax import quiet
 from bert_jax.data import batch_workers, corpus, documents, pipeline
@@ -40,6 +40,8 @@ flags.DEFINE_bool(
 
 def main(argv: list[str]) -> None:
     del argv
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TFDS's "Generating dataset" / "Load dataset info" INFO lines
     files = tuple(documents.expand_input_files(FLAGS.input_files))
     megabytes = sum(os.path.getsize(f) for f in files) / 1e6
     if not FLAGS.reuse:

@@ -42,6 +42,8 @@ flags.DEFINE_string("beam_pipeline_options", None, "Beam: comma-separated pipeli
 
 
 def main(argv: list[str]) -> None:
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TFDS's INFO lines; our own summary is printed
     storage.check_paths(
         {
             "input_files": FLAGS.input_files,
@@ -86,7 +88,7 @@ def main(argv: list[str]) -> None:
             f"Read {stats.files} file(s): {stats.documents} documents, {stats.sentences} sentences{skipped}{replaced}."
         )
     print(result.summary())
-    logging.info("Corpus options: %s", options)
+    logging.info("Corpus options: %s", options)  # with --verbosity=0
 
 
 def run() -> None:
