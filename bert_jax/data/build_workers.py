@@ -14,8 +14,9 @@ number of workers:
 The build's own process reads the files' lines (so non-UTF-8 text and empty inputs are reported as before), appends to
 the token store and writes the records to the split files (`split_files`): bytes only, so the workers, not
 this process, set the speed. At most `2 * num_workers` tasks are in flight, which bounds memory. Workers start
-with "spawn" (the parent may hold threads), and each runs its tokenizer single-threaded
-(`TOKENIZERS_PARALLELISM=false`): the processes are the parallelism.
+with "spawn" (the parent may hold threads), all at once when the pool is made (so their start-up overlaps the
+parent's own set-up), and each runs its tokenizer and numeric libraries single-threaded
+(`worker_env.single_threaded_children`): the processes are the parallelism.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from bert_jax.data import batch_workers
+from bert_jax.data import batch_workers, worker_env
 from bert_jax.data.corpus_spec import KEY_BASE, CorpusOptions, document_key, split_records_of, tokenize_document
 from bert_jax.data.documents import RawDocument
 from bert_jax.data.token_store import TokenStore
@@ -65,6 +66,10 @@ def resolve_num_workers(num_workers: int) -> int:
 
 class BuildWorkerError(RuntimeError):
     """A build worker died or could not start; the message names the fix."""
+
+
+def _ready() -> None:
+    """The warm-up task: returns once this worker has started (`BuildWorkers` starts them all at once)."""
 
 
 def _start_worker(options: CorpusOptions) -> None:
@@ -143,6 +148,10 @@ class BuildWorkers:
         self._pool = concurrent.futures.ProcessPoolExecutor(
             num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(options,)
         )
+        # The pool starts a process per task submitted while none is idle: one warm-up task each starts them all
+        # now, single-threaded, loading their tokenizers while this process sets up the build.
+        with worker_env.single_threaded_children():
+            self._warm_up = [self._pool.submit(_ready) for _ in range(num_workers)]
 
     def _ordered(self, calls: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
         """Results of `calls` ((function, *args) each), in order, with at most 2 * num_workers in flight."""

@@ -93,14 +93,21 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
         self._workers: BuildWorkers | None = None
         self._store_dir: str | None = None
         self._show_progress = show_progress
+        self._tokenizer: Any = None  # built once per builder (`tokenizer`): TFDS asks for the info several times
         self.read_stats = documents_lib.ReadStats()
         self.num_documents: int | None = None  # set by a local build (Beam workers count for themselves)
         self.num_tokens: int | None = None
         super().__init__(config=config, data_dir=data_dir, file_format="array_record", **kwargs)
 
+    def tokenizer(self) -> Any:
+        """The corpus's tokenizer, loaded on first use (a WordPiece vocabulary takes ~20 ms to load)."""
+        if self._tokenizer is None:
+            self._tokenizer = self._options.tokenizer()
+        return self._tokenizer
+
     def _info(self) -> tfds.core.DatasetInfo:
         options = self._options
-        tokenizer = options.tokenizer()
+        tokenizer = self.tokenizer()
         metadata = tfds.core.MetadataDict(
             options=dataclasses.asdict(options),
             vocab_size=tokenizer.vocab_size,
@@ -142,7 +149,6 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
 
     def _tokenize_to_store(self, directory: str) -> None:
         """Pass 1: every document, tokenized, appended to an on-disk store."""
-        tokenizer = self._options.tokenizer()
         writer = TokenStoreWriter(directory)
         sizes = [_input_bytes(path) for path in self._options.input_files]
         bar = ProgressBar("Tokenizing the corpus", sum(sizes)) if self._show_progress else None
@@ -165,6 +171,7 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
                 writer.add_flat(ids, starts, lengths, key=key)
                 self.read_stats.sentences += num_sentences
         else:
+            tokenizer = self.tokenizer()
             for key, document in documents():
                 sentences = document.sentences()
                 writer.add(tokenize_document(tokenizer, sentences), key=key)
@@ -212,7 +219,7 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
         return [writer.close() for writer in writers.values()]
 
     def _split_records_here(self, store: TokenStore, bar: ProgressBar | None) -> Iterator[tuple[str, bytes]]:
-        config = self._options.instance_config(self._options.tokenizer())
+        config = self._options.instance_config(self.tokenizer())
         for index, key in enumerate(store.keys):
             file_index, doc_index = divmod(int(key), KEY_BASE)
             yield from split_records_of(self._options, config, store, index, document_key(file_index, doc_index))
