@@ -247,3 +247,36 @@ def test_sentencepiece_corpus_builds_and_masks_with_its_own_special_ids(tmp_path
     masking = masking_config_from_corpus(result.dataset_dir, 10)
     assert masking.mask_id == spm.mask_id and masking.vocab_size == spm.vocab_size
     assert set(masking.special_ids) == {spm.pad_id, spm.cls_id, spm.sep_id}
+
+
+def test_record_files_read_the_records_tfds_reads_across_shards_in_any_order(built):
+    import pickle
+    import threading
+
+    from bert_jax.data.record_files import RecordFiles
+
+    source = open_corpus(built.dataset_dir, "train")
+    records = source.records
+    assert len(records.paths) == 3 and len(records) == len(source)
+    order = np.random.default_rng(0).permutation(len(source))
+    reference = source.tfds_source.data_source.__getitems__(order.tolist())  # array_record's own reader
+    assert records.read(order) == reference
+    assert records.read([]) == []
+    copy = pickle.loads(pickle.dumps(records))  # reopens its files
+    assert copy.read(order[::-1]) == reference[::-1]
+    results = {}
+
+    def read_in_thread(name, keys):
+        results[name] = [records.read([key])[0] for key in keys]
+
+    threads = [threading.Thread(target=read_in_thread, args=(n, order[n::2].tolist())) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results[0] == reference[0::2] and results[1] == reference[1::2]
+    for bad in (len(source), -1):
+        with pytest.raises(IndexError, match=f"record {bad} is out of range: the split has {len(source)} records"):
+            records.read([0, bad])
+    with pytest.raises(ValueError, match="2 record files but 1 lengths"):
+        RecordFiles(records.paths[:2], records.lengths[:1])

@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bert_jax.data import worker_env
+
 # Cores per extra worker process when `num_workers` is automatic: the rest serve the training process (JAX's
 # own threads, the device transfers). Hosts with fewer cores than this make batches in a thread of the job.
 CORES_PER_AUTO_WORKER = 4
@@ -169,6 +171,7 @@ class BatchWorkers:
             initializer=_start_worker,
             initargs=(pickled, self._memory.name if self._memory else None, _aligned(slot_bytes)),
         )
+        worker_env.start_all(self._executor, num_workers)  # each unpickles its source while the job sets up
 
     def submit(self, indices: np.ndarray, epoch: int) -> concurrent.futures.Future:
         """Queues the batch of `indices` in `epoch`; pass its future to `result`, once."""

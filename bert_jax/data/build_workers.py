@@ -68,10 +68,6 @@ class BuildWorkerError(RuntimeError):
     """A build worker died or could not start; the message names the fix."""
 
 
-def _ready() -> None:
-    """The warm-up task: returns once this worker has started (`BuildWorkers` starts them all at once)."""
-
-
 def _start_worker(options: CorpusOptions) -> None:
     global _options, _tokenizer, _instance_config
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -148,10 +144,7 @@ class BuildWorkers:
         self._pool = concurrent.futures.ProcessPoolExecutor(
             num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(options,)
         )
-        # The pool starts a process per task submitted while none is idle: one warm-up task each starts them all
-        # now, single-threaded, loading their tokenizers while this process sets up the build.
-        with worker_env.single_threaded_children():
-            self._warm_up = [self._pool.submit(_ready) for _ in range(num_workers)]
+        worker_env.start_all(self._pool, num_workers)  # they load their tokenizers while this process sets up
 
     def _ordered(self, calls: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
         """Results of `calls` ((function, *args) each), in order, with at most 2 * num_workers in flight."""

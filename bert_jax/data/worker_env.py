@@ -10,6 +10,7 @@ own libraries (already loaded, or loaded later) keep their settings.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 from collections.abc import Iterator
@@ -37,3 +38,18 @@ def single_threaded_children() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _ready() -> None:
+    """The warm-up task of `start_all`: returns once its worker has started."""
+
+
+def start_all(pool: concurrent.futures.ProcessPoolExecutor, num_workers: int) -> list[concurrent.futures.Future]:
+    """Starts all `num_workers` processes of `pool` now, single-threaded, and returns their warm-up futures.
+
+    A process pool starts a process per task submitted while none is idle, so without this its workers start
+    one by one as the first tasks arrive, each loading its libraries while the caller already waits for
+    results; started here, they load while the caller sets up its own work.
+    """
+    with single_threaded_children():
+        return [pool.submit(_ready) for _ in range(num_workers)]
