@@ -69,3 +69,24 @@ def test_a_bad_worker_count_is_refused_before_reading(tmp_path):
     with pytest.raises(ValueError, match="num_workers must be an integer >= 0"):
         build_corpus(_options(), tmp_path, num_workers=-1)
     assert not os.listdir(tmp_path)
+
+
+def test_benchmark_data_builds_over_build_workers_and_reports_the_count(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    alice = str(shared_path("gutenberg", "pg11-alice-in-wonderland.txt"))
+    vocab = str(shared_path("vocab", "bert-base-uncased-vocab.txt"))
+    reports = []
+    for workers in (0, 2):
+        command = [sys.executable, "-m", "tools.benchmark_data", f"--input_files={alice}", f"--vocab_file={vocab}"]
+        command += [f"--output_dir={tmp_path / str(workers)}", f"--build_workers={workers}", "--batches=2"]
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        reports.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert [report["build_workers"] for report in reports] == [0, 2]
+    assert reports[0]["instances"] == reports[1]["instances"] > 300  # the same corpus either way
+    assert all(report["build_mb_per_sec"] > 0 for report in reports)

@@ -3,9 +3,9 @@
   taskset -c 0 bert-jax-benchmark-data --input_files='../shared/data/gutenberg/*.txt' \
       --vocab_file=bert_jax/assets/vocab.txt --output_dir=/tmp/bench_corpus
 
-Builds the corpus into a fresh directory (timing the whole build; `--reuse` keeps one built earlier), then times
-`--batches` batches of the masked-LM pipeline after `--warmup` batches (which also start `--num_workers` worker
-processes), and prints one JSON line. With workers, the time per batch is the time between batches as the
+Builds the corpus into a fresh directory (timing the whole build, over `--build_workers` processes; `--reuse`
+keeps one built earlier), then times `--batches` batches of the masked-LM pipeline after `--warmup` batches
+(which also start `--num_workers` worker processes), and prints one JSON line. With workers, the time per batch is the time between batches as the
 consumer sees them: the pipeline's throughput.
 """
 
@@ -20,7 +20,7 @@ import time
 from absl import app, flags, logging
 
 from bert_jax import quiet
-from bert_jax.data import batch_workers, corpus, documents, pipeline
+from bert_jax.data import batch_workers, build_workers, corpus, documents, pipeline
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input_files", None, "Text files: a glob or a comma-separated list.", required=True)
@@ -33,6 +33,11 @@ flags.DEFINE_integer("batches", 40, "Timed batches.")
 flags.DEFINE_integer("warmup", 3, "Untimed batches first.")
 flags.DEFINE_integer("prefetch", 0, "Batches prepared ahead by a thread (0: time the work itself).")
 flags.DEFINE_integer("num_workers", 0, "Worker processes making batches (0: this process; -1: the job's default).")
+flags.DEFINE_integer(
+    "build_workers",
+    -1,
+    "Worker processes building the corpus (0: this process; -1: one per core, as bert-jax-build-corpus).",
+)
 flags.DEFINE_bool(
     "reuse", False, "Reuse a corpus already built in --output_dir with the same options (no build timing)."
 )
@@ -47,8 +52,9 @@ def main(argv: list[str]) -> None:
     if not FLAGS.reuse:
         shutil.rmtree(FLAGS.output_dir, ignore_errors=True)
     options = corpus.CorpusOptions(input_files=files, vocab_file=FLAGS.vocab_file, max_seq_length=FLAGS.max_seq_length)
+    num_build_workers = build_workers.resolve_num_workers(FLAGS.build_workers)
     start = time.perf_counter()
-    result = corpus.build_corpus(options, FLAGS.output_dir)
+    result = corpus.build_corpus(options, FLAGS.output_dir, num_workers=num_build_workers)
     build_seconds = time.perf_counter() - start
     masking = corpus.masking_config_from_corpus(result.dataset_dir, FLAGS.max_predictions_per_seq)
     num_workers = batch_workers.resolve_num_workers(FLAGS.num_workers)
@@ -76,6 +82,7 @@ def main(argv: list[str]) -> None:
                 "cores": batch_workers.available_cores(),
                 "instances": result.num_examples["train"],
                 "corpus_reused": result.reused,
+                "build_workers": None if result.reused else num_build_workers,
                 "build_seconds": round(build_seconds, 2),
                 "build_mb_per_sec": None if result.reused else round(megabytes / build_seconds, 3),
                 "batch_ms_median": round(1000 * median, 2),
