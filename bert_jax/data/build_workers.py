@@ -209,7 +209,9 @@ class BuildWorkers:
                 documents_done(last)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stops the workers without waiting for them to exit (~0.1 s of interpreter teardown each, which
+        overlaps what the caller does next; the pool joins them in the background and at exit)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> BuildWorkers:
         return self

@@ -97,7 +97,7 @@ def build_corpus(
     if not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an integer >= 0 (0: build in this process), got {num_workers!r}.")
     documents_lib.expand_input_files(list(options.input_files))  # every input exists (or a clear error)
-    options.tokenizer()  # a bad vocabulary fails here, before any reading
+    tokenizer = options.tokenizer()  # a bad vocabulary fails here, before any reading; the build reuses it
     output_dir = os.fspath(output_dir)
     if storage.is_remote(output_dir):
         return _build_remote(options, output_dir, num_shards, beam_options, show_progress, num_workers)
@@ -106,7 +106,7 @@ def build_corpus(
 
     start = time.perf_counter()
     with quiet_tfds():
-        builder, reused = _build(options, output_dir, num_shards, beam_options, show_progress, num_workers)
+        builder, reused = _build(options, output_dir, num_shards, beam_options, show_progress, num_workers, tokenizer)
     counts = {split: builder.info.splits[split].num_examples for split in options.splits}
     if counts["train"] == 0:
         shutil.rmtree(builder.data_dir, ignore_errors=True)
@@ -188,14 +188,16 @@ def _build(
     beam_options: Any,
     show_progress: bool,
     num_workers: int,
+    tokenizer: Any = None,
 ) -> tuple[Any, bool]:
-    """The prepared TFDS builder (built now unless it already was) and whether it already was."""
+    """The prepared TFDS builder (built now unless it already was) and whether it already was; `tokenizer` is
+    `options.tokenizer()` when the caller has loaded it already."""
     import tensorflow_datasets as tfds
 
     from bert_jax.data.corpus_builder import BertPretrainingCorpus
 
     builder = BertPretrainingCorpus(
-        options=options, data_dir=output_dir, show_progress=show_progress, num_workers=num_workers
+        options=options, data_dir=output_dir, show_progress=show_progress, num_workers=num_workers, tokenizer=tokenizer
     )
     reused = builder.is_prepared()
     kwargs: dict[str, Any] = {}

@@ -85,7 +85,14 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
     }
 
     def __init__(
-        self, *, options: CorpusOptions, data_dir: str, show_progress: bool = False, num_workers: int = 0, **kwargs: Any
+        self,
+        *,
+        options: CorpusOptions,
+        data_dir: str,
+        show_progress: bool = False,
+        num_workers: int = 0,
+        tokenizer: Any = None,
+        **kwargs: Any,
     ):
         config = CorpusBuilderConfig(name=options.config_name(), options=options, description="bert_jax corpus")
         self._options = options
@@ -93,7 +100,9 @@ class BertPretrainingCorpus(tfds.core.GeneratorBasedBuilder):
         self._workers: BuildWorkers | None = None
         self._store_dir: str | None = None
         self._show_progress = show_progress
-        self._tokenizer: Any = None  # built once per builder (`tokenizer`): TFDS asks for the info several times
+        # Built once per builder (`tokenizer`; TFDS asks for the info several times), or the caller's, who has
+        # loaded `options.tokenizer()` to check the vocabulary before the build.
+        self._tokenizer: Any = tokenizer
         self.read_stats = documents_lib.ReadStats()
         self.num_documents: int | None = None  # set by a local build (Beam workers count for themselves)
         self.num_tokens: int | None = None
