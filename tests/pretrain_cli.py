@@ -9,11 +9,11 @@ from tests.conftest import REPO_ROOT
 
 
 def pretrain_command(workdir: str, *overrides: str, config: str = "bert_tiny.py") -> list[str]:
-    """`python -m bert_jax.pretrain --config=experiments/<config> --workdir=<workdir> <overrides>`."""
+    """`python -m bert_jax_tools.pretrain --config=experiments/<config> --workdir=<workdir> <overrides>`."""
     return [
         sys.executable,
         "-m",
-        "bert_jax.pretrain",
+        "bert_jax_tools.pretrain",
         f"--config={REPO_ROOT / 'experiments' / config}",
         f"--workdir={workdir}",
         *overrides,

@@ -150,7 +150,7 @@ def _command(workdir, corpus_dir: str | None = None) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "bert_jax.pretrain",
+        "bert_jax_tools.pretrain",
         f"--config={REPO_ROOT / 'experiments' / 'bert_tiny.py'}",
         f"--workdir={workdir}",
         *data,

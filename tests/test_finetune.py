@@ -78,7 +78,7 @@ def _finetune(workdir, config: str, *overrides: str, timeout: int = 900) -> subp
         [
             sys.executable,
             "-m",
-            "bert_jax.finetune.cli",
+            "bert_jax_tools.finetune",
             f"--config={REPO_ROOT / 'experiments' / config}",
             f"--workdir={workdir}",
             *overrides,
@@ -200,7 +200,7 @@ def test_sigterm_then_restart_equals_an_uninterrupted_run(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "bert_jax.finetune.cli",
+        "bert_jax_tools.finetune",
         f"--config={REPO_ROOT / 'experiments' / 'glue_sst2.py'}",
         f"--workdir={tmp_path / 'stopped'}",
         *common,

@@ -82,7 +82,7 @@ def test_glibc_version_agrees_with_the_platform_module():
 
 
 def test_restart_command_keeps_interpreter_options_and_arguments():
-    orig = ["python3", "-X", "faulthandler", "-m", "bert_jax.pretrain", "--config=c.py", "--workdir=a b"]
+    orig = ["python3", "-X", "faulthandler", "-m", "bert_jax_tools.pretrain", "--config=c.py", "--workdir=a b"]
     assert host_memory.restart_command(orig, "/usr/bin/python3") == ["/usr/bin/python3", *orig[1:]]
 
 

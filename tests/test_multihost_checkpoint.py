@@ -54,7 +54,7 @@ def _command(workdir, corpus_dir: str, distributed: list[str]) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "bert_jax.pretrain",
+        "bert_jax_tools.pretrain",
         f"--config={REPO_ROOT / 'experiments' / 'bert_tiny.py'}",
         f"--workdir={workdir}",
         *distributed,

@@ -285,7 +285,7 @@ def test_an_unreachable_store_ends_the_job_in_one_line_within_60_seconds(gcs, tm
         [
             sys.executable,
             "-m",
-            "bert_jax.pretrain",
+            "bert_jax_tools.pretrain",
             f"--config={REPO_ROOT / 'experiments' / 'bert_tiny.py'}",
             "--workdir=gs://some-bucket/run",
         ],
@@ -438,7 +438,7 @@ def test_the_tools_and_fine_tuning_read_and_write_gs(gcs, bucket, tmp_path):
     finetune = [
         sys.executable,
         "-m",
-        "bert_jax.finetune.cli",
+        "bert_jax_tools.finetune",
         f"--config={REPO_ROOT / 'experiments' / 'glue_sst2.py'}",
         f"--workdir={sst2}",
         f"--config.init_from={run}",

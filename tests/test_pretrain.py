@@ -20,7 +20,7 @@ def _pretrain(workdir, *overrides, timeout=900):
         [
             sys.executable,
             "-m",
-            "bert_jax.pretrain",
+            "bert_jax_tools.pretrain",
             f"--config={REPO_ROOT / 'experiments' / 'bert_tiny.py'}",
             f"--workdir={workdir}",
             *overrides,

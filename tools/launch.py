@@ -15,8 +15,8 @@ from bert_jax import host_memory, peer_watch, quiet
 
 _PROGRAMS = {"pretrain": "bert-jax-pretrain", "finetune": "bert-jax-finetune", "benchmark": "bert-jax-benchmark"}
 _JOBS = {
-    "pretrain": "bert_jax.pretrain",
-    "finetune": "bert_jax.finetune.cli",
+    "pretrain": "bert_jax_tools.pretrain",
+    "finetune": "bert_jax_tools.finetune",
     "benchmark": "bert_jax_tools.benchmark",
 }
 

@@ -76,8 +76,9 @@ def ours_command(task: TableTask, seed: int, model_dir: str, data_dir: str, conf
         "compilation_cache_dir": "off",  # every run compiles, as a user's first run does
     }
     config = os.path.join(config_dir, f"{task.name}.py")
+    # The job by its module name, as its own process (the installed `bert-jax-finetune` runs the same main).
     return [
-        sys.executable, "-m", "bert_jax.finetune.cli", f"--config={config}", f"--workdir={workdir}",
+        sys.executable, "-m", "bert_jax_tools.finetune", f"--config={config}", f"--workdir={workdir}",
         *(f"--config.{k}={v}" for k, v in flags.items()),
     ]  # fmt: skip
 

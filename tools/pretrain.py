@@ -3,7 +3,8 @@
   bert-jax-pretrain --config=experiments/bert_tiny.py --workdir=/tmp/bert_tiny
   bert-jax-pretrain --config=experiments/bert_base_phase1.py --workdir=/mnt/bucket/run --config.num_train_steps=1000
 
-Only this entry point reads flags; the job itself is `pretrain_loop.train_and_evaluate(config, workdir)`.
+Only this entry point reads flags (it lives in tools/, not in the library); the job itself is
+`bert_jax.pretrain_loop.train_and_evaluate(config, workdir)`.
 Run the same command again to resume: the job continues from the workdir's latest checkpoint. Stopped by
 SIGTERM or Ctrl-C (or a preemption notice on multi-host), it saves a checkpoint of the current step and
 exits with status 0.
