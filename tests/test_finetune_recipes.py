@@ -148,3 +148,22 @@ def test_glue_table_runs_both_sides_and_resumes(tmp_path, minilm_dir):
     assert glue_table.build_table(*args, say=said.append) == table and len(said) == 2  # nothing reruns
     with pytest.raises(glue_table.TableError, match="the table's tasks: glue_sst2"):
         glue_table.tasks_named(["glue_qqp"])
+
+
+def test_glue_table_overrides_set_one_setting_for_every_task_and_rows_keep_to_their_settings(tmp_path):
+    from bert_jax.finetune import glue_table
+
+    sst2, cola = glue_table.tasks_named(["glue_sst2", "glue_cola"], learning_rate=1e-3, steps=0, batch_size=32)
+    assert (sst2.learning_rate, sst2.batch_size, sst2.steps) == (1e-3, 32, glue_table.TABLE_TASKS["glue_sst2"].steps)
+    own = glue_table.TABLE_TASKS["glue_cola"]
+    assert cola.settings == f"{own.steps} x 32, seq {own.max_seq_length}, lr 0.001"
+    with pytest.raises(glue_table.TableError, match="Cannot set metric"):
+        glue_table.tasks_named(["glue_sst2"], metric=1)
+    with pytest.raises(glue_table.TableError, match="Cannot set steps"):
+        glue_table.tasks_named(["glue_sst2"], steps=-5)
+    # A run made with other settings (or before settings were recorded) is not counted in, or skipped for, a row.
+    old = {"side": "bert_jax", "task": "glue_sst2", "seed": 0, "metrics": {"accuracy": 0.5}, "wall_seconds": 60.0}
+    other = {**old, "settings": "1 x 1, seq 8, lr 1", "metrics": {"accuracy": 0.9}}
+    mine = {**old, "settings": sst2.settings, "metrics": {"accuracy": 0.7}}
+    row = glue_table.render([old, other, mine], [sst2]).splitlines()[2]
+    assert "| 0.700 (0.700-0.700) | - |" in row, row
