@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from bert_jax import attention, configs, flops, optim, sharding, tokenizers, train
+from bert_jax import attention, configs, flops, optim, sharding, structured_init, tokenizers, train
 from bert_jax.data import batch_workers, corpus
 from bert_jax.model import BertForPreTraining
 
@@ -118,6 +118,7 @@ class PretrainPlan:
     model_config: configs.BertConfig  # vocabulary padding already a multiple of the mesh's vocab shards
     mesh_config: sharding.MeshConfig  # resolved: no -1 left
     optimizer_config: optim.OptimizerConfig
+    initialization: structured_init.InitializationConfig  # BERT's own by default (`config.initialization`)
     mesh: Mesh
     model: BertForPreTraining
     optimizer: optax.GradientTransformation
@@ -197,6 +198,9 @@ def make_plan(config: ml_collections.ConfigDict, devices: Sequence[Any] | None =
     sharding.validate_parallelism(model, mesh_config, config.global_batch_size, len(devices))
     attention.check_devices(model.attention_kernel, devices)
     optimizer_settings = optimizer_config(config)
+    section = config.get("initialization")
+    initialization = structured_init.initialization_config(section.to_dict() if section is not None else None)
+    initialization.check_model(model, config.data.max_seq_length)
     mesh = sharding.make_mesh(mesh_config, devices)
     module = BertForPreTraining(model)
     optimizer = optim.make_optimizer(optimizer_settings)
@@ -215,6 +219,7 @@ def make_plan(config: ml_collections.ConfigDict, devices: Sequence[Any] | None =
         model_config=model,
         mesh_config=mesh_config.resolve(len(devices)),
         optimizer_config=optimizer_settings,
+        initialization=initialization,
         mesh=mesh,
         model=module,
         optimizer=optimizer,

@@ -36,6 +36,7 @@ from bert_jax import (
     sharding,
     step_loop,
     storage,
+    structured_init,
     train,
     warm_start,
 )
@@ -184,6 +185,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> JobRe
         return _train_and_evaluate(config, workdir, cache_dir)
 
 
+def _training_tokens(corpus_dir: str, max_tokens: int, rows_per_read: int = 1024) -> Iterator[tuple[Any, Any]]:
+    """(flat tokens, lengths) of the training split's first instances, up to about `max_tokens` tokens."""
+    source = corpus.open_corpus(corpus_dir, "train")
+    seen = 0
+    for start in range(0, len(source), rows_per_read):
+        columns = source.read_columns(range(start, min(start + rows_per_read, len(source))))
+        yield columns["tokens"], columns["lengths"]
+        seen += len(columns["tokens"])
+        if seen >= max_tokens:
+            return
+
+
+def _structured_start(
+    state: train.TrainState,
+    job: plan.PretrainPlan,
+    corpus_dir: str,
+    seed: int,
+    shardings: train.TrainState,
+    is_main: bool,
+) -> train.TrainState:
+    """`state` with the params `job.initialization` sets (computed on process 0, the same on every process)."""
+    started = time.perf_counter()
+    init = job.initialization
+    special_ids = corpus.corpus_metadata(corpus_dir)["special_ids"].values()
+    leaves = structured_init.structured_leaves(
+        job.model_config, init, seed, lambda: _training_tokens(corpus_dir, init.max_corpus_tokens), special_ids
+    )
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        leaves = multihost_utils.broadcast_one_to_all(leaves)
+    params = jax.tree_util.tree_map(lambda leaf: leaf, state.params)  # new containers, the same arrays
+    for path, value in leaves.items():
+        target = params
+        for name in path[:-1]:
+            target = target[name]
+        where = shardings.params
+        for name in path:
+            where = where[name]
+        target[path[-1]] = sharding.place_host_tree(np.asarray(value), where)
+    if is_main:
+        print(
+            f"Initialized attention {init.attention}, word embeddings {init.word_embeddings} "
+            f"(config.initialization) in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
+    return state.replace(params=params)
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_dir: str | None) -> JobResult:
     cache_start = compile_cache.counts()
     is_main = jax.process_index() == 0
@@ -243,6 +293,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
                 print(f"Resumed from the checkpoint of step {restored.step} in {checkpointer.directory}", flush=True)
         else:
             state = train.create_train_state(job.model, job.optimizer, jax.random.key(config.seed), shardings)
+            if not job.initialization.is_default:
+                state = _structured_start(state, job, corpus_dir, config.seed, shardings, is_main)
             if config.init_from:
                 start = warm_start.load(config.init_from, model_config, state.params)
                 state = state.replace(params=sharding.place_host_tree(start.params, shardings.params))

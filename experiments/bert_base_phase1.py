@@ -96,6 +96,11 @@ def get_config() -> ml_collections.ConfigDict:
     # thread of the job), 0 = a thread, N = N processes. The batches are the same for any number.
     config.data.num_workers = -1
 
+    # BERT's own initialization (bert_tiny.py's demo starts from a structured one, bert_jax/structured_init.py).
+    config.initialization = ml_collections.ConfigDict()
+    config.initialization.attention = "random"
+    config.initialization.word_embeddings = "random"
+
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"
     config.optimizer.learning_rate = 1e-4

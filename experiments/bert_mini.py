@@ -41,4 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     # google-research/electra's configure_pretraining.py). Warmup: 10% of the steps.
     config.optimizer.learning_rate = 5e-4
     config.optimizer.warmup_steps = 60
+    # BERT's own initialization: the demo's structured one is measured on tiny only.
+    config.initialization.attention = "random"
+    config.initialization.word_embeddings = "random"
     return config

@@ -81,6 +81,13 @@ def get_config() -> ml_collections.ConfigDict:
     # thread of the job), 0 = a thread, N = N processes. The batches are the same for any number.
     config.data.num_workers = -1
 
+    # The weights at step 0 (bert_jax/structured_init.py): "random" everywhere is BERT's own initialization.
+    # "local" attention (each head starts looking at one neighbour) and word vectors from the corpus's
+    # co-occurrence counts take the demo off the unigram plateau: held-out accuracy at [MASK] 0.156, not 0.075.
+    config.initialization = ml_collections.ConfigDict()
+    config.initialization.attention = "local"
+    config.initialization.word_embeddings = "corpus"
+
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"
     config.optimizer.learning_rate = 2e-3
