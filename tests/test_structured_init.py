@@ -145,3 +145,35 @@ def test_the_job_rejects_a_bad_initialization_before_it_builds_anything(tmp_path
     config.data.max_predictions_per_seq = 20
     with pytest.raises(ConfigError, match=re.escape('initialization.attention="random" for long sequences')):
         plan.make_plan(config)
+
+
+def test_corpus_vectors_match_an_exact_svd_of_a_real_books_ppmi():
+    # The randomized SVD must give the top singular directions of a real PPMI matrix (whose spectrum falls slowly,
+    # so too few power steps mix in the next directions): the table's Gram matrix, applied to a few probes, equals
+    # the one from ARPACK's exact truncated SVD (scipy's svds) of the same matrix to 10% (3 power steps: 39%).
+    import glob
+    import os
+
+    import scipy.sparse.linalg
+
+    import bert_jax
+
+    book = sorted(glob.glob(os.path.join(os.path.dirname(bert_jax.__file__), "assets", "corpus", "*.txt")))[0]
+    with open(book, encoding="utf-8") as f:
+        words = f.read()[:300_000].lower().split()
+    vocab = {word: i + 1 for i, word in enumerate(sorted(set(words)))}  # 0: a special id nothing uses
+    tokens = np.array([vocab[word] for word in words], np.int32)
+    batches = [(tokens, np.array([len(tokens)]))]
+    dim = 128
+    table, seen = structured_init.cooccurrence_embeddings(batches, len(vocab) + 1, dim, [0], window=2, std=0.02)
+
+    ppmi = structured_init.positive_pmi(batches, len(vocab) + 1, [0], window=2)
+    ids = np.flatnonzero(seen)
+    u, s, _ = scipy.sparse.linalg.svds(ppmi[ids][:, ids], k=dim)
+    exact = u * np.sqrt(s)
+    exact *= 0.02 / exact.std()
+    ours = table[ids]
+    probes = np.random.default_rng(1).standard_normal((len(ids), 8))
+    expected = exact @ (exact.T @ probes)
+    error = np.linalg.norm(ours @ (ours.T @ probes) - expected) / np.linalg.norm(expected)
+    assert error < 0.1, error
