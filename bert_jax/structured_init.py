@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
+import threadpoolctl
 
 from bert_jax.configs import BertConfig, ConfigError
 
@@ -191,7 +192,10 @@ def cooccurrence_embeddings(
             f'too few for {dim}-dimensional vectors; use initialization.word_embeddings="random".'
         )
     ppmi = ppmi[ids][:, ids]  # the SVD of the words the split holds only (a third of BERT's vocab in the demo)
-    u, s = _top_singular_vectors(ppmi, dim)
+    # One BLAS thread: the products are small and memory-bound, and OpenBLAS's threads spin-wait for a core; beside
+    # any other busy process (an input pipeline, a second job) the threaded SVD ran 14x slower here (58 s vs 4 s).
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        u, s = _top_singular_vectors(ppmi, dim)
     vectors = u * np.sqrt(s)
     table = np.zeros((vocab_size, dim), np.float32)
     table[ids] = vectors * (std / vectors.std())
