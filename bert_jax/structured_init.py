@@ -11,7 +11,7 @@ Initialization of Self-Attention Layers", 2023, set the query-key product to the
   `head_dim / 2` frequency pairs, pi (m + 1/2) / (head_dim / 2), so distinct positions up to 2 x head_dim apart
   are orthogonal), and in every layer head h's query and key kernels read that slice and rotate it by the head's
   offset (-1, +1, -2, +2, ...): head h attends to the token at its offset with a softmax logit of
-  `LOCAL_ATTENTION_LOGIT` over the others. Its value and output kernels are one random orthogonal projection
+  `local_attention_logit` over the others. Its value and output kernels are one random orthogonal projection
   and its transpose, scaled by `value_output_gain`, so the neighbour's vector reaches the residual stream.
 - `word_embeddings="corpus"`: word vectors from the training split's co-occurrence counts (positive pointwise
   mutual information in a +-`window` token window, context counts smoothed by ^0.75, truncated SVD to the hidden
@@ -35,7 +35,6 @@ from bert_jax.configs import BertConfig, ConfigError
 
 ATTENTION_INITS = ("random", "local")
 WORD_EMBEDDING_INITS = ("random", "corpus")
-LOCAL_ATTENTION_LOGIT = 8.0  # head h's logit for its offset's token over the others, on position vectors alone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +44,7 @@ class InitializationConfig:
     attention: str = "random"
     word_embeddings: str = "random"
     position_scale: float = 0.2  # "local": each position embedding entry's amplitude
+    local_attention_logit: float = 8.0  # "local": a head's logit for its offset's token over the others
     value_output_gain: float = 0.7  # "local": the value-output product is this times a projection
     window: int = 2  # "corpus": co-occurrence window, tokens on each side
     max_corpus_tokens: int = 5_000_000  # "corpus": counted from at most this many training tokens
@@ -61,6 +61,11 @@ class InitializationConfig:
             )
         if self.window < 1 or self.max_corpus_tokens < 1000:
             raise ConfigError("initialization.window must be >= 1 and max_corpus_tokens >= 1000.")
+        if not 0 < self.local_attention_logit <= 30:
+            raise ConfigError(
+                f"initialization.local_attention_logit={self.local_attention_logit} must be in (0, 30] "
+                "(a head's logit for its neighbour; beyond 30 the softmax is one-hot and passes no gradient)."
+            )
 
     @property
     def is_default(self) -> bool:
@@ -142,7 +147,7 @@ def local_attention(model: BertConfig, init: InitializationConfig, seed: int) ->
     }
     # On position vectors alone (LayerNorm makes each entry about +-1) a head's logit for its offset's token is
     # scale^2 x head_dim / sqrt(head_dim), and about 0 for every other token.
-    scale = np.sqrt(LOCAL_ATTENTION_LOGIT / np.sqrt(head_dim))
+    scale = np.sqrt(init.local_attention_logit / np.sqrt(head_dim))
     gain = np.sqrt(init.value_output_gain)
     rng = np.random.default_rng(seed)
     for layer in range(model.num_hidden_layers):

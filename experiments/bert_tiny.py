@@ -88,6 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.initialization = ml_collections.ConfigDict()
     config.initialization.attention = "local"
     config.initialization.word_embeddings = "corpus"
+    config.initialization.local_attention_logit = 8.0
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"

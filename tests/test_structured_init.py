@@ -128,6 +128,8 @@ def test_config_errors_name_the_setting():
         structured_init.initialization_config({"attention": "nearby"})
     with pytest.raises(ConfigError, match="Unknown initialization setting"):
         structured_init.initialization_config({"atention": "local"})
+    with pytest.raises(ConfigError, match=re.escape("initialization.local_attention_logit=0 must be in (0, 30]")):
+        structured_init.initialization_config({"attention": "local", "local_attention_logit": 0})
     init = structured_init.initialization_config({"attention": "local"})
     with pytest.raises(ConfigError, match="up to 2 x head_dim = 128 tokens; max_seq_length is 512"):
         init.check_model(_tiny(), 512)
