@@ -151,15 +151,15 @@ def pretraining_terms(
     }
 
 
-def summarize(terms: Mapping[str, Array]) -> dict[str, Array]:
-    """Means from sums: loss (MLM + NSP), mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy, and
-    mlm_accuracy_at_mask where the [MASK] predictions were counted apart."""
+def summarize(terms: Mapping[str, Array], nsp_loss_weight: float = 1.0) -> dict[str, Array]:
+    """Means from sums: loss (MLM + `nsp_loss_weight` x NSP: the objective), mlm_loss, mlm_accuracy, nsp_loss,
+    nsp_accuracy, and mlm_accuracy_at_mask where the [MASK] predictions were counted apart."""
     mlm_count = jnp.maximum(terms["mlm_count"], 1e-5)  # the original's denominator guard
     nsp_count = jnp.maximum(terms["nsp_count"], 1e-5)
     mlm_loss = terms["mlm_loss_sum"] / mlm_count
     nsp_loss = terms["nsp_loss_sum"] / nsp_count
     means = {
-        "loss": mlm_loss + nsp_loss,
+        "loss": mlm_loss + nsp_loss_weight * nsp_loss,
         "mlm_loss": mlm_loss,
         "mlm_accuracy": terms["mlm_correct_sum"] / mlm_count,
         "nsp_loss": nsp_loss,
@@ -175,7 +175,11 @@ def pretraining_loss(
     nsp_logits: Array,
     batch: Mapping[str, Array],
     mlm_terms: MaskedLmTerms = masked_lm_terms,
+    nsp_loss_weight: float = 1.0,
 ) -> tuple[Array, dict]:
-    """The training objective (MLM + NSP mean losses) and its metrics for one batch."""
-    metrics = summarize(pretraining_terms(mlm_logits, nsp_logits, batch, mlm_terms))
+    """The training objective (MLM + `nsp_loss_weight` x NSP mean losses) and its metrics for one batch.
+
+    Weight 0 trains the masked LM alone (RoBERTa's finding: NSP is not needed); the NSP metrics are still reported.
+    """
+    metrics = summarize(pretraining_terms(mlm_logits, nsp_logits, batch, mlm_terms), nsp_loss_weight)
     return metrics["loss"], metrics

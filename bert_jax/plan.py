@@ -62,6 +62,11 @@ def check_job(config: ml_collections.ConfigDict) -> None:
             f"global_batch_size={config.global_batch_size} is not divisible by num_microbatches="
             f"{config.num_microbatches}."
         )
+    if not 0.0 <= config.get("nsp_loss_weight", 1.0) <= 100.0:
+        raise JobConfigError(
+            f"nsp_loss_weight must be in [0, 100], got {config.nsp_loss_weight}: 1 is BERT's objective (MLM + NSP), "
+            "0 trains the masked LM alone."
+        )
     data = config.get("data")
     if data is not None and "num_workers" in data:
         try:
@@ -119,6 +124,7 @@ class PretrainPlan:
     mesh_config: sharding.MeshConfig  # resolved: no -1 left
     optimizer_config: optim.OptimizerConfig
     initialization: structured_init.InitializationConfig  # BERT's own by default (`config.initialization`)
+    nsp_loss_weight: float  # the NSP loss's weight in the objective (`config.nsp_loss_weight`; 1 = BERT's)
     mesh: Mesh
     model: BertForPreTraining
     optimizer: optax.GradientTransformation
@@ -206,6 +212,7 @@ def make_plan(config: ml_collections.ConfigDict, devices: Sequence[Any] | None =
     optimizer = optim.make_optimizer(optimizer_settings)
     schedule = optim.learning_rate_schedule(optimizer_settings)
     shardings = train.state_shardings(module, optimizer, mesh)
+    nsp_loss_weight = float(config.get("nsp_loss_weight", 1.0))
     step = train.make_train_step(
         module,
         optimizer,
@@ -213,6 +220,7 @@ def make_plan(config: ml_collections.ConfigDict, devices: Sequence[Any] | None =
         dropout_seed=config.seed + 1,
         num_microbatches=config.num_microbatches,
         mesh=mesh,
+        nsp_loss_weight=nsp_loss_weight,
     )
     return PretrainPlan(
         config=config,
@@ -220,6 +228,7 @@ def make_plan(config: ml_collections.ConfigDict, devices: Sequence[Any] | None =
         mesh_config=mesh_config.resolve(len(devices)),
         optimizer_config=optimizer_settings,
         initialization=initialization,
+        nsp_loss_weight=nsp_loss_weight,
         mesh=mesh,
         model=module,
         optimizer=optimizer,

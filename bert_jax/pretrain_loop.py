@@ -339,7 +339,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
                 sums = eval_step(state.params, sharding.global_batch_from_process_local(local, mesh))
                 totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
             assert totals is not None
-            results = {k: float(v) for k, v in jax.device_get(summarize(totals)).items()}
+            results = {k: float(v) for k, v in jax.device_get(summarize(totals, job.nsp_loss_weight)).items()}
             log.write(step, results, prefix="eval_")
             if is_main:
                 at_mask = results.get("mlm_accuracy_at_mask")

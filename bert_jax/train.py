@@ -200,8 +200,9 @@ def make_train_step(
     dropout_seed: int,
     num_microbatches: int = 1,
     mesh: Mesh | None = None,
+    nsp_loss_weight: float = 1.0,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """The pretraining step: `make_step` with the MLM + NSP objective.
+    """The pretraining step: `make_step` with the MLM + `nsp_loss_weight` x NSP objective.
 
     Metrics: loss, mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy (means over the batch), grad_norm (before
     clipping) and learning_rate (the one this step used). With `mesh`, the MLM loss is vocab-parallel
@@ -211,7 +212,7 @@ def make_train_step(
 
     def loss_fn(params: Any, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics]:
         mlm_logits, nsp_logits = _forward(model, params, batch, deterministic=False, rng=rng)
-        return losses.pretraining_loss(mlm_logits, nsp_logits, batch, mlm_terms)
+        return losses.pretraining_loss(mlm_logits, nsp_logits, batch, mlm_terms, nsp_loss_weight)
 
     return make_step(loss_fn, optimizer, schedule, dropout_seed=dropout_seed, num_microbatches=num_microbatches)
 

@@ -97,6 +97,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_workers = -1
 
     # BERT's own initialization (bert_tiny.py's demo starts from a structured one, bert_jax/structured_init.py).
+    # The objective: masked LM + this x NSP (1: BERT's; 0: the masked LM alone, as RoBERTa).
+    config.nsp_loss_weight = 1.0
+
     config.initialization = ml_collections.ConfigDict()
     config.initialization.attention = "random"
     config.initialization.word_embeddings = "random"

@@ -72,6 +72,18 @@ def test_hand_computed_terms():
     assert float(means["loss"]) == pytest.approx(-np.log(0.2) + (-np.log(0.9) - np.log(0.25)) / 2, rel=1e-6)
 
 
+def test_the_nsp_weight_scales_only_the_nsp_term_of_the_objective():
+    # The same hand-computed terms as above: MLM -log 0.2, NSP mean (-log 0.9 - log 0.25) / 2.
+    logits = jnp.log(jnp.array([[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]]))
+    terms = masked_lm_terms(logits, jnp.array([[1, 2]]), jnp.array([[1.0, 0.0]]))
+    terms |= next_sentence_terms(jnp.log(jnp.array([[0.9, 0.1], [0.25, 0.75]])), jnp.array([0, 0]))
+    mlm, nsp = -np.log(0.2), (-np.log(0.9) - np.log(0.25)) / 2
+    for weight in (0.0, 0.5, 1.0):
+        means = summarize(terms, nsp_loss_weight=weight)
+        assert float(means["loss"]) == pytest.approx(mlm + weight * nsp, rel=1e-6)
+        assert float(means["nsp_loss"]) == pytest.approx(nsp, rel=1e-6)  # still reported at weight 0
+
+
 def test_accuracy_at_mask_counts_only_the_masked_inputs():
     # Three predictions: the first two hid their word behind [MASK] (id 4), the third kept it; the model gets
     # the first and the third right. Mixed accuracy 2/3, at [MASK] 1/2; padding examples drop out.

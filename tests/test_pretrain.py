@@ -72,6 +72,7 @@ def test_tiny_job_trains_logs_evaluates_and_exports(tmp_path):
         ("--config.global_batch_size=30", "not divisible by num_microbatches"),
         ("--config.data.train_files=/nonexistent/*.txt", "matches no file"),
         ("--config.model.size=huge", "Unknown model size"),
+        ("--config.nsp_loss_weight=-1", "nsp_loss_weight must be in [0, 100]"),
     ],
 )
 def test_user_errors_end_in_one_line(tmp_path, override, message):

@@ -33,7 +33,7 @@ import pytest
 
 from bert_jax import losses, train
 from bert_jax.configs import BertConfig
-from bert_jax.model import BertForPreTraining
+from bert_jax.model import BertForPreTraining, init_params
 from bert_jax.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
 from bert_jax.sharding import MeshConfig, global_batch_from_process_local, make_mesh, param_shardings
 
@@ -680,3 +680,34 @@ def test_nothing_recompiles_after_the_first_step(model, adamw_state):
     jax.block_until_ready(metrics)
     assert int(state.step) == 4
     assert step._cache_size() == 1
+
+
+def test_nsp_weight_zero_trains_the_masked_lm_alone():
+    # At weight 0 the objective's gradient reaches neither the NSP classifier nor the pooler (only NSP reads them);
+    # at weight 1 it does, and every other gradient is the MLM's plus the NSP's, so at 0 it is the MLM loss's own.
+    config = small_config()
+    model = BertForPreTraining(config)
+    params = init_params(model, jax.random.key(SEED))
+    batch = {k: jnp.asarray(v) for k, v in numpy_batch(config).items()}
+
+    def objective(p, weight):
+        mlm_logits, nsp_logits = model.apply({"params": p}, batch["input_ids"], batch["attention_mask"],
+                                             batch["token_type_ids"], masked_lm_positions=batch["masked_lm_positions"],
+                                             deterministic=True)  # fmt: skip
+        return losses.pretraining_loss(mlm_logits, nsp_logits, batch, nsp_loss_weight=weight)[0]
+
+    def mlm_only(p):
+        mlm_logits, _ = model.apply({"params": p}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                    masked_lm_positions=batch["masked_lm_positions"], deterministic=True)  # fmt: skip
+        terms = losses.masked_lm_terms(mlm_logits, batch["masked_lm_ids"], batch["masked_lm_weights"])
+        return terms["mlm_loss_sum"] / terms["mlm_count"]
+
+    without, with_nsp, reference = (flat(jax.grad(f)(params)) for f in (
+        lambda p: objective(p, 0.0), lambda p: objective(p, 1.0), mlm_only))  # fmt: skip
+    nsp_only = [name for name in without if "seq_relationship" in name or "pooler" in name]
+    assert len(nsp_only) == 4  # pooler and classifier, kernel and bias
+    for name in nsp_only:
+        assert not np.any(without[name]), name
+        assert np.abs(with_nsp[name]).max() > 1e-4, name
+    for name in without:
+        np.testing.assert_allclose(without[name], reference[name], rtol=1e-5, atol=1e-7, err_msg=name)
