@@ -103,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.initialization = ml_collections.ConfigDict()
     config.initialization.attention = "random"
     config.initialization.word_embeddings = "random"
+    config.initialization.local_attention_logit = 8.0  # read by attention="local" only
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"
