@@ -46,11 +46,17 @@ def test_tiny_job_trains_logs_evaluates_and_exports(tmp_path):
         "--config.data.eval_fraction=0.02",
         "--config.peak_flops_per_device=1e11",
         "--config.optimizer.warmup_steps=2",
+        "--config.nsp_loss_weight=0.5",  # neither the demo's 0 nor the default 1: the job must carry the value
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step 12/12" in result.stdout and "eval at step 12" in result.stdout
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if "loss" in r]
+    # The objective the train step optimized and the eval reported is MLM + 0.5 x NSP.
+    for r in train_records:
+        assert r["loss"] == pytest.approx(r["mlm_loss"] + 0.5 * r["nsp_loss"], rel=1e-5), r
+    for r in (r for r in records if "eval_loss" in r):
+        assert r["eval_loss"] == pytest.approx(r["eval_mlm_loss"] + 0.5 * r["eval_nsp_loss"], rel=1e-5), r
     assert [r["step"] for r in train_records] == [4, 8, 12]
     for key in ("loss", "mlm_accuracy", "nsp_accuracy", "learning_rate", "tokens_per_sec", "mfu", "grad_norm"):
         assert all(np.isfinite(r[key]) for r in train_records), key
