@@ -31,29 +31,47 @@ def masked_lm_terms(
     """Sums for the MLM loss and accuracy: [B, P, V] logits, [B, P] target ids and weights.
 
     `mask_weights` ([B, P], optional) marks the predictions whose input was [MASK]: their accuracy is counted
-    apart as well (`_with_mask_terms`).
+    apart as well (`mask_prediction_terms`).
     """
     logits = mlm_logits.astype(jnp.float32)
     weights = masked_lm_weights.astype(jnp.float32)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     target_log_probs = jnp.take_along_axis(log_probs, masked_lm_ids[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    correct = (jnp.argmax(logits, axis=-1) == masked_lm_ids).astype(jnp.float32)
+    predicted = jnp.argmax(logits, axis=-1)
+    correct = (predicted == masked_lm_ids).astype(jnp.float32)
     sums = {
         "mlm_loss_sum": -jnp.sum(target_log_probs * weights),
         "mlm_correct_sum": jnp.sum(correct * weights),
         "mlm_count": jnp.sum(weights),
     }
-    return _with_mask_terms(sums, correct, mask_weights)
-
-
-def _with_mask_terms(sums: dict[str, Array], correct: Array, mask_weights: Array | None) -> dict[str, Array]:
-    """Adds the accuracy sums of the [MASK] predictions alone: the other 20% (the word kept, or a random one)
-    can be answered by copying the input, which a model learns long before it uses the context, so the mixed
-    accuracy overstates what it predicts from context (the demo: 0.15 mixed, 0.08 at [MASK])."""
     if mask_weights is None:
         return sums
+    return {**sums, **mask_prediction_terms(predicted, masked_lm_ids, mask_weights, logits.shape[-1])}
+
+
+def mask_prediction_terms(
+    predicted: Array, target_ids: Array, mask_weights: Array, vocab_size: int
+) -> dict[str, Array]:
+    """Sums over the predictions whose input was [MASK] alone ([B, P] predicted ids, targets and weights).
+
+    The other 20% (the word kept, or a random one) can be answered by copying the input, which a model learns
+    long before it uses the context, so the mixed accuracy overstates what it predicts from context (the demo:
+    0.15 mixed, 0.08 at [MASK]). Besides the accuracy, how often each id was predicted and was the answer
+    (`[vocab_size]` counts): what tells a collapsed model (one answer everywhere, or no better than always
+    answering the most frequent word) from a learning one, without another pass over the data.
+    """
     mask_weights = mask_weights.astype(jnp.float32)
-    return {**sums, "mlm_mask_correct_sum": jnp.sum(correct * mask_weights), "mlm_mask_count": jnp.sum(mask_weights)}
+    correct = (predicted == target_ids).astype(jnp.float32)
+
+    def counts(ids: Array) -> Array:
+        return jnp.zeros((vocab_size,), jnp.float32).at[ids.reshape(-1).astype(jnp.int32)].add(mask_weights.reshape(-1))
+
+    return {
+        "mlm_mask_correct_sum": jnp.sum(correct * mask_weights),
+        "mlm_mask_count": jnp.sum(mask_weights),
+        "mlm_mask_predicted_counts": counts(predicted),
+        "mlm_mask_target_counts": counts(target_ids),
+    }
 
 
 def vocab_parallel_masked_lm_terms(
@@ -90,7 +108,9 @@ def vocab_parallel_masked_lm_terms(
             "mlm_correct_sum": jnp.sum(correct * weights),
             "mlm_count": jnp.sum(weights),
         }
-        sums = _with_mask_terms(sums, correct, mask_weights)
+        if mask_weights is not None:
+            vocab_size = local_vocab * jax.lax.axis_size(vocab_axis)
+            sums = {**sums, **mask_prediction_terms(predicted, ids, mask_weights, vocab_size)}
         return jax.lax.psum(sums, reduce_axes) if reduce_axes else sums
 
     rows = PartitionSpec(batch_axes)
@@ -153,7 +173,9 @@ def pretraining_terms(
 
 def summarize(terms: Mapping[str, Array], nsp_loss_weight: float = 1.0) -> dict[str, Array]:
     """Means from sums: loss (MLM + `nsp_loss_weight` x NSP: the objective), mlm_loss, mlm_accuracy, nsp_loss,
-    nsp_accuracy, and mlm_accuracy_at_mask where the [MASK] predictions were counted apart."""
+    nsp_accuracy; where the [MASK] predictions were counted apart also mlm_accuracy_at_mask, the share of them
+    that got the most frequent answer (mlm_top_prediction_share_at_mask) and the accuracy that always answering
+    the most frequent target would have had (mlm_majority_accuracy_at_mask): see `bert_jax.collapse`."""
     mlm_count = jnp.maximum(terms["mlm_count"], 1e-5)  # the original's denominator guard
     nsp_count = jnp.maximum(terms["nsp_count"], 1e-5)
     mlm_loss = terms["mlm_loss_sum"] / mlm_count
@@ -166,7 +188,11 @@ def summarize(terms: Mapping[str, Array], nsp_loss_weight: float = 1.0) -> dict[
         "nsp_accuracy": terms["nsp_correct_sum"] / nsp_count,
     }
     if "mlm_mask_count" in terms:
-        means["mlm_accuracy_at_mask"] = terms["mlm_mask_correct_sum"] / jnp.maximum(terms["mlm_mask_count"], 1e-5)
+        mask_count = jnp.maximum(terms["mlm_mask_count"], 1e-5)
+        means["mlm_accuracy_at_mask"] = terms["mlm_mask_correct_sum"] / mask_count
+        if "mlm_mask_predicted_counts" in terms:
+            means["mlm_top_prediction_share_at_mask"] = jnp.max(terms["mlm_mask_predicted_counts"]) / mask_count
+            means["mlm_majority_accuracy_at_mask"] = jnp.max(terms["mlm_mask_target_counts"]) / mask_count
     return means
 
 

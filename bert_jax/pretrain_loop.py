@@ -27,6 +27,7 @@ import numpy as np
 
 from bert_jax import (
     checkpoint,
+    collapse,
     compile_cache,
     configs,
     convert,
@@ -349,6 +350,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
                     + f" | nsp_acc {results['nsp_accuracy']:.4f}",
                     flush=True,
                 )
+                warning = collapse.collapse_warning(results, step)
+                if warning:
+                    print(warning, flush=True)
             return results
 
         def rates(seconds: float, steps: int, tokens: int) -> dict[str, float]:

@@ -530,8 +530,8 @@ def _vocab_parallel_report() -> dict[str, Any]:
     (_, par_sums), par_grad = jax.jit(jax.value_and_grad(lambda x: loss(parallel, x), has_aux=True))(x)
     return {
         "is_shard_map": parallel is not losses.masked_lm_terms,
-        "plain": {k: float(v) for k, v in plain_sums.items()},
-        "parallel": {k: float(v) for k, v in par_sums.items()},
+        "plain": {k: np.asarray(v).tolist() for k, v in plain_sums.items()},
+        "parallel": {k: np.asarray(v).tolist() for k, v in par_sums.items()},
         "grad_max_abs_diff": float(np.abs(np.asarray(plain_grad) - np.asarray(par_grad)).max()),
         "grad_max_abs": float(np.abs(np.asarray(plain_grad)).max()),
     }
@@ -635,6 +635,9 @@ def test_vocab_parallel_loss_equals_the_plain_loss(multidevice):
     assert report["is_shard_map"]
     for name, value in report["plain"].items():
         assert report["parallel"][name] == pytest.approx(value, rel=1e-5, abs=1e-5), name
+    # How often each id was predicted and was the answer at [MASK]: whole counts over the whole (padded) vocabulary.
+    for name in ("mlm_mask_predicted_counts", "mlm_mask_target_counts"):
+        assert len(report["plain"][name]) == 1000 and sum(report["plain"][name]) == report["plain"]["mlm_mask_count"]
     # The two planted ties are predicted correctly only if the smallest id among the maxima wins.
     assert report["plain"]["mlm_correct_sum"] >= 2
     assert report["plain"]["mlm_mask_correct_sum"] >= 2 and report["parallel"]["mlm_mask_count"] > 0
