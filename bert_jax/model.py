@@ -31,11 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bert_jax import attention
+from bert_jax import attention, sharding
 from bert_jax.configs import BertConfig
 from bert_jax.dropout import Dropout
 
 Array = jax.Array
+
+# The logical layout of the hidden states between blocks: rows over the batch axes, the hidden dimension whole
+# (`sharding.constrain_activation`; why in `bert_jax/sharding.py`, "Activations").
+HIDDEN_AXES = ("batch", "length", "activation_embed")
 
 
 def _erf_gelu(x: Array) -> Array:
@@ -197,7 +201,8 @@ class BertEmbeddings(nn.Module):
         positions = embed(config.max_position_embeddings, (None, "embed"), "position_embeddings")(position_ids)
         types = embed(config.type_vocab_size, (None, "embed"), "token_type_embeddings")(token_type_ids)
         x = _layer_norm(config)(words + positions + types)
-        return Dropout(config.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = Dropout(config.hidden_dropout_prob)(x, deterministic=deterministic)
+        return sharding.constrain_activation(x, HIDDEN_AXES)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -317,8 +322,10 @@ class BertLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
         attended = BertAttention(self.config, name="attention")(x, mask, deterministic)
+        attended = sharding.constrain_activation(attended, HIDDEN_AXES)
         expanded = BertIntermediate(self.config, name="intermediate")(attended)
-        return BertOutputBlock(self.config, name="output")(expanded, attended, deterministic)
+        out = BertOutputBlock(self.config, name="output")(expanded, attended, deterministic)
+        return sharding.constrain_activation(out, HIDDEN_AXES)
 
 
 class BertEncoder(nn.Module):
@@ -429,6 +436,8 @@ class BertLMPredictionHead(nn.Module):
     def __call__(self, hidden: Array, word_embeddings: Array) -> Array:
         config = self.config
         transformed = BertPredictionTransform(config, name="transform")(hidden)
+        # Pinned: the decoder's gradient into it was the one XLA miscompiled (sharding.py, "Activations").
+        transformed = sharding.constrain_activation(transformed, HIDDEN_AXES)
         bias = self.param("bias", _zeros(("vocab",)), (config.padded_vocab_size,), jnp.float32)
         logits = jnp.einsum("...h,vh->...v", transformed, word_embeddings.astype(config.dtype))
         logits = logits.astype(jnp.float32) + bias
@@ -475,6 +484,7 @@ class BertForPreTraining(nn.Module):
         sequence_output, pooled = bert(input_ids, attention_mask, token_type_ids, position_ids, deterministic)
         if masked_lm_positions is not None:
             sequence_output = gather_positions(sequence_output, masked_lm_positions)
+            sequence_output = sharding.constrain_activation(sequence_output, HIDDEN_AXES)
         word_embeddings = bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
         word_embeddings = nn.meta.unbox(word_embeddings)
         return BertPreTrainingHeads(self.config, name="cls")(sequence_output, pooled, word_embeddings)

@@ -32,10 +32,17 @@ Logical-axis rules (`LOGICAL_AXIS_RULES`): flax applies the first rule whose mes
   transform), whose input side is already "embed" -> fsdp; tensor-parallel column split.
 - "kv" (the head dim), "norm" (LayerNorm scale/bias), "length" -> None: small or needed whole on every
   device; splitting them buys no memory and costs collectives.
+- "activation_embed" -> None: the hidden dimension of activations ([batch, length, hidden] between blocks),
+  whole on every device. It has its own name because "embed" -> fsdp would clash with "batch" -> fsdp.
 
-Activations are not annotated by the model (XLA propagates shardings from the params and the batch).
-If constraints are added later, give hidden activations their own name (e.g. "activation_embed"):
-"embed" -> fsdp would clash with "batch" -> fsdp in the same array.
+Activations: the hidden states between blocks are pinned to ("batch", "length", "activation_embed"), rows over
+data x fsdp and the hidden dimension whole, with `constrain_activation` (a `with_sharding_constraint`, so their
+gradients get the same layout). That is the layout FSDP and Megatron's split want anyway (weights gathered or
+split inside a block, activations whole between blocks). Left to XLA's propagation, the backward pass of the
+masked-LM head on a data x fsdp x tensor mesh was miscompiled (issue 40, jax/jaxlib 0.10.2 on CPU): the
+partitioner re-tiled the rows of a cotangent from (data, fsdp) to (fsdp, data) order with a collective-permute
+and never permuted them back, so on a (2, 2, 2) mesh the gradients of batch shards 1 and 2 were swapped and
+every weight below the head trained on the wrong rows' gradients (the loss itself, the forward pass, was right).
 
 Everything here checks sizes with a clear message (`ConfigError`, a `ValueError`) before anything
 is compiled, and no function reads absl flags.
@@ -76,6 +83,7 @@ LOGICAL_AXIS_RULES: LogicalRules = (
     ("kv", None),
     ("mlp", "tensor"),
     ("norm", None),
+    ("activation_embed", None),
 )
 
 
@@ -350,6 +358,22 @@ def traced_in_mesh(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
     return traced
 
 
+def constrain_activation(
+    x: jax.Array, logical_axes: tuple[str | None, ...], rules: LogicalRules = LOGICAL_AXIS_RULES
+) -> jax.Array:
+    """`x` pinned to the layout its logical axes name, on the mesh the step is traced in (`traced_in_mesh`).
+
+    Without a mesh of more than one device (a plain `jit`, one device) `x` is returned unchanged. The constraint
+    also fixes the layout of `x`'s gradient, which is the point: see "Activations" in the module docstring for
+    the miscompile that XLA's own choice of layout produced.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    spec = nn.logical_to_mesh_axes(logical_axes, rules)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
 def batch_sharding(mesh: Mesh, rules: LogicalRules = LOGICAL_AXIS_RULES) -> NamedSharding:
     """The input batch's sharding: dimension 0 over the "batch" rule's axes, the rest replicated."""
     return nn.logical_to_mesh_sharding(PartitionSpec("batch"), mesh, rules)
@@ -515,6 +539,7 @@ __all__ = [
     "MeshConfig",
     "abstract_boxed_params",
     "batch_sharding",
+    "constrain_activation",
     "global_batch_from_process_local",
     "logical_partition_specs",
     "logical_to_mesh_sharding",
