@@ -5,7 +5,7 @@ Why: on a CPU, XLA allocates every execution's temporary buffer afresh (1.3 GB f
 batch 8) and glibc serves allocations that large with a new `mmap`, so each step first faults in ~340,000
 4 KiB pages, each a trip into the kernel, which zeroes it. With the tunable, glibc asks for transparent huge pages on those
 mappings (`madvise(MADV_HUGEPAGE)`): 2 MiB pages, ~500 times fewer faults. Measured on the 2-core machines
-(README, "Host memory"): BERT-base steps 12% faster, bert_mini's 28%, same losses, same peak memory.
+(docs/design.md, "Host memory"): BERT-base steps 12% faster, bert_mini's 28%, same losses, same peak memory.
 
 glibc reads its tunables once, when the process starts, so the only way to turn this on from inside is to
 start the process again: `restart_with_hugepage_malloc` replaces the process image (`os.execve`: same PID,

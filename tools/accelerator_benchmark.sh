@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# BERT-large, seq 512, bf16 train-step MFU on one accelerator, in one prepared run (see README "Performance").
+# BERT-large, seq 512, bf16 train-step MFU on one accelerator, in one prepared run (see docs/performance.md).
 #
 #   tools/accelerator_benchmark.sh OUT_DIR
 #

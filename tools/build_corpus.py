@@ -5,7 +5,7 @@
 
 Wikipedia-size inputs: add --beam and a runner, e.g. (Dataflow)
   --beam --beam_pipeline_options="--runner=DataflowRunner,--project=P,--region=R,--temp_location=gs://B/tmp"
-or --beam_pipeline_options="--runner=SparkRunner" / "--runner=FlinkRunner" (see the README).
+or --beam_pipeline_options="--runner=SparkRunner" / "--runner=FlinkRunner" (see docs/data.md).
 """
 
 from __future__ import annotations
