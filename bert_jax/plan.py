@@ -106,13 +106,21 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> configs.
 
 
 def optimizer_config(config: ml_collections.ConfigDict) -> optim.OptimizerConfig:
-    """`config.optimizer` as an `OptimizerConfig` over `num_train_steps`; unknown fields are an error."""
+    """`config.optimizer` as an `OptimizerConfig`; unknown fields are an error.
+
+    The schedule runs over `optimizer.total_steps` when that is set (> 0), else over `num_train_steps`. Set apart,
+    a job trains the first `num_train_steps` updates of a longer schedule, bit for bit (as MaxText's
+    `learning_rate_schedule_steps`): a short look at a long recipe's start, or a run cut into rented windows.
+    """
     fields = {f.name for f in dataclasses.fields(optim.OptimizerConfig)}
     values = {k: v for k, v in config.optimizer.to_dict().items() if k in fields}
     unknown = sorted(set(config.optimizer.to_dict()) - fields)
     if unknown:
         raise JobConfigError(f"Unknown optimizer setting(s): {', '.join(unknown)}.")
-    return optim.OptimizerConfig(total_steps=config.num_train_steps, **values)
+    schedule_steps = values.pop("total_steps", 0)
+    if schedule_steps is None or schedule_steps == 0:
+        schedule_steps = config.num_train_steps
+    return optim.OptimizerConfig(total_steps=schedule_steps, **values)
 
 
 @dataclasses.dataclass(frozen=True)

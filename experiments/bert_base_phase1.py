@@ -109,6 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.name = "adamw"
     config.optimizer.learning_rate = 1e-4
     config.optimizer.warmup_steps = 10_000
+    config.optimizer.total_steps = 0  # the schedule's length: 0 = num_train_steps (set apart: its first steps)
     config.optimizer.schedule = "linear"
     config.optimizer.power = 1.0
     config.optimizer.end_learning_rate = 1e-5  # = 1e-4 * (1 - 900k / 1M): see "One schedule over both phases"

@@ -17,7 +17,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from bert_jax import configs, optim, sharding, tokenizers
+from bert_jax import configs, optim, plan, sharding, tokenizers
+from bert_jax.configs import ConfigError
 from bert_jax.data import documents
 from bert_jax.model import BertForPreTraining, init_params
 from tests.conftest import REPO_ROOT
@@ -67,7 +68,7 @@ JOB_KEYS = (
     "mesh.fsdp",
     "mesh.tensor",
 )
-OPTIMIZER_FIELDS = {f.name for f in dataclasses.fields(optim.OptimizerConfig)} - {"total_steps"}
+OPTIMIZER_FIELDS = {f.name for f in dataclasses.fields(optim.OptimizerConfig)}  # total_steps: 0 = num_train_steps
 
 
 def load(name: str, *overrides: str, path: str | None = None) -> ml_collections.ConfigDict:
@@ -104,7 +105,7 @@ def model_config(config: ml_collections.ConfigDict) -> configs.BertConfig:
 
 
 def optimizer_config(config: ml_collections.ConfigDict) -> optim.OptimizerConfig:
-    return optim.OptimizerConfig(total_steps=config.num_train_steps, **config.optimizer.to_dict())
+    return plan.optimizer_config(config)
 
 
 def mesh_config(config: ml_collections.ConfigDict) -> sharding.MeshConfig:
@@ -252,6 +253,22 @@ def test_base_phases_run_one_schedule_over_1m_steps(loaded):
     got = np.concatenate([phase1(np.array(steps1)), phase2(np.array(steps2))])
     want = [original(s) for s in steps1] + [original(900_000 + s) for s in steps2]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
+
+
+def test_a_job_can_train_the_first_steps_of_a_longer_schedule(loaded):
+    """optimizer.total_steps set apart from num_train_steps: the demo's first 500 updates at its 1,450-step rates."""
+    config = loaded["bert_tiny"].copy_and_resolve_references()
+    full = optim.learning_rate_schedule(optimizer_config(config))
+    steps = np.array([0, 50, 100, 101, 300, 499])
+    config.num_train_steps = 500
+    shortened = optim.learning_rate_schedule(optimizer_config(config))
+    assert float(shortened(300)) == pytest.approx(1e-3 * (1 - 300 / 500))  # 0: the schedule of num_train_steps
+    config.optimizer.total_steps = 1450
+    np.testing.assert_array_equal(optim.learning_rate_schedule(optimizer_config(config))(steps), full(steps))
+    assert float(full(300)) == pytest.approx(1e-3 * (1 - 300 / 1450))
+    config.optimizer.total_steps = 50  # shorter than the warmup
+    with pytest.raises(ConfigError, match=r"warmup_steps \(100\) exceeds total_steps \(50\)"):
+        optimizer_config(config)
 
 
 def test_large_lamb_is_the_64k_phase_1(loaded):
