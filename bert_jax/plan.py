@@ -117,9 +117,7 @@ def optimizer_config(config: ml_collections.ConfigDict) -> optim.OptimizerConfig
     unknown = sorted(set(config.optimizer.to_dict()) - fields)
     if unknown:
         raise JobConfigError(f"Unknown optimizer setting(s): {', '.join(unknown)}.")
-    schedule_steps = values.pop("total_steps", 0)
-    if schedule_steps is None or schedule_steps == 0:
-        schedule_steps = config.num_train_steps
+    schedule_steps = values.pop("total_steps", 0) or config.num_train_steps  # 0 (or unset): num_train_steps
     return optim.OptimizerConfig(total_steps=schedule_steps, **values)
 
 

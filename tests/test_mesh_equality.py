@@ -24,16 +24,16 @@ see PARAMS_RTOL). Before the fix, pretraining at seq 64 reached 8.6e-4 on the lo
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import runpy
-import subprocess
 import sys
 import tempfile
 from typing import Any
 
 import numpy as np
 import pytest
+
+from tests.simulated_devices import run_report
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 NUM_SIM_DEVICES = 8
@@ -69,6 +69,7 @@ def _pretraining_run(seq: int, mesh: tuple[int, int, int], devices: list[Any], c
     """`STEPS` steps of the pretraining job's plan on `devices`: the losses, grad norms and final params."""
     import jax
 
+    from bert_jax import losses as bert_losses
     from bert_jax import plan, sharding, train
     from bert_jax.data import corpus, pipeline
 
@@ -96,7 +97,7 @@ def _pretraining_run(seq: int, mesh: tuple[int, int, int], devices: list[Any], c
         "losses": losses,
         "grad_norms": norms,
         "learning_rates_positive": int(state.step) == STEPS,
-        "vocab_parallel": train.mlm_terms_for(job.mesh) is not train.losses.masked_lm_terms,
+        "vocab_parallel": train.mlm_terms_for(job.mesh) is not bert_losses.masked_lm_terms,
         "whole_word": bool(masking.whole_word),
         "padded_rows": padded_rows,
         "padding_predictions": padding_predictions,
@@ -163,15 +164,14 @@ def _compare(single: dict[str, Any], sharded: dict[str, Any]) -> dict[str, Any]:
     """The JSON report of one comparison: both loss curves, their largest relative difference, the params'."""
     a, b = np.asarray(single["losses"]), np.asarray(sharded["losses"])
     scale = max(float(np.abs(x).max()) for x in single["params"].values())
-    compared = list(single["params"])
-    params_diff = max(float(np.abs(single["params"][k] - sharded["params"][k]).max()) for k in compared)
-    worst = max(compared, key=lambda k: float(np.abs(single["params"][k] - sharded["params"][k]).max()))
+    diffs = {k: float(np.abs(x - sharded["params"][k]).max()) for k, x in single["params"].items()}
+    worst = max(diffs, key=diffs.get)
     report = {k: v for k, v in sharded.items() if k != "params"}
     report |= {
         "single_losses": single["losses"],
         "single_grad_norms": single["grad_norms"],
         "loss_max_rel_diff": float(np.max(np.abs(a - b) / np.abs(a))),
-        "params_max_abs_diff": params_diff,
+        "params_max_abs_diff": diffs[worst],
         "params_max_abs": scale,
         "params_worst_leaf": worst,
     }
@@ -197,22 +197,10 @@ def report(kind: str, seq: int) -> dict[str, Any]:
 
 
 def _run_report(kind: str, seq: int) -> dict[str, Any]:
-    """`report(kind, seq)` in a subprocess with 8 simulated devices; its JSON."""
-    env = {
-        **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={NUM_SIM_DEVICES}",
-        "JAX_PLATFORMS": "cpu",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.test_mesh_equality", kind, str(seq)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    """`report(kind, seq)` in a subprocess with 8 simulated devices (both sides compiled at LLVM level 0)."""
+    return run_report(
+        "tests.test_mesh_equality", kind, str(seq), devices=NUM_SIM_DEVICES, timeout=600, fast_compile=True
     )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def _check(found: dict[str, Any]) -> None:

@@ -11,10 +11,7 @@ The numerical check: a jitted forward pass with params and batch sharded over (8
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 import types
 from typing import Any
 
@@ -36,6 +33,7 @@ from bert_jax.sharding import (
     param_shardings,
     validate_parallelism,
 )
+from tests.simulated_devices import run_report
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 NUM_SIM_DEVICES = 8
@@ -455,21 +453,7 @@ def _multidevice_report() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def multidevice() -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={NUM_SIM_DEVICES}",
-        "JAX_PLATFORMS": "cpu",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.test_sharding"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_report("tests.test_sharding", devices=NUM_SIM_DEVICES, timeout=300)
 
 
 def test_simulated_devices(multidevice):

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from bert_jax.configs import BertConfig
 from bert_jax.model import BertForPreTraining, init_params
 from bert_jax.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
 from bert_jax.sharding import MeshConfig, global_batch_from_process_local, make_mesh, param_shardings
+from tests.simulated_devices import simulated_devices_env
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 NUM_SIM_DEVICES = 8
@@ -567,10 +567,8 @@ class _Subprocess:
     the single-device tests' (XLA compiles mostly on one core)."""
 
     def __init__(self) -> None:
-        # LLVM optimization level 0 halves the CPU compile time; the SPMD partitioning under test is unchanged,
-        # and both runs compared are compiled the same way.
-        flags = f"--xla_force_host_platform_device_count={NUM_SIM_DEVICES} --xla_backend_optimization_level=0"
-        env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+        # Both runs compared are compiled alike, at LLVM level 0 (`simulated_devices_env`).
+        env = simulated_devices_env(NUM_SIM_DEVICES, fast_compile=True)
         self.stdout, self.stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.test_train"], cwd=REPO_ROOT, env=env, stdout=self.stdout, stderr=self.stderr
