@@ -14,7 +14,7 @@ CORE = [
     "ml-collections>=0.1.1",
     "safetensors>=0.4",
     "numpy>=1.26",
-    # One BLAS thread for the structured start's SVD (bert_jax/structured_init.py): threaded OpenBLAS spin-waits.
+    # One BLAS thread for the structured start's SVD (bert_jax/models/structured_init.py): threaded OpenBLAS spin-waits.
     "threadpoolctl>=3.1",
     # tensorflow-datasets imports TensorFlow (its features need it) and misses this dependency of its own.
     "tensorflow-cpu>=2.16; sys_platform == 'linux'",

@@ -55,7 +55,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -64,7 +64,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bert_jax.configs import BertConfig, ConfigError
+from bert_jax.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -485,8 +485,21 @@ def _split_problem(
     )
 
 
+class ModelShape(Protocol):
+    """The sizes of a model that the mesh splits: any model family's config has these fields."""
+
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_size: int
+    vocab_size: int
+    vocab_pad_multiple: int
+
+    @property
+    def padded_vocab_size(self) -> int: ...
+
+
 def validate_parallelism(
-    model_config: BertConfig,
+    model_config: ModelShape,
     mesh_config: MeshConfig,
     global_batch_size: int,
     devices: int | Mesh,
@@ -537,6 +550,7 @@ __all__ = [
     "MESH_AXES",
     "LogicalRules",
     "MeshConfig",
+    "ModelShape",
     "abstract_boxed_params",
     "batch_sharding",
     "constrain_activation",

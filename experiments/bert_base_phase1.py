@@ -74,7 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.vocab_pad_multiple = 128
     config.model.remat_policy = "none"  # or "full", "dots", "dots_no_batch": trade compute for memory
     # "xla", or on TPUs "splash" (Pallas flash attention: no [T, T] activations kept; needs
-    # model.attention_probs_dropout_prob=0). See bert_jax/attention.py.
+    # model.attention_probs_dropout_prob=0). See bert_jax/models/attention.py.
     config.model.attention_kernel = "xla"
 
     config.data = ml_collections.ConfigDict()
@@ -96,7 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
     # thread of the job), 0 = a thread, N = N processes. The batches are the same for any number.
     config.data.num_workers = -1
 
-    # BERT's own initialization (bert_tiny.py's demo starts from a structured one, bert_jax/structured_init.py).
+    # BERT's own initialization (bert_tiny.py's demo starts from a structured one, bert_jax/models/structured_init.py).
     # The objective: masked LM + this x NSP (1: BERT's; 0: the masked LM alone, as RoBERTa).
     config.nsp_loss_weight = 1.0
 

@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.vocab_pad_multiple = 128
     config.model.remat_policy = "none"  # or "full", "dots", "dots_no_batch": trade compute for memory
     # "xla", or on TPUs "splash" (Pallas flash attention: no [T, T] activations kept; needs
-    # model.attention_probs_dropout_prob=0). See bert_jax/attention.py.
+    # model.attention_probs_dropout_prob=0). See bert_jax/models/attention.py.
     config.model.attention_kernel = "xla"
 
     config.data = ml_collections.ConfigDict()
@@ -78,7 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
     # thread of the job), 0 = a thread, N = N processes. The batches are the same for any number.
     config.data.num_workers = -1
 
-    # The weights at step 0 (bert_jax/structured_init.py): "random" everywhere is BERT's own initialization.
+    # The weights at step 0 (bert_jax/models/structured_init.py): "random" everywhere is BERT's own initialization.
     # "local" attention (each head starts looking at one neighbour) and word vectors from the corpus's
     # co-occurrence counts take the demo off the unigram plateau: held-out accuracy at [MASK] 0.198, not 0.075.
     # The objective: masked LM + this x NSP (1 is BERT's). The demo trains the masked LM alone (as RoBERTa): with

@@ -64,7 +64,7 @@ def get_config(task: str = "glue_sst2") -> ml_collections.ConfigDict:
     # the layer): memory for compute, the same numbers (BertConfig.remat_policy). `bert-jax-compile` and
     # `--config.fit=auto` pick it when a batch does not fit; the pretraining run's policy is not inherited.
     config.model.remat_policy = "none"
-    # "xla", or on TPUs "splash" (with attention_probs_dropout_prob=0): bert_jax/attention.py. The kernel the
+    # "xla", or on TPUs "splash" (with attention_probs_dropout_prob=0): bert_jax/models/attention.py. The kernel the
     # pretraining run used does not come with its weights.
     config.model.attention_kernel = "xla"
 

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from bert_jax import tpu_topology
+from bert_jax.compile import tpu_topology
 
 # The tests run on the CPU (simulated devices where they need several). With libtpu installed (the test extra has
 # it, for the TPU compile tests), JAX would otherwise start its TPU backend in every test process, print libtpu's

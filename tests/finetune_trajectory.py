@@ -20,9 +20,11 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from bert_jax import convert, sharding, train, warm_start
-from bert_jax.finetune import torch_reference
+from bert_jax import sharding
 from bert_jax.finetune.plan import make_finetune_plan, model_and_tokenizer, task_from_config
+from bert_jax.harness import torch_reference
+from bert_jax.models import convert
+from bert_jax.training import train, warm_start
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
 

@@ -6,7 +6,7 @@ import pathlib
 
 import numpy as np
 
-from bert_jax.configs import BertConfig
+from bert_jax.models.configs import BertConfig
 
 
 def random_hf_pretraining_model(config: BertConfig, seed: int = 0):

@@ -145,12 +145,12 @@ def _train(mesh_sizes: dict[str, int], vocab_size: int, masking: Any, source: An
     from jax.experimental import multihost_utils
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from bert_jax import train
-    from bert_jax.configs import BertConfig
     from bert_jax.data.pipeline import PipelineConfig, PretrainingBatches
-    from bert_jax.model import BertForPreTraining
-    from bert_jax.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
+    from bert_jax.models.bert import BertForPreTraining
+    from bert_jax.models.configs import BertConfig
     from bert_jax.sharding import MeshConfig, global_batch_from_process_local, make_mesh, validate_parallelism
+    from bert_jax.training import train
+    from bert_jax.training.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
 
     setup_start = time.perf_counter()
     config = BertConfig(vocab_size=vocab_size, **MODEL)

@@ -16,8 +16,9 @@ import sys
 import jax
 import pytest
 
-from bert_jax import aot, plan, tpu_topology
-from bert_jax.model import BertForPreTraining
+from bert_jax.compile import aot, tpu_topology
+from bert_jax.models.bert import BertForPreTraining
+from bert_jax.training import plan
 from tests.conftest import REPO_ROOT
 
 TINY = REPO_ROOT / "experiments" / "bert_tiny.py"
@@ -170,7 +171,7 @@ def test_a_fine_tuning_config_compiles_its_train_and_predict_steps():
     compiled = aot.compile_job(config, aot.slice_target(where, devices))
     report = compiled.report
     assert report.fits and report.mesh["data"] == 4 and report.seq_length == 128
-    from bert_jax import configs
+    from bert_jax.models import configs
 
     # the fine-tuning job keeps the vocabulary unpadded on a mesh that does not split it
     model = make_task("glue_sst2").model(configs.named_config("tiny", vocab_size=30522))

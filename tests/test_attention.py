@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax import attention, plan
-from bert_jax.configs import BertConfig, ConfigError
-from bert_jax.model import BertForPreTraining, init_params
+from bert_jax.models import attention
+from bert_jax.models.bert import BertForPreTraining, init_params
+from bert_jax.models.configs import BertConfig, ConfigError
+from bert_jax.training import plan
 from tests.conftest import REPO_ROOT
 
 
@@ -96,7 +97,8 @@ import json, os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from bert_jax import attention, sharding
+from bert_jax import sharding
+from bert_jax.models import attention
 rng = np.random.default_rng(0)
 q, k, v = (rng.normal(size=(4, 128, 4, 32)).astype(np.float32) for _ in range(3))
 keep = np.arange(128)[None] < np.array([128, 100, 64, 1])[:, None]
@@ -144,7 +146,8 @@ def test_splash_on_devices_that_are_not_tpus_is_refused_before_compiling():
 def test_weights_trained_with_splash_load_with_xla_attention_elsewhere(tmp_path):
     """A warm start (fine-tuning, init_from) takes the weights, not the writer's kernel: a TPU kernel that forbids
     attention dropout would otherwise follow them onto a GPU or into a config with dropout."""
-    from bert_jax import convert, warm_start
+    from bert_jax.models import convert
+    from bert_jax.training import warm_start
 
     config = _tiny("splash")
     convert.to_native(config, init_params(BertForPreTraining(config), jax.random.key(0)), tmp_path / "export")

@@ -14,9 +14,9 @@ import threading
 import numpy as np
 import pytest
 
-from bert_jax import plan
 from bert_jax.data import batch_workers, instance_records
 from bert_jax.data.pipeline import PipelineConfig, PretrainingBatches
+from bert_jax.training import plan
 from tests import test_data_end_to_end, test_pipeline
 from tests.test_pipeline import SMALL_G, assert_batches_equal, documented_order, expected_batch, masking_config
 

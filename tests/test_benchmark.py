@@ -1,4 +1,4 @@
-"""bert-jax-benchmark and bert_jax.benchmark: the job's train step timed; the JSON line; clear errors before compiling.
+"""bert-jax-benchmark and bert_jax.harness.benchmark: the job's train step timed; the JSON line; clear errors before compiling.
 
 A tiny model at seq 32 keeps every compile to seconds on a CPU.
 """
@@ -16,9 +16,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bert_jax import benchmark, configs, flops, tokenizers, train
+from bert_jax import tokenizers
 from bert_jax.data import masking
-from bert_jax.model import BertForPreTraining, init_params
+from bert_jax.harness import benchmark
+from bert_jax.models import configs, flops
+from bert_jax.models.bert import BertForPreTraining, init_params
+from bert_jax.training import train
 from tests.conftest import REPO_ROOT
 
 TINY = REPO_ROOT / "experiments" / "bert_tiny.py"

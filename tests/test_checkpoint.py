@@ -1,4 +1,4 @@
-"""Checkpoints (`bert_jax.checkpoint`): exact resumption, integrity, topology changes, exports, warm starts.
+"""Checkpoints (`bert_jax.training.checkpoint`): exact resumption, integrity, topology changes, exports, warm starts.
 
 - The `Checkpointer` alone: a round trip is exact; a truncated latest checkpoint is set aside (not deleted) with
   a warning and the previous one restores; a model-shape change names the fields; a full disk (reported by the
@@ -30,8 +30,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from bert_jax import checkpoint
-from bert_jax.configs import BertConfig
+from bert_jax.models.configs import BertConfig
+from bert_jax.training import checkpoint
 from tests.conftest import REPO_ROOT, shared_path
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -323,8 +323,8 @@ def _export_tool(workdir: str, output_dir, *flags: str) -> subprocess.CompletedP
 def test_export_tool_writes_what_transformers_loads_with_our_outputs(reference_run, tmp_path):
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
-    from bert_jax import convert
-    from bert_jax.model import BertForPreTraining
+    from bert_jax.models import convert
+    from bert_jax.models.bert import BertForPreTraining
 
     reference, _ = reference_run
     result = _export_tool(reference, tmp_path / "hf", "--step=12")
@@ -357,7 +357,7 @@ def test_export_tool_writes_what_transformers_loads_with_our_outputs(reference_r
         hidden = encoder(
             input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(types)
         )
-    from bert_jax.model import BertModel
+    from bert_jax.models.bert import BertModel
 
     ours = BertModel(config).apply({"params": params["bert"]}, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
     np.testing.assert_allclose(
@@ -375,8 +375,9 @@ def test_export_tool_writes_what_transformers_loads_with_our_outputs(reference_r
 
 
 def test_warm_start_from_a_checkpoint_and_from_a_hugging_face_model(reference_run, minilm_dir):
-    from bert_jax import convert, warm_start
-    from bert_jax.model import BertForPreTraining, init_params
+    from bert_jax.models import convert
+    from bert_jax.models.bert import BertForPreTraining, init_params
+    from bert_jax.training import warm_start
 
     reference, _ = reference_run
     tiny = BertConfig(
@@ -413,10 +414,10 @@ def test_warm_start_from_a_checkpoint_and_from_a_hugging_face_model(reference_ru
 
 
 def _topology_report(directory: str) -> dict[str, Any]:
-    from bert_jax import train
-    from bert_jax.model import BertForPreTraining
-    from bert_jax.optim import learning_rate_schedule, make_optimizer
+    from bert_jax.models.bert import BertForPreTraining
     from bert_jax.sharding import MeshConfig, global_batch_from_process_local, make_mesh
+    from bert_jax.training import train
+    from bert_jax.training.optim import learning_rate_schedule, make_optimizer
     from tests.test_train import adamw_config, flat, mesh_test_config, numpy_batch
 
     config = mesh_test_config()  # 8 heads, vocab 997 padded to 1000: every mesh here can split it

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import pytest
 
-from bert_jax.collapse import collapse_reason, collapse_warning
-from bert_jax.losses import pretraining_terms, summarize
+from bert_jax.training.collapse import collapse_reason, collapse_warning
+from bert_jax.training.losses import pretraining_terms, summarize
 
 MASK = 9
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax import compile_cache
+from bert_jax.training import compile_cache
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bert_jax.configs import BertConfig, ConfigError, named_config
+from bert_jax.models.configs import BertConfig, ConfigError, named_config
 
 
 def test_rejects_heads_that_do_not_divide_hidden_size():

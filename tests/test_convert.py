@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax.configs import BertConfig
-from bert_jax.convert import (
+from bert_jax.models.bert import BertForPreTraining, BertModel
+from bert_jax.models.configs import BertConfig
+from bert_jax.models.convert import (
     ConversionError,
     detect_format,
     from_hf,
@@ -21,7 +22,6 @@ from bert_jax.convert import (
     to_hf,
     to_native,
 )
-from bert_jax.model import BertForPreTraining, BertModel
 from tests.conftest import shared_path
 from tests.hf_reference import max_relative_error, random_batch, save_random_hf_model, torch_pretraining_logits
 
@@ -277,3 +277,44 @@ def test_tf_checkpoint_without_config_is_a_clear_error(tmp_path):
     (tmp_path / "bert_model.ckpt.index").write_bytes(b"")
     with pytest.raises(ConversionError, match=r"No bert_config\.json"):
         from_tf_checkpoint(tmp_path)
+
+
+def test_pytorch_checkpoint_read_without_torch_matches_torch(tmp_path):
+    """The torch-free reader gives torch's own values: every dtype, views into a shared storage, strides."""
+    from bert_jax.models import torch_pickle
+
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6) / 7
+    state = {
+        "f32": torch.randn(3, 5),
+        "transposed": base.t(),  # strides (1, 6) of a shared storage
+        "row_view": base[2],  # a storage offset of 12
+        "f16": torch.randn(2, 3).half(),
+        "bf16": torch.randn(2, 3).bfloat16(),
+        "f64": torch.randn(4).double(),
+        "i64": torch.arange(-3, 3),
+        "i32": torch.tensor([[1, -2], [3, 4]], dtype=torch.int32),
+        "u8": torch.tensor([0, 255], dtype=torch.uint8),
+        "flag": torch.tensor([True, False]),
+        "scalar": torch.tensor(2.5),
+        "param": torch.nn.Parameter(torch.ones(2, 2)),
+    }
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    read = torch_pickle.load_state_dict(tmp_path / "pytorch_model.bin")
+    assert set(read) == set(state)
+    for name, tensor in state.items():
+        expected = tensor.detach()
+        expected = expected.float().numpy() if expected.is_floating_point() else expected.numpy()
+        assert read[name].dtype == expected.dtype, name
+        np.testing.assert_array_equal(read[name], expected, err_msg=name)
+
+
+def test_pytorch_checkpoint_with_code_is_refused(tmp_path):
+    """A pickle that names any global beyond tensors (here a function) is refused, never called."""
+    from bert_jax.models import torch_pickle
+
+    torch.save({"w": torch.ones(2), "hook": print}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(torch_pickle.TorchPickleError, match=r"\.print, not only tensors"):
+        torch_pickle.load_state_dict(tmp_path / "pytorch_model.bin")
+    (tmp_path / "legacy.bin").write_bytes(b"\x80\x02not a zip")
+    with pytest.raises(torch_pickle.TorchPickleError, match="not a PyTorch zip checkpoint"):
+        torch_pickle.load_state_dict(tmp_path / "legacy.bin")

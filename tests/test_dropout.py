@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax import dropout
+from bert_jax.models import dropout
 
 
 def test_uniforms_are_threefry_known_answer_split_in_16_bit_halves():
@@ -118,7 +118,7 @@ SHARDED_SCRIPT = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from bert_jax import dropout
+    from bert_jax.models import dropout
 
     def mask(key):
         return dropout.keep_mask(key, (16, 128, 64), 0.1)[0]

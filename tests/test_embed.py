@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from bert_jax import embed, tokenizers
-from bert_jax.convert import from_hf
+from bert_jax import tokenizers
+from bert_jax.models import embed
+from bert_jax.models.convert import from_hf
 from tests.conftest import REPO_ROOT
 
 torch = pytest.importorskip("torch")

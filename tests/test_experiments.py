@@ -17,10 +17,12 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from bert_jax import configs, optim, plan, sharding, tokenizers
-from bert_jax.configs import ConfigError
+from bert_jax import sharding, tokenizers
 from bert_jax.data import documents
-from bert_jax.model import BertForPreTraining, init_params
+from bert_jax.models import configs
+from bert_jax.models.bert import BertForPreTraining, init_params
+from bert_jax.models.configs import ConfigError
+from bert_jax.training import optim, plan
 from tests.conftest import REPO_ROOT
 
 EXPERIMENTS = REPO_ROOT / "experiments"
@@ -34,7 +36,7 @@ DEVICE_COUNTS = {
     "bert_base_phase2": (8, 256),
     "bert_large_lamb": (8, 64, 256, 2048),
 }
-# What the job reads (pretrain_loop.train_and_evaluate and its helpers), beyond the optimizer fields.
+# What the job reads (pretraining.train_and_evaluate and its helpers), beyond the optimizer fields.
 JOB_KEYS = (
     "seed",
     "num_train_steps",

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax import convert
 from bert_jax.finetune.heads import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
+from bert_jax.models import convert
 from tests.conftest import REPO_ROOT, shared_path
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

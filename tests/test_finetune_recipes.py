@@ -16,9 +16,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bert_jax.configs import BertConfig
 from bert_jax.finetune import recipes
 from bert_jax.finetune.heads import BertForSequenceClassification
+from bert_jax.models.configs import BertConfig
 from tests.conftest import shared_path
 
 STEPS, BATCH, SEQ = 100, 8, 48
@@ -131,7 +131,7 @@ def test_head_inits_truncated_for_bert_and_plain_normal_for_transformers():
 def test_glue_table_runs_both_sides_and_resumes(tmp_path, minilm_dir):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from bert_jax.finetune import glue_table
+    from bert_jax.harness import glue_table
     from tests.conftest import REPO_ROOT
 
     glue = shared_path("glue")
@@ -151,7 +151,7 @@ def test_glue_table_runs_both_sides_and_resumes(tmp_path, minilm_dir):
 
 
 def test_glue_table_overrides_set_one_setting_for_every_task_and_rows_keep_to_their_settings(tmp_path):
-    from bert_jax.finetune import glue_table
+    from bert_jax.harness import glue_table
 
     sst2, cola = glue_table.tasks_named(["glue_sst2", "glue_cola"], learning_rate=1e-3, steps=0, batch_size=32)
     assert (sst2.learning_rate, sst2.batch_size, sst2.steps) == (1e-3, 32, glue_table.TABLE_TASKS["glue_sst2"].steps)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bert_jax.configs import named_config
-from bert_jax.flops import measure_matmul_peak, training_flops_per_sequence
+from bert_jax.models.configs import named_config
+from bert_jax.models.flops import measure_matmul_peak, training_flops_per_sequence
 
 
 def test_bert_base_seq128_is_about_7e10_flops_per_sequence():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bert_jax import hlo_collectives
+from bert_jax.compile import hlo_collectives
 
 HLO = """HloModule jit_train_step, entry_computation_layout={(f32[8,4]{1,0})->f32[8,4]{1,0}}
 
@@ -77,7 +77,7 @@ def test_host_callbacks_are_counted_in_compiled_programs():
     pytest.importorskip("libtpu", reason="libtpu is in the test extra (pip install -e '.[test]')")
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from bert_jax import tpu_topology
+    from bert_jax.compile import tpu_topology
 
     mesh = Mesh(tpu_topology.parse_topology("v5e:2x2").devices(), ("d",))
     sharded = NamedSharding(mesh, PartitionSpec("d"))

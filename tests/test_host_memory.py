@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from bert_jax import host_memory
+from bert_jax.launcher import host_memory
 from tests.conftest import REPO_ROOT
 
 GLIBC = (2, 36)
@@ -98,7 +98,7 @@ _RESTART_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     print(json.dumps({"stage": "start", "pid": os.getpid()}), flush=True)
-    from bert_jax import host_memory
+    from bert_jax.launcher import host_memory
     host_memory.restart_with_hugepage_malloc()
     print(json.dumps({"stage": "job", "pid": os.getpid(), "argv": sys.argv[1:],
                       "tunables": os.environ.get("GLIBC_TUNABLES"), "keep": os.environ.get("KEEP_ME")}), flush=True)

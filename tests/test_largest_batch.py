@@ -8,7 +8,7 @@ import types
 import jax
 import pytest
 
-from bert_jax import aot, largest_batch
+from bert_jax.compile import aot, largest_batch
 from tests.test_aot import compile_cli, tiny_config
 
 GIB = 2**30

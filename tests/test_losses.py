@@ -6,10 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax.configs import BertConfig
-from bert_jax.convert import from_hf
-from bert_jax.losses import masked_lm_terms, next_sentence_terms, pretraining_loss, pretraining_terms, summarize
-from bert_jax.model import BertForPreTraining
+from bert_jax.models.bert import BertForPreTraining
+from bert_jax.models.configs import BertConfig
+from bert_jax.models.convert import from_hf
+from bert_jax.training.losses import (
+    masked_lm_terms,
+    next_sentence_terms,
+    pretraining_loss,
+    pretraining_terms,
+    summarize,
+)
 from tests.hf_reference import random_batch, save_random_hf_model
 
 torch = pytest.importorskip("torch")

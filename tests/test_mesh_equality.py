@@ -69,9 +69,10 @@ def _pretraining_run(seq: int, mesh: tuple[int, int, int], devices: list[Any], c
     """`STEPS` steps of the pretraining job's plan on `devices`: the losses, grad norms and final params."""
     import jax
 
-    from bert_jax import losses as bert_losses
-    from bert_jax import plan, sharding, train
+    from bert_jax import sharding
     from bert_jax.data import corpus, pipeline
+    from bert_jax.training import losses as bert_losses
+    from bert_jax.training import plan, train
 
     config = pretrain_config(seq, mesh)
     job = plan.make_plan(config, devices)
@@ -132,9 +133,11 @@ def _finetune_run(task_name: str, seq: int, mesh: tuple[int, int, int], devices:
     """`STEPS` steps of the fine-tuning job's plan (a tiny random encoder, dropout on) on `devices`."""
     import jax
 
-    from bert_jax import configs, sharding, train
+    from bert_jax import sharding
     from bert_jax.finetune import tasks
     from bert_jax.finetune.plan import make_finetune_plan
+    from bert_jax.models import configs
+    from bert_jax.training import train
 
     config = runpy.run_path(str(REPO_ROOT / "experiments" / "glue_sst2.py"))["get_config"](task_name)
     config.seed = 11
@@ -184,10 +187,10 @@ def report(kind: str, seq: int) -> dict[str, Any]:
 
     devices = jax.devices()
     if kind == "pretrain":
-        from bert_jax import pretrain_loop
+        from bert_jax.jobs import pretraining
 
         with tempfile.TemporaryDirectory() as workdir:
-            corpus_dir = pretrain_loop.prepare_corpus(pretrain_config(seq, MESH), workdir)
+            corpus_dir = pretraining.prepare_corpus(pretrain_config(seq, MESH), workdir)
             single = _pretraining_run(seq, (1, 1, 1), devices[:1], corpus_dir)
             sharded = _pretraining_run(seq, MESH, devices, corpus_dir)
     else:

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax.configs import BertConfig, named_config
-from bert_jax.convert import from_hf
-from bert_jax.model import BertForPreTraining, BertModel, init_params
+from bert_jax.models.bert import BertForPreTraining, BertModel, init_params
+from bert_jax.models.configs import BertConfig, named_config
+from bert_jax.models.convert import from_hf
 from tests.hf_reference import max_relative_error, random_batch, save_random_hf_model, torch_pretraining_logits
 
 pytest.importorskip("torch")
@@ -92,7 +92,7 @@ def test_pretraining_logits_match_transformers(name, tmp_path):
 def test_padded_vocabulary_matches_transformers_and_exports_unpadded(tmp_path):
     """vocab 997 padded to 1024 rows: real-id logits equal the reference, padding ids get no probability,
     and the export holds exactly 997 rows again (transformers loads it)."""
-    from bert_jax.convert import pad_vocab, to_hf
+    from bert_jax.models.convert import pad_vocab, to_hf
 
     config = PARITY_CONFIGS["odd"]
     reference = save_random_hf_model(config, tmp_path / "src", seed=5)
@@ -268,7 +268,7 @@ def test_too_long_input_is_a_clear_error():
 def test_the_attention_softmax_keeps_only_its_output_and_has_the_usual_gradient(dtype, tolerance):
     """softmax_keeping_output's forward and gradient against jax.nn.softmax's in float32 (masked entries too):
     exact in float32; in bfloat16 within the rounding of the bfloat16 probabilities it keeps."""
-    from bert_jax.model import softmax_keeping_output
+    from bert_jax.models.bert import softmax_keeping_output
 
     scores = jax.random.normal(jax.random.key(0), (2, 3, 5, 7), jnp.float32) * 3
     scores = scores.at[..., -2:].set(jnp.finfo(jnp.float32).min)  # padded keys
@@ -305,7 +305,7 @@ def test_low_precision_training_attention_uses_the_softmax_that_keeps_only_its_o
     jax.nn.dot_product_attention would keep a float32 copy of the [B, heads, T, T] probabilities for the backward
     pass (bert-jax-compile, BERT-base 16 x 512 per v5p chip: 6.48 GB of temporaries instead of 4.68). float32 keeps
     jax.nn.softmax (its output is then the float32 probabilities themselves)."""
-    from bert_jax.model import BertSelfAttention
+    from bert_jax.models.bert import BertSelfAttention
 
     config = BertConfig(
         hidden_size=64, num_attention_heads=4, dtype=dtype, attention_probs_dropout_prob=attention_dropout

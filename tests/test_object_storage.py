@@ -79,7 +79,8 @@ def test_checkpoints_on_gs_ignore_unfinished_saves_and_set_corrupt_ones_aside(bu
     import fsspec
     import jax
 
-    from bert_jax import checkpoint, storage
+    from bert_jax import storage
+    from bert_jax.training import checkpoint
 
     directory = f"{bucket}/run/checkpoints"
     meta = {"data_state": {"position": 1}}
@@ -254,7 +255,7 @@ def test_a_gs_workdir_job_killed_with_sigkill_resumes_to_the_local_jobs_export(g
     assert storage.glob(f"{workdir}/tensorboard/events.out.tfevents*")
     # The gs:// workdir is a warm-start source (its latest checkpoint, read by orbax in place), read-only: a
     # save it left unfinished is not removed by a reader.
-    from bert_jax import warm_start
+    from bert_jax.training import warm_start
 
     storage.write_text(f"{workdir}/checkpoints/99/params/partial", "x")
     started = warm_start.read_source(workdir)
@@ -304,7 +305,8 @@ def test_an_unreachable_store_ends_the_job_in_one_line_within_60_seconds(gcs, tm
 
 
 def test_the_storage_benchmark_measures_and_cleans_up(bucket, tmp_path):
-    from bert_jax import storage, storage_benchmark
+    from bert_jax import storage
+    from bert_jax.harness import storage_benchmark
 
     for directory in (str(tmp_path / "scratch"), f"{bucket}/scratch"):
         figures = storage_benchmark.checkpoint_throughput(directory, megabytes=13, repeats=2)
@@ -362,7 +364,8 @@ def test_a_store_lost_mid_run_stops_the_job_naming_the_last_complete_checkpoint(
 
 
 def test_init_from_a_hugging_face_directory_on_gs(bucket, minilm_dir):
-    from bert_jax import storage, warm_start
+    from bert_jax import storage
+    from bert_jax.training import warm_start
 
     remote = f"{bucket}/models/minilm"
     storage.upload_tree(str(minilm_dir), remote)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bert_jax import op_profile
+from bert_jax.harness import op_profile
 from tests.conftest import REPO_ROOT
 
 HLO = """\

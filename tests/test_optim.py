@@ -16,9 +16,9 @@ import numpy as np
 import optax
 import pytest
 
-from bert_jax.configs import ConfigError, named_config
-from bert_jax.model import BertForPreTraining, init_params
-from bert_jax.optim import (
+from bert_jax.models.bert import BertForPreTraining, init_params
+from bert_jax.models.configs import ConfigError, named_config
+from bert_jax.training.optim import (
     OptimizerConfig,
     accumulate_gradients,
     learning_rate_schedule,

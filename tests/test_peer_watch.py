@@ -1,6 +1,6 @@
 """A dead peer in a multi-process job: the survivors end within 30 s in one line naming it, and a restart resumes.
 
-Unit checks of `bert_jax.peer_watch` (when an entry point supervises, the line it prints for JAX's real dump text),
+Unit checks of `bert_jax.launcher.peer_watch` (when an entry point supervises, the line it prints for JAX's real dump text),
 then two real pretraining processes on 127.0.0.1 (gloo): one is killed with SIGKILL after step 8; the other must
 exit within 30 s with the one line (no "Fatal Python error", no module list), and both started again with the same
 command resume from the last checkpoint and finish. Slow part: `pytest -m slow`.
@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from bert_jax import peer_watch
+from bert_jax.launcher import peer_watch
 from tests.conftest import REPO_ROOT, shared_path
 from tests.gcs_emulator import free_port
 from tests.pretrain_cli import kill_all, pretrain_command, stderr_text

@@ -1,4 +1,4 @@
-"""bert-jax-plot and bert_jax.plotting: the data read from metrics.jsonl, the PNG, damaged files, clear errors."""
+"""bert-jax-plot and bert_jax.harness.plotting: the data read from metrics.jsonl, the PNG, damaged files, clear errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 from matplotlib import image
 
-from bert_jax import plotting
+from bert_jax.harness import plotting
 from tests.conftest import REPO_ROOT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -98,7 +98,7 @@ def test_the_step_loop_reads_devices_only_at_log_and_eval_steps(tmp_path, monkey
     import jax
     import jax._src.array as jax_array
 
-    from bert_jax import pretrain_loop
+    from bert_jax.jobs import pretraining
 
     sample = shared_path("gutenberg", "pg11-alice-in-wonderland.txt")
     config = runpy.run_path(str(REPO_ROOT / "experiments" / "bert_tiny.py"))["get_config"]()
@@ -117,7 +117,7 @@ def test_the_step_loop_reads_devices_only_at_log_and_eval_steps(tmp_path, monkey
         reads_at.append(dispatched[0])
         return original_value.fget(self)
 
-    original_jit = pretrain_loop.train.jit_train_step
+    original_jit = pretraining.train.jit_train_step
 
     def counting_jit(*args, **kwargs):
         step = original_jit(*args, **kwargs)
@@ -128,12 +128,12 @@ def test_the_step_loop_reads_devices_only_at_log_and_eval_steps(tmp_path, monkey
 
         return counted
 
-    monkeypatch.setattr(pretrain_loop.train, "jit_train_step", counting_jit)
+    monkeypatch.setattr(pretraining.train, "jit_train_step", counting_jit)
     monkeypatch.setattr(jax_array.ArrayImpl, "_value", property(recording_value))
     # The instrument works: a float() of an array is recorded.
     float(jax.numpy.ones(()))
     assert reads_at == [0]
-    pretrain_loop.train_and_evaluate(config, str(tmp_path))
+    pretraining.train_and_evaluate(config, str(tmp_path))
     assert dispatched[0] == 13
     assert {5, 10, 13} <= set(reads_at)  # log steps 5, 10, the last step 13; eval at 10 and 13
     assert set(reads_at) <= {0, 5, 10, 13}, sorted(set(reads_at))

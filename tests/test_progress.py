@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from bert_jax.progress import ProgressBar
+from bert_jax.data.progress import ProgressBar
 
 
 class FakeClock:

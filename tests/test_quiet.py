@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from bert_jax import quiet
+from bert_jax.launcher import quiet
 
 
 def test_defaults_are_set_only_where_the_user_set_nothing(monkeypatch):
@@ -39,7 +39,7 @@ def test_jax_stays_on_the_cpu_only_without_tpu_devices_and_gpu_plugins(monkeypat
 
 def test_tensorflow_starts_without_its_info_lines_under_the_defaults():
     code = (
-        "from bert_jax import quiet; quiet.quiet_native_logs(); "
+        "from bert_jax.launcher import quiet; quiet.quiet_native_logs(); "
         "import tensorflow as tf; tf.constant(1) + 1; print('ok')"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}

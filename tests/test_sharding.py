@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bert_jax.configs import BertConfig, ConfigError, named_config
+from bert_jax.models.configs import BertConfig, ConfigError, named_config
 from bert_jax.sharding import (
     LOGICAL_AXIS_RULES,
     MeshConfig,
@@ -185,7 +185,7 @@ def _spec(spec: Any) -> list[Any]:
 def test_rules_cover_every_logical_name_the_model_uses():
     import jax
 
-    from bert_jax.model import BertForPreTraining
+    from bert_jax.models.bert import BertForPreTraining
 
     boxed = abstract_boxed_params(BertForPreTraining(named_config("tiny")))
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: hasattr(x, "names"))
@@ -195,7 +195,7 @@ def test_rules_cover_every_logical_name_the_model_uses():
 
 @pytest.fixture(scope="module")
 def tiny_specs() -> Any:
-    from bert_jax.model import BertForPreTraining
+    from bert_jax.models.bert import BertForPreTraining
 
     return param_partition_specs(BertForPreTraining(named_config("tiny")))
 
@@ -374,7 +374,7 @@ def _mesh_report() -> dict[str, Any]:
 def _spec_report() -> dict[str, Any]:
     import jax
 
-    from bert_jax.model import BertForPreTraining, init_params
+    from bert_jax.models.bert import BertForPreTraining, init_params
 
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     tiny = BertForPreTraining(named_config("tiny"))
@@ -404,7 +404,7 @@ def _random_params(model: Any) -> Any:
     """
     import jax
 
-    from bert_jax.model import init_params
+    from bert_jax.models.bert import init_params
 
     shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
     rng = np.random.default_rng(0)
@@ -420,7 +420,7 @@ def _forward_report() -> dict[str, Any]:
     """Max |sharded - single-device| of both logits for each mesh, on the same params and batch."""
     import jax
 
-    from bert_jax.model import BertForPreTraining
+    from bert_jax.models.bert import BertForPreTraining
 
     config = _forward_config()
     model = BertForPreTraining(config)

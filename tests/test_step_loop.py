@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bert_jax import step_loop, train
-from bert_jax.metrics_log import MetricsLog
+from bert_jax.training import step_loop, train
+from bert_jax.training.metrics_log import MetricsLog
 
 
 class RecordingCheckpointer:

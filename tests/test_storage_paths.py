@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from bert_jax import pretrain_loop, storage
-from bert_jax.finetune import job as finetune_job
+from bert_jax import storage
+from bert_jax.jobs import finetuning, pretraining
 from tests.conftest import REPO_ROOT
 
 
@@ -50,17 +50,17 @@ def test_the_jobs_refuse_unserved_paths_before_creating_anything(tmp_path, monke
     monkeypatch.setenv("EPATH_USE_TF", "false")
     config = runpy.run_path(str(REPO_ROOT / "experiments" / "bert_tiny.py"))["get_config"]()
     with pytest.raises(storage.UnsupportedPathError, match="workdir=s3://bucket/run"):
-        pretrain_loop.train_and_evaluate(config, "s3://bucket/run")
+        pretraining.train_and_evaluate(config, "s3://bucket/run")
     config.data.train_files = "s3://bucket/books/*.txt"
     with pytest.raises(storage.UnsupportedPathError, match=r"data\.train_files=s3://bucket/books"):
-        pretrain_loop.train_and_evaluate(config, str(tmp_path / "run"))
+        pretraining.train_and_evaluate(config, str(tmp_path / "run"))
     config = runpy.run_path(str(REPO_ROOT / "experiments" / "bert_tiny.py"))["get_config"]()
     config.init_from = "s3://bucket/old_run"
     with pytest.raises(storage.UnsupportedPathError, match="init_from=s3://bucket/old_run: s3:// is not served"):
-        pretrain_loop.train_and_evaluate(config, str(tmp_path / "run"))
+        pretraining.train_and_evaluate(config, str(tmp_path / "run"))
     finetune = runpy.run_path(str(REPO_ROOT / "experiments" / "glue_sst2.py"))["get_config"]()
     with pytest.raises(storage.UnsupportedPathError, match="workdir=s3://bucket/sst2"):
-        finetune_job.finetune_and_evaluate(finetune, "s3://bucket/sst2")
+        finetuning.finetune_and_evaluate(finetune, "s3://bucket/sst2")
     assert os.listdir(tmp_path) == []  # no ./s3:/..., no ./run
 
 

@@ -1,4 +1,4 @@
-"""`config.initialization` (bert_jax/structured_init.py): the structured start of the demo.
+"""`config.initialization` (bert_jax/models/structured_init.py): the structured start of the demo.
 
 - "local": computed in numpy from the initialized weights (embeddings, LayerNorm, query/key kernels; not the
   model's code), each head of the model puts most of its attention on the token at its offset, for real word
@@ -16,9 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from bert_jax import configs, structured_init
-from bert_jax.configs import ConfigError
-from bert_jax.model import BertForPreTraining, init_params
+from bert_jax.models import configs, structured_init
+from bert_jax.models.bert import BertForPreTraining, init_params
+from bert_jax.models.configs import ConfigError
 
 
 def _tiny(**overrides) -> configs.BertConfig:
@@ -139,7 +139,7 @@ def test_config_errors_name_the_setting():
 def test_the_job_rejects_a_bad_initialization_before_it_builds_anything(tmp_path):
     import runpy
 
-    from bert_jax import plan
+    from bert_jax.training import plan
     from tests.conftest import REPO_ROOT
 
     config = runpy.run_path(str(REPO_ROOT / "experiments" / "bert_tiny.py"))["get_config"]()

@@ -1,4 +1,4 @@
-"""The train and eval steps (`bert_jax.train`) against independent references.
+"""The train and eval steps (`bert_jax.training.train`) against independent references.
 
 - Gradient accumulation: `num_microbatches=2` equals one pass over the whole batch (params and metrics).
 - The first two updates equal a hand computation: the loss written out here (log-softmax cross-entropy at
@@ -30,11 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax import losses, train
-from bert_jax.configs import BertConfig
-from bert_jax.model import BertForPreTraining, init_params
-from bert_jax.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
+from bert_jax.models.bert import BertForPreTraining, init_params
+from bert_jax.models.configs import BertConfig
 from bert_jax.sharding import MeshConfig, global_batch_from_process_local, make_mesh, param_shardings
+from bert_jax.training import losses, train
+from bert_jax.training.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
 from tests.simulated_devices import simulated_devices_env
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent

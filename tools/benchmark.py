@@ -6,7 +6,7 @@
   bert-jax-benchmark --config=experiments/bert_mini.py --steps=3 --profile_dir=/tmp/prof   # + time per model op
 
 The config and its --config.* overrides load exactly as for bert-jax-pretrain; the step is the job's own
-(bert_jax/benchmark.py). Progress goes to stderr; stdout gets a table and, last, one JSON line with every
+(bert_jax/harness/benchmark.py). Progress goes to stderr; stdout gets a table and, last, one JSON line with every
 measurement (step_ms_median, sequences_per_sec, tokens_per_sec, model_tflops_per_sec, mfu, compile_s,
 peak_rss_mb, device memory, the configuration and versions).
 """
@@ -20,8 +20,10 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from bert_jax import benchmark, host_memory, op_profile, quiet, tokenizers
+from bert_jax import tokenizers
 from bert_jax.data import documents
+from bert_jax.harness import benchmark, op_profile
+from bert_jax.launcher import host_memory, quiet
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "An experiments/*.py config file.", lock_config=True)

@@ -19,8 +19,8 @@ import time
 
 from absl import app, flags, logging
 
-from bert_jax import quiet
 from bert_jax.data import batch_workers, build_workers, corpus, documents, pipeline
+from bert_jax.launcher import quiet
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input_files", None, "Text files: a glob or a comma-separated list.", required=True)

@@ -3,7 +3,7 @@
   bert-jax-benchmark-storage --dir=gs://BUCKET/scratch --megabytes=352
   bert-jax-benchmark-storage --dir=/tmp/scratch --corpus_dir=gs://BUCKET/run/corpus
 
-Prints one JSON line per measurement (`bert_jax.storage_benchmark`).
+Prints one JSON line per measurement (`bert_jax.harness.storage_benchmark`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import json
 
 from absl import app, flags, logging
 
-from bert_jax import quiet, storage
+from bert_jax import storage
+from bert_jax.launcher import quiet
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dir", None, "Where the checkpoints are written (a local directory or gs://...).", required=True)
@@ -26,7 +27,7 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     storage.check_paths({"dir": FLAGS.dir, "corpus_dir": FLAGS.corpus_dir})
-    from bert_jax import storage_benchmark
+    from bert_jax.harness import storage_benchmark
 
     print(json.dumps(storage_benchmark.checkpoint_throughput(FLAGS.dir, FLAGS.megabytes, FLAGS.repeats)))
     if FLAGS.corpus_dir:

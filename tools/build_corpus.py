@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from bert_jax import quiet, storage, tokenizers
+from bert_jax import storage, tokenizers
 from bert_jax.data import build_workers, corpus, documents
+from bert_jax.launcher import quiet
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

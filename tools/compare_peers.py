@@ -15,7 +15,7 @@ the median over rounds. Writes `results.jsonl` (every run's JSON line) and `tabl
 prints the table.
 
 Host memory: `bert-jax-benchmark` restarts itself with glibc's huge-page malloc where the machine allows it
-(`bert_jax/host_memory.py`), as every bert_jax job does; the peers run as their harness starts them.
+(`bert_jax/launcher/host_memory.py`), as every bert_jax job does; the peers run as their harness starts them.
 `--peers_hugepage_malloc` gives the peers the same setting (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`), to see
 how much of a ratio is that setting. The table's last column says which each run had.
 """
@@ -34,7 +34,7 @@ from typing import Any
 
 from absl import app, flags
 
-from bert_jax import host_memory
+from bert_jax.launcher import host_memory
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = ("hf_flax", "hf_torch")

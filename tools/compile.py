@@ -13,7 +13,7 @@ Exit status: 0 fits, 1 does not fit, 2 a config or topology error (one line, bef
   bert-jax-compile --config=experiments/bert_base_phase2.py --topology=v5p-8 --largest_batch
 
 --largest_batch finds the largest batch per chip (rows per step, per microbatch; multiples of --batch_granularity,
-or --powers_of_two) that fits, by compiling the config at a few global batch sizes (`bert_jax/largest_batch.py`); it prints the
+or --powers_of_two) that fits, by compiling the config at a few global batch sizes (`bert_jax/compile/largest_batch.py`); it prints the
 compiles, the answer with the table of its compile, and a JSON line (`{"largest_batch": ...}`); exit 0 when some
 size fits, 1 when none does.
 """
@@ -29,7 +29,7 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import quiet
+from bert_jax.launcher import quiet
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "An experiments/*.py config file.", lock_config=True)
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    from bert_jax import aot, fit, tpu_topology
+    from bert_jax.compile import aot, fit, tpu_topology
 
     try:
         where = tpu_topology.parse_topology(FLAGS.topology, FLAGS.num_slices)
@@ -95,7 +95,7 @@ def main(argv: list[str]) -> None:
 
 def _largest_batch(target: Any) -> None:
     """--largest_batch: the search, its lines and JSON line; exit 0 when some size fits, 1 when none does."""
-    from bert_jax import aot, largest_batch
+    from bert_jax.compile import aot, largest_batch
 
     print(
         f"Finding the largest batch per chip that fits {target.name} (up to {FLAGS.max_compiles} compiles) ...",
@@ -124,7 +124,7 @@ def run() -> None:
     # otherwise (on a host without TPUs, starting the TPU backend only prints libtpu's warnings).
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if quiet.cpu_only_host_with_libtpu():
-        from bert_jax import tpu_topology
+        from bert_jax.compile import tpu_topology
 
         tpu_topology.quiet_libtpu_for_aot()
     app.run(main)

@@ -14,7 +14,9 @@ import os
 
 from absl import app, flags, logging
 
-from bert_jax import convert, quiet, storage
+from bert_jax import storage
+from bert_jax.launcher import quiet
+from bert_jax.models import convert
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "Model to convert: a directory or a TF checkpoint prefix.", required=True)

@@ -14,7 +14,9 @@ import os
 import numpy as np
 from absl import app, flags
 
-from bert_jax import convert, embed, quiet, storage, tokenizers
+from bert_jax import storage, tokenizers
+from bert_jax.launcher import quiet
+from bert_jax.models import convert, embed
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Model directory (Hugging Face, bert_jax or TF checkpoint).", required=True)

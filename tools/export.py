@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from bert_jax import checkpoint, convert, quiet, storage
-from bert_jax.export import FORMATS, export_checkpoint
+from bert_jax import storage
+from bert_jax.launcher import quiet
+from bert_jax.models import convert
+from bert_jax.training import checkpoint
+from bert_jax.training.export import FORMATS, export_checkpoint
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The pretraining run's workdir (or its checkpoints/ directory).", required=True)

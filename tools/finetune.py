@@ -4,7 +4,7 @@
   bert-jax-finetune --config=experiments/conll_ner.py --workdir=/tmp/ner --config.init_from=bert-base-hf-dir
 
 Run the same command again to resume from the workdir's latest checkpoint. Only this entry point reads flags;
-the job is `bert_jax.finetune.job.finetune_and_evaluate(config, workdir)`.
+the job is `bert_jax.jobs.finetuning.finetune_and_evaluate(config, workdir)`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import checkpoint, convert, host_memory, process_exit, quiet, storage, tokenizers
+from bert_jax import storage, tokenizers
+from bert_jax.launcher import host_memory, process_exit, quiet
+from bert_jax.models import convert
+from bert_jax.training import checkpoint
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "An experiments/*.py fine-tuning config.", lock_config=True)
@@ -25,7 +28,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    from bert_jax.finetune import job
+    from bert_jax.jobs import finetuning as job
 
     result = job.finetune_and_evaluate(FLAGS.config, FLAGS.workdir)
     if result.stopped_by is not None:

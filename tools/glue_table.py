@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from bert_jax.finetune import glue_table
+from bert_jax.harness import glue_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

@@ -1,7 +1,7 @@
 """Console-script targets of the three long-running jobs: restart with huge-page malloc, watch the peers of a
 multi-process run (`peer_watch`), then run the job.
 
-`bert_jax.host_memory.restart_with_hugepage_malloc` has to run before the job's own imports (jax, flax,
+`bert_jax.launcher.host_memory.restart_with_hugepage_malloc` has to run before the job's own imports (jax, flax,
 orbax, TensorFlow Datasets take seconds) or they would be paid twice; this module imports nothing heavy, so
 the restart costs only the interpreter's start. The `python -m` mains of the same jobs call it too (after
 their imports).
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-from bert_jax import host_memory, peer_watch, quiet
+from bert_jax.launcher import host_memory, peer_watch, quiet
 
 _PROGRAMS = {"pretrain": "bert-jax-pretrain", "finetune": "bert-jax-finetune", "benchmark": "bert-jax-benchmark"}
 _JOBS = {

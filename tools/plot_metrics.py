@@ -5,7 +5,7 @@
 
 Runs are overlaid, one colour each, labelled by workdir name (or --names). A workdir of a running job can be
 plotted at any time; a half-written last line is skipped and steps repeated by a resumed run keep their latest
-value (see bert_jax/plotting.py), each with a warning on stderr.
+value (see bert_jax/harness/plotting.py), each with a warning on stderr.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import sys
 
 from absl import app, flags
 
-from bert_jax import plotting, quiet, storage
+from bert_jax import storage
+from bert_jax.harness import plotting
+from bert_jax.launcher import quiet
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", None, "Pretraining workdirs (or metrics.jsonl files), comma-separated.", required=True)

@@ -16,8 +16,10 @@ import sys
 
 from absl import app, flags, logging
 
-from bert_jax import checkpoint, quiet, storage
+from bert_jax import storage
 from bert_jax.finetune.predict import PredictError, Predictor
+from bert_jax.launcher import quiet
+from bert_jax.training import checkpoint
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The bert-jax-finetune workdir.", required=True)

@@ -4,7 +4,7 @@
   bert-jax-pretrain --config=experiments/bert_base_phase1.py --workdir=/mnt/bucket/run --config.num_train_steps=1000
 
 Only this entry point reads flags (it lives in tools/, not in the library); the job itself is
-`bert_jax.pretrain_loop.train_and_evaluate(config, workdir)`.
+`bert_jax.jobs.pretraining.train_and_evaluate(config, workdir)`.
 Run the same command again to resume: the job continues from the workdir's latest checkpoint. Stopped by
 SIGTERM or Ctrl-C (or a preemption notice on multi-host), it saves a checkpoint of the current step and
 exits with status 0.
@@ -17,8 +17,10 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import checkpoint, host_memory, peer_watch, process_exit, quiet, storage, tokenizers
+from bert_jax import storage, tokenizers
 from bert_jax.data import documents
+from bert_jax.launcher import host_memory, peer_watch, process_exit, quiet
+from bert_jax.training import checkpoint
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "An experiments/*.py config file.", lock_config=True)
@@ -53,9 +55,9 @@ def main(argv: list[str]) -> None:
             process_id=FLAGS.process_id,
             heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
         )
-    from bert_jax import pretrain_loop
+    from bert_jax.jobs import pretraining
 
-    result = pretrain_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    result = pretraining.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if result.stopped_by is not None:
         # A clean, resumable stop (preemption): exit 0, the checkpoint is complete.
         raise SystemExit(0)

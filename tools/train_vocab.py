@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from bert_jax import quiet, storage, tokenizers
+from bert_jax import storage, tokenizers
 from bert_jax.data import documents
+from bert_jax.launcher import quiet
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input_files", None, "Text files: a comma-separated list of paths or globs.", required=True)

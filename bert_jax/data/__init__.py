@@ -9,4 +9,7 @@
   pipeline     this process's fixed-shape batches in a resumable global order
 
 Only the corpus builder touches TensorFlow Datasets; the batch path is plain numpy.
+
+May import: the top-level modules (`sharding`, `storage`, `tokenizers`). Nothing of models, training,
+jobs, compile, the harness or the launcher.
 """

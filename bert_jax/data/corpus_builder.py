@@ -30,9 +30,9 @@ from bert_jax.data.corpus_spec import (
     split_records_of,
     tokenize_document,
 )
+from bert_jax.data.progress import ProgressBar
 from bert_jax.data.split_files import SplitShardsWriter
 from bert_jax.data.token_store import TokenStore, TokenStoreWriter
-from bert_jax.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
 

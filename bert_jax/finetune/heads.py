@@ -18,9 +18,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bert_jax.configs import BertConfig
-from bert_jax.dropout import Dropout
-from bert_jax.model import BertModel, dense_layer
+from bert_jax.models.bert import BertModel, dense_layer
+from bert_jax.models.configs import BertConfig
+from bert_jax.models.dropout import Dropout
 
 Array = jax.Array
 

@@ -3,7 +3,7 @@
     job = make_finetune_plan(config, task, model_config, total_steps)
     state, metrics = job.train_step(state, batch); outputs = job.predict_step(state.params, inputs)
 
-The counterpart of `bert_jax.plan` for `bert-jax-finetune`: the mesh (checked against the devices and the
+The counterpart of `bert_jax.training.plan` for `bert-jax-finetune`: the mesh (checked against the devices and the
 batch), the model config with its vocabulary padded to the vocab shards, the task's model, the optimizer and
 its schedule over `total_steps` (warmup `warmup_fraction` of them, the details from `recipes`), the state shardings, and the jitted train
 step (the task's loss, donated state) and prediction step. Nothing is traced here.
@@ -24,9 +24,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bert_jax import attention, checkpoint, configs, flops, optim, sharding, tokenizers, train, warm_start
+from bert_jax import sharding, tokenizers
 from bert_jax.finetune import recipes
 from bert_jax.finetune.tasks import SquadOptions, Task, make_task
+from bert_jax.models import attention, configs, flops
+from bert_jax.training import checkpoint, optim, train, warm_start
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 

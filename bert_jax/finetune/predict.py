@@ -21,11 +21,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from bert_jax import checkpoint, tokenizers
-from bert_jax.configs import BertConfig
+from bert_jax import tokenizers
 from bert_jax.finetune import conll_data, glue_data, metrics, squad_data
 from bert_jax.finetune.tasks import ConllNer, GlueClassification, Squad, SquadOptions, Task, TaskSplit, make_task
-from bert_jax.model import init_params
+from bert_jax.models.bert import init_params
+from bert_jax.models.configs import BertConfig
+from bert_jax.training import checkpoint
 
 
 class PredictError(ValueError):

@@ -26,7 +26,7 @@ from typing import Any
 
 import ml_collections
 
-from bert_jax import optim
+from bert_jax.training import optim
 
 DEFAULT_RECIPE = "transformers"
 

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bert_jax.configs import BertConfig
 from bert_jax.finetune import conll_data, glue_data, metrics, squad_data
 from bert_jax.finetune.heads import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
+from bert_jax.models.configs import BertConfig
 from bert_jax.tokenizers import Tokenizer
 
 Array = jax.Array

@@ -1,6 +1,6 @@
 """The transformers side of a GLUE comparison: a plain PyTorch loop that does what `transformers.Trainer` does.
 
-    python -m bert_jax.finetune.torch_reference --task=glue_stsb --model_dir=DIR --data_dir=GLUE --steps=300 \
+    python -m bert_jax.harness.torch_reference --task=glue_stsb --model_dir=DIR --data_dir=GLUE --steps=300 \
         --batch_size=16 --max_seq_length=128 --learning_rate=5e-5 --seed=0 --output=result.json
 
 Trainer's defaults, written out (Trainer itself needs `accelerate`, which a bert_jax install does not have):

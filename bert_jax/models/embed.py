@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bert_jax.configs import BertConfig
-from bert_jax.model import BertModel
+from bert_jax.models.bert import BertModel
+from bert_jax.models.configs import BertConfig
 
 
 class _Encoder(Protocol):

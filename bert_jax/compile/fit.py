@@ -31,7 +31,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from bert_jax import aot, plan
+from bert_jax.compile import aot
+from bert_jax.training import plan
 
 FIT_MODES = ("check", "auto", "off")
 DEFAULT_MAX_COMPILES = 6

@@ -20,8 +20,10 @@ import tempfile
 
 import jax
 
-from bert_jax import checkpoint, convert, storage
-from bert_jax.model import BertForPreTraining, init_params
+from bert_jax import storage
+from bert_jax.models import convert
+from bert_jax.models.bert import BertForPreTraining, init_params
+from bert_jax.training import checkpoint
 
 FORMATS = ("hf", "bert_jax")
 
@@ -60,7 +62,7 @@ def export_checkpoint(
                 f"There is no checkpoint of step {step} in {ckpt.directory}; available: {steps}."
             )
         meta = ckpt.read_meta(step)
-        # exports run anywhere: XLA's attention, whatever kernel the training run used (bert_jax/attention.py)
+        # exports run anywhere: XLA's attention, whatever kernel the training run used (bert_jax/models/attention.py)
         config = checkpoint.model_config_from_meta(meta).replace(attention_kernel="xla")
         shapes = jax.eval_shape(lambda: init_params(BertForPreTraining(config), jax.random.key(0)))
         restored = ckpt.restore_params(step, checkpoint.abstract_like(shapes, checkpoint.host_shardings(shapes)))

@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any
 
+from bert_jax.errors import ConfigError
+
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -49,10 +51,6 @@ _IGNORED_KEYS = frozenset(
         "eos_token_id",
     }
 )
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the field and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)

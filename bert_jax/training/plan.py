@@ -27,9 +27,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from bert_jax import attention, configs, flops, optim, sharding, structured_init, tokenizers, train
+from bert_jax import sharding, tokenizers
 from bert_jax.data import batch_workers, corpus
-from bert_jax.model import BertForPreTraining
+from bert_jax.models import attention, configs, flops, structured_init
+from bert_jax.models.bert import BertForPreTraining
+from bert_jax.training import optim, train
 
 
 class JobConfigError(ValueError):

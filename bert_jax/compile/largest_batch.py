@@ -31,7 +31,8 @@ from typing import Any
 
 import ml_collections
 
-from bert_jax import aot, sharding
+from bert_jax import sharding
+from bert_jax.compile import aot
 
 DEFAULT_GRANULARITY = 8  # rows: batch sizes a TPU tiles without padding (its sublanes are 8 rows)
 DEFAULT_MAX_COMPILES = 6

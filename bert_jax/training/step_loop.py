@@ -21,9 +21,9 @@ from typing import Any
 
 import jax
 
-from bert_jax import checkpoint, train
-from bert_jax.metrics_log import MetricsLog
-from bert_jax.preemption import StopRequest
+from bert_jax.training import checkpoint, train
+from bert_jax.training.metrics_log import MetricsLog
+from bert_jax.training.preemption import StopRequest
 
 
 @dataclasses.dataclass

@@ -45,7 +45,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
 from bert_jax import storage
-from bert_jax.configs import BertConfig
+from bert_jax.models.configs import BertConfig
 
 logger = logging.getLogger(__name__)
 

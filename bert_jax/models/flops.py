@@ -16,7 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from bert_jax.configs import BertConfig
+from bert_jax.models.configs import BertConfig
 
 
 def training_flops_per_sequence(config: BertConfig, seq_length: int, num_predictions: int) -> float:

@@ -19,15 +19,18 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 from flax import traverse_util
 
-from bert_jax.configs import BertConfig
+from bert_jax.models import torch_pickle
+from bert_jax.models.configs import BertConfig
 
 logger = logging.getLogger(__name__)
 
@@ -265,14 +268,9 @@ def _read_hf_state(model_dir: str) -> dict[str, np.ndarray]:
             ) from None
     if os.path.exists(bin_path):
         try:
-            import torch
-        except ImportError:
-            raise ConversionError(
-                f"{bin_path} is a PyTorch pickle; install torch to read it, or convert the directory to "
-                "model.safetensors first."
-            ) from None
-        state = torch.load(bin_path, map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+            return torch_pickle.load_state_dict(bin_path)
+        except (torch_pickle.TorchPickleError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+            raise ConversionError(str(e)) from None
     raise ConversionError(
         f"{model_dir} has neither {HF_SAFETENSORS} nor {HF_TORCH_BIN}; it is not a Hugging Face model directory."
     )

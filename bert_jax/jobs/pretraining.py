@@ -25,27 +25,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import (
-    checkpoint,
-    collapse,
-    compile_cache,
-    configs,
-    convert,
-    fit,
-    flops,
-    plan,
-    sharding,
-    step_loop,
-    storage,
-    structured_init,
-    train,
-    warm_start,
-)
+from bert_jax import sharding, storage
+from bert_jax.compile import fit
 from bert_jax.data import batch_workers, corpus, documents, pipeline
 from bert_jax.data.device_prefetch import prefetch_to_mesh
-from bert_jax.losses import summarize
-from bert_jax.metrics_log import MetricsLog
-from bert_jax.plan import JobConfigError
+from bert_jax.models import configs, convert, flops, structured_init
+from bert_jax.training import checkpoint, collapse, compile_cache, plan, step_loop, train, warm_start
+from bert_jax.training.losses import summarize
+from bert_jax.training.metrics_log import MetricsLog
+from bert_jax.training.plan import JobConfigError
 
 __all__ = ["JobConfigError", "JobResult", "corpus_options", "prepare_corpus", "train_and_evaluate"]
 

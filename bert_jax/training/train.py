@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bert_jax import losses, optim, sharding
-from bert_jax.model import BertForPreTraining
+from bert_jax import sharding
+from bert_jax.models.bert import BertForPreTraining
+from bert_jax.training import losses, optim
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]

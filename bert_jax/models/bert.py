@@ -31,9 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bert_jax import attention, sharding
-from bert_jax.configs import BertConfig
-from bert_jax.dropout import Dropout
+from bert_jax import sharding
+from bert_jax.models import attention
+from bert_jax.models.configs import BertConfig
+from bert_jax.models.dropout import Dropout
 
 Array = jax.Array
 

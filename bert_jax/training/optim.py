@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bert_jax.configs import ConfigError
+from bert_jax.models.configs import ConfigError
 
 PyTree = Any
 Batch = Any

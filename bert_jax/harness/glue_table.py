@@ -1,7 +1,7 @@
 """The GLUE comparison table: bert_jax and transformers fine-tuned with one recipe, side by side, several seeds.
 
 For each task and seed it runs `bert-jax-finetune` (the task's experiments/ config with the table's settings)
-and then `bert_jax.finetune.torch_reference` (transformers + torch AdamW as `transformers.Trainer` does),
+and then `bert_jax.harness.torch_reference` (transformers + torch AdamW as `transformers.Trainer` does),
 each in its own process, one after the other on the same machine, and records the dev metric and each run's
 whole wall time (start-up, tokenization and compiles included). Every finished run is appended to
 `<out_dir>/runs.jsonl` at once, so an interrupted table resumes where it stopped; `table.md` is rewritten
@@ -98,7 +98,7 @@ def ours_command(task: TableTask, seed: int, model_dir: str, data_dir: str, conf
 
 def reference_command(task: TableTask, seed: int, model_dir: str, data_dir: str, output: str) -> list[str]:
     return [
-        sys.executable, "-m", "bert_jax.finetune.torch_reference", f"--task={task.name}", f"--model_dir={model_dir}",
+        sys.executable, "-m", "bert_jax.harness.torch_reference", f"--task={task.name}", f"--model_dir={model_dir}",
         f"--data_dir={data_dir}", f"--steps={task.steps}", f"--batch_size={task.batch_size}",
         f"--max_seq_length={task.max_seq_length}", f"--learning_rate={task.learning_rate}", f"--seed={seed}",
         f"--output={output}",

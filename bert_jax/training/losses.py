@@ -175,7 +175,7 @@ def summarize(terms: Mapping[str, Array], nsp_loss_weight: float = 1.0) -> dict[
     """Means from sums: loss (MLM + `nsp_loss_weight` x NSP: the objective), mlm_loss, mlm_accuracy, nsp_loss,
     nsp_accuracy; where the [MASK] predictions were counted apart also mlm_accuracy_at_mask, the share of them
     that got the most frequent answer (mlm_top_prediction_share_at_mask) and the accuracy that always answering
-    the most frequent target would have had (mlm_majority_accuracy_at_mask): see `bert_jax.collapse`."""
+    the most frequent target would have had (mlm_majority_accuracy_at_mask): see `bert_jax.training.collapse`."""
     mlm_count = jnp.maximum(terms["mlm_count"], 1e-5)  # the original's denominator guard
     nsp_count = jnp.maximum(terms["nsp_count"], 1e-5)
     mlm_loss = terms["mlm_loss_sum"] / mlm_count

@@ -23,9 +23,11 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from bert_jax import checkpoint, convert, storage
-from bert_jax.configs import BertConfig
-from bert_jax.model import BertForPreTraining, init_params
+from bert_jax import storage
+from bert_jax.models import convert
+from bert_jax.models.bert import BertForPreTraining, init_params
+from bert_jax.models.configs import BertConfig
+from bert_jax.training import checkpoint
 
 
 class WarmStartError(ValueError):

@@ -3,7 +3,7 @@
     result = run_benchmark(config, BenchmarkOptions(steps=10, warmup=2))   # config: an experiments/*.py config
     print(format_table(result)); print(json.dumps(result))
 
-What is timed is exactly what `pretrain_loop.train_and_evaluate` runs: the same config checks (all before
+What is timed is exactly what `pretraining.train_and_evaluate` runs: the same config checks (all before
 anything compiles), the model, optimizer and schedule from the config, the train state created in its sharding,
 `train.make_train_step` compiled by `train.jit_train_step` (explicit shardings, the state donated), and batches
 placed with `sharding.global_batch_from_process_local`. The step is compiled ahead of time (`lower().compile()`)
@@ -53,9 +53,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import flops, host_memory, op_profile, plan, pretrain_loop, sharding, train
+from bert_jax import sharding
 from bert_jax.data import corpus, pipeline
 from bert_jax.data.masking import MaskingConfig, mask_batch, num_predictions
+from bert_jax.harness import op_profile
+from bert_jax.jobs import pretraining
+from bert_jax.launcher import host_memory
+from bert_jax.models import flops
+from bert_jax.training import plan, train
 
 INPUTS = ("synthetic", "pipeline")
 BUNDLED_CORPUS = os.path.join(os.path.dirname(__file__), "assets", "corpus", "*.txt")
@@ -383,7 +388,7 @@ def _pipeline_inputs(
     workdir = options.corpus_workdir or cleanup.enter_context(tempfile.TemporaryDirectory(prefix="bert_jax_bench_"))
     say(f"Preparing the corpus in {workdir}")
     start = time.perf_counter()
-    corpus_dir = pretrain_loop.prepare_corpus(config, workdir)
+    corpus_dir = pretraining.prepare_corpus(config, workdir)
     corpus_s = time.perf_counter() - start
     if int(corpus.corpus_metadata(corpus_dir)["vocab_size"]) != vocab_size:
         raise plan.JobConfigError(f"The corpus {corpus_dir} was built with another vocabulary than data.vocab_file.")

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import threadpoolctl
 
-from bert_jax.configs import BertConfig, ConfigError
+from bert_jax.models.configs import BertConfig, ConfigError
 
 ATTENTION_INITS = ("random", "local")
 WORD_EMBEDDING_INITS = ("random", "corpus")

@@ -31,7 +31,7 @@ from flax import linen as nn
 from jax.sharding import PartitionSpec
 
 from bert_jax import sharding
-from bert_jax.configs import ConfigError
+from bert_jax.models.configs import ConfigError
 
 SPLASH_KERNELS = ("splash", "splash_interpret")  # of configs.ATTENTION_KERNELS
 BLOCK = 128  # the kernel's block along the sequence (queries and keys)

@@ -24,7 +24,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from bert_jax import hlo_collectives, plan, tpu_topology
+from bert_jax.compile import hlo_collectives, tpu_topology
+from bert_jax.training import plan
 
 GB = 1e9
 # What XLA's runtime and the framework keep besides the program's own buffers is not in `memory_analysis()`; a

@@ -25,7 +25,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from bert_jax import checkpoint, compile_cache, fit, sharding, step_loop, storage, train, warm_start
+from bert_jax import sharding, storage
+from bert_jax.compile import fit
 from bert_jax.data.pipeline import epoch_permutation
 from bert_jax.finetune import recipes
 from bert_jax.finetune.plan import (
@@ -38,7 +39,8 @@ from bert_jax.finetune.plan import (
     train_steps,
 )
 from bert_jax.finetune.tasks import Task, TaskSplit
-from bert_jax.metrics_log import MetricsLog
+from bert_jax.training import checkpoint, compile_cache, step_loop, train, warm_start
+from bert_jax.training.metrics_log import MetricsLog
 
 
 @dataclasses.dataclass

@@ -18,7 +18,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from bert_jax import checkpoint, storage
+from bert_jax import storage
+from bert_jax.training import checkpoint
 
 _SIDE = 1024  # each synthetic parameter is a 1024 x 1024 float32 matrix (4 MB)
 
