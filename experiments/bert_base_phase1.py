@@ -42,6 +42,7 @@ BERT_UNCASED_VOCAB = os.path.join(os.path.dirname(bert_jax.__file__), "assets", 
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.job = "pretrain"  # which job this config is for: "pretrain" or "finetune"
     config.seed = 0
     config.num_train_steps = 900_000
     config.global_batch_size = 256

@@ -24,6 +24,7 @@ def asset(name: str) -> str:
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.job = "pretrain"  # which job this config is for: "pretrain" or "finetune"
     config.seed = 0
     config.num_train_steps = 1450
     config.global_batch_size = 16

@@ -14,7 +14,7 @@ import os
 
 import ml_collections
 
-from bert_jax.finetune import recipes
+from bert_jax.jobs import config as job_config
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED_GLUE = os.path.join(_HERE, "..", "..", "shared", "data", "glue")
@@ -22,6 +22,7 @@ SHARED_GLUE = os.path.join(_HERE, "..", "..", "shared", "data", "glue")
 
 def get_config(task: str = "glue_sst2") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.job = "finetune"  # which job this config is for: "pretrain" or "finetune"
     config.task = task
     config.data_dir = os.path.normpath(SHARED_GLUE)  # the GLUE root: <data_dir>/SST-2/train.tsv, ...
     config.eval_split = ""  # default: the task's dev split
@@ -46,7 +47,7 @@ def get_config(task: str = "glue_sst2") -> ml_collections.ConfigDict:
     # transformers.Trainer does: Adam bias correction, eps 1e-8, linear decay from the warmup's end, a normal
     # head init) or "bert" (google-research/bert's run_classifier). Any of bias_correction, eps, b1, b2,
     # decay_from_warmup_end set here overrides the recipe's value.
-    config.optimizer = recipes.optimizer_block()
+    config.optimizer = job_config.optimizer_block()
     config.log_every_steps = 50
     config.eval_every_steps = 1000
     config.checkpoint_every_steps = 500

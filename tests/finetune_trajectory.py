@@ -21,8 +21,9 @@ import numpy as np
 from flax import traverse_util
 
 from bert_jax import sharding
-from bert_jax.finetune.plan import make_finetune_plan, model_and_tokenizer, task_from_config
 from bert_jax.harness import torch_reference
+from bert_jax.jobs import config as job_config
+from bert_jax.jobs.finetune_plan import make_finetune_plan, model_and_tokenizer, task_of
 from bert_jax.models import convert
 from bert_jax.training import train, warm_start
 
@@ -70,12 +71,13 @@ def _hf_names(model_config: Any, params: Any) -> dict[str, np.ndarray]:
 
 def train_ours(config: ml_collections.ConfigDict) -> tuple[Trajectory, Trajectory, dict[str, np.ndarray]]:
     """(start, end, the training arrays): our fine-tuning plan's train step over the first steps * batch rows."""
-    task = task_from_config(config)
-    model_config, tokenizer, source, _ = model_and_tokenizer(config)
+    job = job_config.parse(config, expect="finetune")
+    task = task_of(job)
+    model_config, tokenizer, source, _ = model_and_tokenizer(job)
     split = task.load(config.data_dir, "train", tokenizer, config.max_seq_length)
     rows = config.num_train_steps * config.global_batch_size
     arrays = {k: v[:rows] for k, v in split.arrays.items()}
-    job = make_finetune_plan(config, task, model_config, config.num_train_steps, jax.devices()[:1])
+    job = make_finetune_plan(job, task, model_config, config.num_train_steps, jax.devices()[:1])
     state = train.create_train_state(job.model, job.optimizer, jax.random.key(config.seed), job.shardings)
     start = warm_start.merge(source, job.model_config, state.params)
     state = state.replace(params=sharding.place_host_tree(start.params, job.shardings.params))

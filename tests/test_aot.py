@@ -17,8 +17,10 @@ import jax
 import pytest
 
 from bert_jax.compile import aot, tpu_topology
+from bert_jax.jobs import config as job_config
+from bert_jax.jobs import pretrain_plan
+from bert_jax.jobs.plans import make_plan
 from bert_jax.models.bert import BertForPreTraining
-from bert_jax.training import plan
 from tests.conftest import REPO_ROOT
 
 TINY = REPO_ROOT / "experiments" / "bert_tiny.py"
@@ -34,7 +36,7 @@ def tiny_config(**overrides):
         for part in parents:
             node = node[part]
         node[leaf] = value
-    return config
+    return job_config.parse(config)
 
 
 @pytest.mark.parametrize(
@@ -72,12 +74,12 @@ def test_tiny_on_v5e_2x2_fits_and_its_argument_bytes_are_the_state_and_the_batch
     where = tpu_topology.parse_topology("v5e:2x2")
     devices = tpu_devices(where)
     config = tiny_config()
-    report = aot.compile_for_slice(config, where, devices)
+    report = aot.compile_for_slice(config, where, make_plan, devices)
     assert report.chips == 4 and report.device_kind == "TPU v5 lite" and report.mesh["data"] == 4
     assert report.fits and report.peak_bytes < 16 * 2**30
     # Independently: the padded model's parameters, float32, three copies (params, mu, nu), replicated on each
     # chip of a data-only mesh; plus this chip's quarter of the batch (int32 / float32 columns).
-    padded = plan.model_config(config, 30522).replace(vocab_pad_multiple=128)
+    padded = pretrain_plan.model_config(config, 30522).replace(vocab_pad_multiple=128)
     shapes = jax.eval_shape(
         lambda: BertForPreTraining(padded).init(jax.random.key(0), jax.numpy.zeros((1, 8), jax.numpy.int32))
     )
@@ -99,13 +101,13 @@ def test_tiny_on_v5e_2x2_fits_and_its_argument_bytes_are_the_state_and_the_batch
 
 def test_v4_8_compiles_in_megacore_mode_one_device_per_chip():
     where = tpu_topology.parse_topology("v4-8")
-    report = aot.compile_for_slice(tiny_config(), where, tpu_devices(where))
+    report = aot.compile_for_slice(tiny_config(), where, make_plan, tpu_devices(where))
     assert report.chips == 4 and report.device_kind == "TPU v4" and report.fits
 
 
 def test_two_slices_compile_with_dcn_data():
     where = tpu_topology.parse_topology("v5e:2x2", num_slices=2)
-    report = aot.compile_for_slice(tiny_config(**{"mesh.dcn_data": 2}), where, tpu_devices(where))
+    report = aot.compile_for_slice(tiny_config(**{"mesh.dcn_data": 2}), where, make_plan, tpu_devices(where))
     assert report.chips == 8 and report.num_slices == 2 and report.mesh["data"] == 8 and report.fits
 
 
@@ -168,7 +170,8 @@ def test_a_fine_tuning_config_compiles_its_train_and_predict_steps():
     config = runpy.run_path(str(REPO_ROOT / "experiments" / "glue_sst2.py"))["get_config"]()
     config.model.size = "tiny"
     config.vocab_file = str(REPO_ROOT / "bert_jax" / "assets" / "vocab.txt")
-    compiled = aot.compile_job(config, aot.slice_target(where, devices))
+    config = job_config.parse(config)
+    compiled = aot.compile_job(config, aot.slice_target(where, devices), make_plan)
     report = compiled.report
     assert report.fits and report.mesh["data"] == 4 and report.seq_length == 128
     from bert_jax.models import configs
@@ -183,7 +186,7 @@ def test_a_fine_tuning_config_compiles_its_train_and_predict_steps():
     assert 2 * params * 4 <= report.opt_state_bytes <= 2 * params * 4 + 64
     assert any(c.kind == "all-reduce" for c in report.collectives)
     # no microbatch suggestions for a step that runs its batch whole
-    assert all("num_microbatches" not in c.overrides for c in aot.candidate_changes(config, 4))
+    assert all("num_microbatches" not in c.overrides for c in aot.candidate_changes(compiled.config, compiled.job, 4))
 
 
 @pytest.mark.slow
@@ -199,7 +202,7 @@ def test_splash_attention_compiles_for_a_slice_with_the_heads_split():
             "data.max_predictions_per_seq": 20,
         }
     )
-    compiled = aot.compile_job(config, aot.slice_target(where, tpu_devices(where)))
+    compiled = aot.compile_job(config, aot.slice_target(where, tpu_devices(where)), make_plan)
     assert compiled.report.fits and compiled.report.attention_kernel == "splash"
     assert compiled.report.mesh["tensor"] == 2
     text = compiled.train_step.as_text()
@@ -208,4 +211,4 @@ def test_splash_attention_compiles_for_a_slice_with_the_heads_split():
 
 
 def config_layers(config) -> int:
-    return plan.model_config(config, 30522).num_hidden_layers
+    return pretrain_plan.model_config(config, 30522).num_hidden_layers

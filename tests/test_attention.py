@@ -17,10 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bert_jax.jobs import config as job_config
+from bert_jax.jobs import pretrain_plan
 from bert_jax.models import attention
 from bert_jax.models.bert import BertForPreTraining, init_params
 from bert_jax.models.configs import BertConfig, ConfigError
-from bert_jax.training import plan
 from tests.conftest import REPO_ROOT
 
 
@@ -140,7 +141,7 @@ def test_splash_on_devices_that_are_not_tpus_is_refused_before_compiling():
     config.model.attention_kernel = "splash"
     config.model.attention_probs_dropout_prob = 0.0
     with pytest.raises(ValueError, match=r"TPU kernel and this job.s devices are cpu.*attention_kernel=.xla."):
-        plan.make_plan(config)
+        pretrain_plan.make_plan(job_config.parse(config))
 
 
 def test_weights_trained_with_splash_load_with_xla_attention_elsewhere(tmp_path):

@@ -16,7 +16,8 @@ import pytest
 
 from bert_jax.data import batch_workers, instance_records
 from bert_jax.data.pipeline import PipelineConfig, PretrainingBatches
-from bert_jax.training import plan
+from bert_jax.errors import ConfigError
+from bert_jax.jobs import config as job_config
 from tests import test_data_end_to_end, test_pipeline
 from tests.test_pipeline import SMALL_G, assert_batches_equal, documented_order, expected_batch, masking_config
 
@@ -239,11 +240,12 @@ def test_a_bad_num_workers_is_a_config_error(value):
             "max_checkpoints_to_keep": 1,
             "num_microbatches": 1,
             "global_batch_size": 8,
+            "model": {"size": "tiny"},
             "data": {"num_workers": value},
         }
     )
-    with pytest.raises(plan.JobConfigError, match=r"data\.num_workers"):
-        plan.check_job(config)
+    with pytest.raises(ConfigError, match=r"data\.num_workers"):
+        job_config.parse(config, expect="pretrain")
 
 
 _PARENT_SCRIPT = """

@@ -19,10 +19,11 @@ from ml_collections import config_flags
 
 from bert_jax import sharding, tokenizers
 from bert_jax.data import documents
+from bert_jax.jobs import config as job_config
 from bert_jax.models import configs
 from bert_jax.models.bert import BertForPreTraining, init_params
 from bert_jax.models.configs import ConfigError
-from bert_jax.training import optim, plan
+from bert_jax.training import optim
 from tests.conftest import REPO_ROOT
 
 EXPERIMENTS = REPO_ROOT / "experiments"
@@ -107,7 +108,7 @@ def model_config(config: ml_collections.ConfigDict) -> configs.BertConfig:
 
 
 def optimizer_config(config: ml_collections.ConfigDict) -> optim.OptimizerConfig:
-    return plan.optimizer_config(config)
+    return job_config.parse(config).optimizer
 
 
 def mesh_config(config: ml_collections.ConfigDict) -> sharding.MeshConfig:

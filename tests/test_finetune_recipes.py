@@ -18,6 +18,7 @@ import pytest
 
 from bert_jax.finetune import recipes
 from bert_jax.finetune.heads import BertForSequenceClassification
+from bert_jax.jobs import config as job_config
 from bert_jax.models.configs import BertConfig
 from tests.conftest import shared_path
 
@@ -82,30 +83,39 @@ def test_any_other_recipe_detail_leaves_the_pytorch_trajectory(reference, change
 
 def test_recipes_name_their_settings_and_take_overrides():
     config = ml_collections.ConfigDict(
-        {"learning_rate": 5e-5, "warmup_fraction": 0.1, "weight_decay": 0.01, "optimizer": recipes.optimizer_block()}
+        {
+            "job": "finetune",
+            "task": "glue_sst2",
+            "learning_rate": 5e-5,
+            "warmup_fraction": 0.1,
+            "weight_decay": 0.01,
+            "optimizer": job_config.optimizer_block(),
+            "model": {"size": "tiny"},
+        }
     )
     assert config.optimizer.recipe == "transformers"
-    hf = recipes.optimizer_config(config, total_steps=105)
+    hf = job_config.parse(config).optimizer_config(total_steps=105)
     assert (hf.bias_correction, hf.eps, hf.decay_from_warmup_end, hf.warmup_steps) == (True, 1e-8, True, 11)
     config.optimizer.recipe = "bert"
-    original = recipes.optimizer_config(config, total_steps=105)
+    original = job_config.parse(config).optimizer_config(total_steps=105)
     assert (original.bias_correction, original.eps, original.decay_from_warmup_end) == (False, 1e-6, False)
     assert original.warmup_steps == 10  # the original's int(), Trainer's ceil()
     config.optimizer.eps = 1e-7
     config.optimizer.b2 = 0.98
-    changed = recipes.optimizer_config(config, total_steps=105)
+    changed = job_config.parse(config).optimizer_config(total_steps=105)
     assert (changed.eps, changed.b2, changed.bias_correction) == (1e-7, 0.98, False)
-    assert recipes.resolve(config.optimizer).head_init == "truncated_normal"
-    assert recipes.resolve(None) == recipes.RECIPES[recipes.DEFAULT_RECIPE]
+    assert job_config.parse(config).recipe.head_init == "truncated_normal"
+    assert recipes.resolve() == recipes.RECIPES[recipes.DEFAULT_RECIPE]
 
 
 @pytest.mark.parametrize(
     "block, fix",
-    [({"recipe": "hf"}, "use one of bert, transformers"), ({"recipe": "bert", "lr": 1.0}, "the block takes recipe")],
+    [({"recipe": "hf"}, "use one of bert, transformers"), ({"recipe": "bert", "lr": 1.0}, "the section takes recipe")],
 )
 def test_a_bad_optimizer_block_names_the_fix(block, fix):
+    config = {"job": "finetune", "task": "glue_sst2", "model": {"size": "tiny"}, "optimizer": block}
     with pytest.raises(recipes.RecipeError, match=fix):
-        recipes.resolve(block)
+        job_config.parse(config)
 
 
 def test_head_inits_truncated_for_bert_and_plain_normal_for_transformers():

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from bert_jax.compile import aot, fit
-from bert_jax.jobs import pretraining
-from bert_jax.training import plan
+from bert_jax.errors import ConfigError
+from bert_jax.jobs import config as job_config
+from bert_jax.jobs import pretrain_plan, pretraining
 from tests.conftest import REPO_ROOT, shared_path
 
 
@@ -43,7 +44,7 @@ def small_config(**overrides):
 def _peak(config) -> int:
     """XLA's per-device total for `config` on this host's device, with no budget to fit."""
     target = aot.device_target(jax.devices(), 10**15)
-    return aot.compile_job(config, target).report.peak_bytes
+    return aot.compile_job(job_config.parse(config), target, pretrain_plan.make_plan).report.peak_bytes
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +57,10 @@ def budget_gb():
 
 
 def test_modes_and_budgets_are_checked():
-    with pytest.raises(plan.JobConfigError, match="fit='always' is not one of check, auto, off"):
-        fit.fit_job(small_config(fit="always"))
-    with pytest.raises(plan.JobConfigError, match="fit_memory_gb must be >= 0"):
-        fit.fit_job(small_config(fit_memory_gb=-1.0))
+    with pytest.raises(ConfigError, match="fit='always' is unknown; use one of check, auto, off"):
+        job_config.parse(small_config(fit="always"))
+    with pytest.raises(ConfigError, match="fit_memory_gb and fit_max_compiles must be >= 0"):
+        job_config.parse(small_config(fit_memory_gb=-1.0))
 
 
 def test_the_memory_limit_is_the_smallest_of_this_process_devices():
@@ -73,7 +74,7 @@ def test_the_memory_limit_is_the_smallest_of_this_process_devices():
 
 
 def test_without_a_known_limit_nothing_compiles_ahead():
-    fitted = fit.fit_job(small_config())
+    fitted = fit.fit_job(job_config.parse(small_config()), pretrain_plan.make_plan)
     assert fitted.report is None and fitted.train_step is fitted.job.train_step  # jitted, compiles on first call
 
 
@@ -166,16 +167,19 @@ def test_the_fine_tuning_job_stops_before_training_when_it_does_not_fit(tmp_path
 def test_each_task_declares_the_batch_layout_its_data_has(task, data):
     """The abstract batch a compile uses (Task.target_spec) has the keys, dtypes and row shapes of the real data."""
     from bert_jax import tokenizers
-    from bert_jax.finetune import plan as finetune_plan
+    from bert_jax.jobs import finetune_plan
 
     config = finetune_config(task=task, data_dir=str(shared_path(data)))
     if task == "squad":
         config = runpy.run_path(str(REPO_ROOT / "experiments" / "squad.py"))["get_config"]()
         config.data_dir, config.max_seq_length = str(shared_path(data)), 128
-    task_ = finetune_plan.task_from_config(config)
+    config = job_config.parse(config)
+    task_ = finetune_plan.task_of(config)
     tokenizer = tokenizers.load_tokenizer(str(REPO_ROOT / "bert_jax" / "assets" / "vocab.txt"), None, True)
     split = task_.load(config.data_dir, task_.eval_split, tokenizer, config.max_seq_length)
-    job = finetune_plan.make_finetune_plan(config, task_, plan.model_config(small_config(), 30522), 10)
+    job = finetune_plan.make_finetune_plan(
+        config, task_, pretrain_plan.model_config(job_config.parse(small_config()), 30522), 10
+    )
     abstract = job.abstract_batch()
     assert set(abstract) == set(split.arrays)
     for key, array in split.arrays.items():

@@ -24,10 +24,13 @@ class FakeCompiles:
         self.sizes: list[int] = []
 
     def job(self, config, devices):
-        return types.SimpleNamespace(global_batch_size=config.global_batch_size)  # its shards: `batch_shards` below
+        # its shards: `batch_shards` below
+        return types.SimpleNamespace(
+            global_batch_size=config.global_batch_size, num_microbatches=config.num_microbatches
+        )
 
-    def compile_job(self, config, target, make_job=None):
-        rows = config.global_batch_size // (self.shards * largest_batch.num_microbatches(config))
+    def compile_job(self, config, target, make_plan):
+        rows = config.global_batch_size // (self.shards * config.num_microbatches)
         self.sizes.append(rows)
         total = self.memory(rows)
         usable = target.memory_bytes * (1 - aot.HBM_RESERVE_FRACTION)
@@ -66,7 +69,7 @@ def _brute_force(memory, usable: float, grid: int) -> int | None:
 
 def _search(fake_compiles, memory_bytes=16 * GIB, **kwargs):
     config = tiny_config(global_batch_size=128)  # over 4 shards: the search starts at 32 rows per chip
-    return largest_batch.find_largest_batch(config, _target(memory_bytes), make_job=fake_compiles.job, **kwargs)
+    return largest_batch.find_largest_batch(config, _target(memory_bytes), fake_compiles.job, **kwargs)
 
 
 def test_a_linear_memory_curve_is_found_exactly(fake):
@@ -142,7 +145,7 @@ def test_the_ladders():
 def test_microbatches_are_kept_and_counted_in_the_global_batch(fake):
     compiles = fake(lambda rows: 1.3e9 + 47.3e6 * rows)
     config = tiny_config(global_batch_size=512, num_microbatches=4)  # over 4 shards: 32 rows per chip per step
-    result = largest_batch.find_largest_batch(config, _target(16 * GIB), make_job=compiles.job, max_compiles=8)
+    result = largest_batch.find_largest_batch(config, _target(16 * GIB), compiles.job, max_compiles=8)
     assert compiles.sizes[0] == 32 and result.rows == 320
     assert result.global_batch_size(320) == 320 * 4 * 4
 

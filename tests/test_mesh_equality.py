@@ -71,11 +71,13 @@ def _pretraining_run(seq: int, mesh: tuple[int, int, int], devices: list[Any], c
 
     from bert_jax import sharding
     from bert_jax.data import corpus, pipeline
+    from bert_jax.jobs import config as job_config
+    from bert_jax.jobs import pretrain_plan
     from bert_jax.training import losses as bert_losses
-    from bert_jax.training import plan, train
+    from bert_jax.training import train
 
     config = pretrain_config(seq, mesh)
-    job = plan.make_plan(config, devices)
+    job = pretrain_plan.make_plan(job_config.parse(config), devices)
     masking = corpus.masking_config_from_corpus(
         corpus_dir, PREDICTIONS[seq], masked_lm_prob=config.data.masked_lm_prob, whole_word=config.data.whole_word
     )
@@ -135,7 +137,8 @@ def _finetune_run(task_name: str, seq: int, mesh: tuple[int, int, int], devices:
 
     from bert_jax import sharding
     from bert_jax.finetune import tasks
-    from bert_jax.finetune.plan import make_finetune_plan
+    from bert_jax.jobs import config as job_config
+    from bert_jax.jobs.finetune_plan import make_finetune_plan
     from bert_jax.models import configs
     from bert_jax.training import train
 
@@ -147,7 +150,7 @@ def _finetune_run(task_name: str, seq: int, mesh: tuple[int, int, int], devices:
     config.warmup_fraction = 0.1
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
     model_config = configs.named_config("tiny", vocab_size=30522, vocab_pad_multiple=128)
-    job = make_finetune_plan(config, tasks.make_task(task_name), model_config, 20, devices)
+    job = make_finetune_plan(job_config.parse(config), tasks.make_task(task_name), model_config, 20, devices)
     state = train.create_train_state(job.model, job.optimizer, jax.random.key(config.seed), job.shardings)
     losses, norms = [], []
     for host in _finetune_batches(task_name, seq, model_config.vocab_size):
@@ -187,10 +190,11 @@ def report(kind: str, seq: int) -> dict[str, Any]:
 
     devices = jax.devices()
     if kind == "pretrain":
+        from bert_jax.jobs import config as job_config
         from bert_jax.jobs import pretraining
 
         with tempfile.TemporaryDirectory() as workdir:
-            corpus_dir = pretraining.prepare_corpus(pretrain_config(seq, MESH), workdir)
+            corpus_dir = pretraining.prepare_corpus(job_config.parse(pretrain_config(seq, MESH)), workdir)
             single = _pretraining_run(seq, (1, 1, 1), devices[:1], corpus_dir)
             sharded = _pretraining_run(seq, MESH, devices, corpus_dir)
     else:

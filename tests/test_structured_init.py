@@ -139,14 +139,15 @@ def test_config_errors_name_the_setting():
 def test_the_job_rejects_a_bad_initialization_before_it_builds_anything(tmp_path):
     import runpy
 
-    from bert_jax.training import plan
+    from bert_jax.jobs import config as job_config
+    from bert_jax.jobs import pretrain_plan
     from tests.conftest import REPO_ROOT
 
     config = runpy.run_path(str(REPO_ROOT / "experiments" / "bert_tiny.py"))["get_config"]()
     config.data.max_seq_length = 512
     config.data.max_predictions_per_seq = 20
     with pytest.raises(ConfigError, match=re.escape('initialization.attention="random" for long sequences')):
-        plan.make_plan(config)
+        pretrain_plan.make_plan(job_config.parse(config))
 
 
 def test_corpus_vectors_match_an_exact_svd_of_a_real_books_ppmi():

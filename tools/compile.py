@@ -5,8 +5,8 @@
   bert-jax-compile --config=experiments/bert_large_lamb.py --topology=v5litepod-16 --config.num_microbatches=16
   bert-jax-compile --config=experiments/bert_tiny.py --topology=v5e:2x2 --num_slices=2
 
-A pretraining config compiles `bert-jax-pretrain`'s train and eval steps; a fine-tuning config (one that names a
-`task`) compiles `bert-jax-finetune`'s train and prediction steps, without the task's data. Needs libtpu (`pip install -e ".[tpu]"`), not a TPU. Prints a table and one JSON line (`{"compile": ...}`);
+A pretraining config (`job = "pretrain"`) compiles `bert-jax-pretrain`'s train and eval steps; a fine-tuning
+config (`job = "finetune"`) compiles `bert-jax-finetune`'s train and prediction steps, without the task's data. Needs libtpu (`pip install -e ".[tpu]"`), not a TPU. Prints a table and one JSON line (`{"compile": ...}`);
 when the program does not fit, compiles up to --max_compiles cheaper variants and prints those that fit.
 Exit status: 0 fits, 1 does not fit, 2 a config or topology error (one line, before any compile).
 
@@ -56,17 +56,21 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     from bert_jax.compile import aot, fit, tpu_topology
+    from bert_jax.jobs import config as job_config
+    from bert_jax.jobs.plans import make_plan
 
     try:
+        job = job_config.parse(FLAGS.config)
         where = tpu_topology.parse_topology(FLAGS.topology, FLAGS.num_slices)
         target = aot.slice_target(where)
-        budget = fit.memory_budget(FLAGS.config, [])  # the job's fit_memory_gb: a smaller budget than the HBM
+        budget = fit.memory_budget(job, [])  # the job's fit_memory_gb: a smaller budget than the HBM
         if budget:
             target = dataclasses.replace(target, memory_bytes=budget)
         if FLAGS.largest_batch:
-            _largest_batch(target)
-        report = aot.compile_job(FLAGS.config, target).report
-    except ValueError as e:  # TopologyError, JobConfigError, sharding.ConfigError: all before a compile ends
+            _largest_batch(job, target)
+        compiled = aot.compile_job(job, target, make_plan)
+        report = compiled.report
+    except ValueError as e:  # TopologyError, ConfigError: all before a compile ends
         print(f"bert-jax-compile: error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG_ERROR) from None
     print(aot.format_report(report), flush=True)
@@ -74,9 +78,11 @@ def main(argv: list[str]) -> None:
     if not report.fits and FLAGS.suggest:
         print(f"Does not fit: trying up to {FLAGS.max_compiles} cheaper variants ...", flush=True)
         suggestions = aot.suggest_fits(
-            FLAGS.config,
+            compiled.config,
             target,
+            make_plan,
             report,
+            current=compiled.job,
             max_compiles=FLAGS.max_compiles,
             progress=lambda s: print(f"  {s}", flush=True),
         )
@@ -93,17 +99,19 @@ def main(argv: list[str]) -> None:
     raise SystemExit(EXIT_FITS if report.fits else EXIT_DOES_NOT_FIT)
 
 
-def _largest_batch(target: Any) -> None:
+def _largest_batch(job: Any, target: Any) -> None:
     """--largest_batch: the search, its lines and JSON line; exit 0 when some size fits, 1 when none does."""
     from bert_jax.compile import aot, largest_batch
+    from bert_jax.jobs.plans import make_plan
 
     print(
         f"Finding the largest batch per chip that fits {target.name} (up to {FLAGS.max_compiles} compiles) ...",
         flush=True,
     )
     result = largest_batch.find_largest_batch(
-        FLAGS.config,
+        job,
         target,
+        make_plan,
         granularity=FLAGS.batch_granularity,
         powers_of_two=FLAGS.powers_of_two,
         max_compiles=FLAGS.max_compiles,

@@ -1,9 +1,10 @@
 """Ahead-of-time compiles of the job's program for a TPU slice, on a host without TPUs: does it fit, and what if not.
 
-    report = compile_for_slice(config, tpu_topology.parse_topology("v5p-8"))
+    report = compile_for_slice(job, tpu_topology.parse_topology("v5p-8"), make_plan)
     print(format_report(report)); print(json.dumps(report.to_json()))
 
-The program is `plan.make_plan(config, devices=<the slice's devices>)`: the train step and the eval step
+`job` is a typed job config (`bert_jax.jobs.config`) and `make_plan(job, devices)` its plan (the
+`bert_jax.training.plan.Plan` interface); the program is `make_plan(job, <the slice's devices>)`: the train step and the eval step
 `bert-jax-pretrain` would run there (same model, optimizer, shardings, microbatches, remat, dtype, batch, mesh
 and vocabulary padding), lowered with abstract arguments and compiled by libtpu for the slice's chips. From
 the compiled executables: XLA's per-chip memory (arguments, temporaries, outputs and the part of them aliased to
@@ -22,10 +23,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
-import ml_collections
 
 from bert_jax.compile import hlo_collectives, tpu_topology
-from bert_jax.training import plan
+from bert_jax.errors import ConfigError
+from bert_jax.training.plan import JobSettings, Plan, PlanFactory
 
 GB = 1e9
 # What XLA's runtime and the framework keep besides the program's own buffers is not in `memory_analysis()`; a
@@ -254,38 +255,17 @@ def _compile(lowered: Any) -> tuple[Any | None, tuple[str, int, int] | None]:
         return None, oom
 
 
-def check_slices(config: ml_collections.ConfigDict, num_slices: int) -> ml_collections.ConfigDict:
-    """The config with `mesh.dcn_data` matching the slice count (set when left at 1; an error when it differs)."""
-    dcn = int(config.mesh.get("dcn_data", 1))
+def check_slices(job: JobSettings, num_slices: int) -> Any:
+    """The job with `mesh.dcn_data` matching the slice count (set when left at 1; an error when it differs)."""
+    dcn = job.mesh.dcn_data
     if dcn == num_slices:
-        return config
+        return job
     if dcn != 1:
-        raise plan.JobConfigError(
+        raise ConfigError(
             f"mesh.dcn_data={dcn} but the target has {num_slices} slice(s); set --num_slices={dcn} or "
             f"--config.mesh.dcn_data={num_slices}."
         )
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.mesh.dcn_data = num_slices
-    return config
-
-
-def is_finetune_config(config: ml_collections.ConfigDict) -> bool:
-    """A `bert-jax-finetune` config (it names a task) rather than a pretraining one."""
-    return "task" in config
-
-
-def job_plan(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> Any:
-    """The plan of the job `config` describes: `plan.PretrainPlan`, or `finetune.plan.FinetunePlan`.
-
-    Both have the train and eval steps and their abstract arguments, `global_batch_size`, `seq_length`,
-    `model_config`, `mesh` and `flops_per_sequence()`, which is all a compile report reads.
-    """
-    if is_finetune_config(config):
-        from bert_jax.finetune import plan as finetune_plan  # the fine-tuning tasks load only when asked for
-
-        return finetune_plan.compile_plan(config, devices)
-    return plan.make_plan(config, devices)
+    return job.replace_at({"mesh.dcn_data": num_slices})
 
 
 @dataclasses.dataclass
@@ -296,26 +276,23 @@ class CompiledJob:
     on the job's own devices they are what the step loop calls, so nothing compiles twice.
     """
 
-    config: ml_collections.ConfigDict
-    job: Any  # plan.PretrainPlan or finetune.plan.FinetunePlan (`job_plan`)
+    config: Any  # the typed job config compiled (`bert_jax.jobs.config`)
+    job: Plan
     report: CompileReport
     train_step: Any | None
     eval_step: Any | None
 
 
-JobFactory = Callable[[ml_collections.ConfigDict, Sequence[Any]], Any]
-
-
-def compile_job(config: ml_collections.ConfigDict, target: Target, make_job: JobFactory | None = None) -> CompiledJob:
+def compile_job(config: JobSettings, target: Target, make_plan: PlanFactory) -> CompiledJob:
     """Compiles the job's train and eval steps for `target` and reads their memory, FLOPs and collectives.
 
-    `make_job(config, devices)` builds the plan (default `job_plan`); a running job passes its own, e.g. the
-    fine-tuning job, whose schedule length comes from its data. Config mistakes raise `ValueError`s
-    (`plan.JobConfigError`, `sharding.ConfigError`) before any compile.
+    `make_plan(config, devices)` builds the plan: `bert_jax.jobs.plans.make_plan`, or a running job's own (the
+    fine-tuning job's schedule length comes from its data). Config mistakes raise `ConfigError`s before any
+    compile.
     """
     config = check_slices(config, target.num_slices)
     devices = list(target.devices)
-    job = (make_job or job_plan)(config, devices)
+    job = make_plan(config, devices)
     state, batch = job.abstract_train_args()
     start = time.perf_counter()
     train_compiled, train_oom = _compile(job.train_step.lower(state, batch))
@@ -341,7 +318,7 @@ def compile_job(config: ml_collections.ConfigDict, target: Target, make_job: Job
         device_kind=str(devices[0].device_kind),
         mesh={name: int(size) for name, size in job.mesh.shape.items()},
         global_batch_size=job.global_batch_size,
-        num_microbatches=int(config.get("num_microbatches", 1)),
+        num_microbatches=job.num_microbatches,
         seq_length=job.seq_length,
         remat_policy=str(job.model_config.remat_policy),
         dtype=str(job.model_config.dtype),
@@ -364,10 +341,10 @@ def compile_job(config: ml_collections.ConfigDict, target: Target, make_job: Job
 
 
 def compile_for_slice(
-    config: ml_collections.ConfigDict, where: tpu_topology.TpuSlice, devices: Sequence[Any] | None = None
+    config: JobSettings, where: tpu_topology.TpuSlice, make_plan: PlanFactory, devices: Sequence[Any] | None = None
 ) -> CompileReport:
     """`compile_job` for a TPU slice, the report only (`devices`: the slice's, to reuse one description)."""
-    return compile_job(config, slice_target(where, devices)).report
+    return compile_job(config, slice_target(where, devices), make_plan).report
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -381,16 +358,8 @@ class Change:
     label: str
     overrides: dict[str, Any]
 
-    def apply(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-        changed = config.copy_and_resolve_references()
-        with changed.unlocked():
-            for key, value in self.overrides.items():
-                node = changed
-                *parents, leaf = key.split(".")
-                for part in parents:
-                    node = node[part]
-                node[leaf] = value
-        return changed
+    def apply(self, config: JobSettings) -> Any:
+        return config.replace_at(self.overrides)
 
     @property
     def flags(self) -> str:
@@ -398,7 +367,7 @@ class Change:
 
 
 def candidate_changes(
-    config: ml_collections.ConfigDict, chips_per_slice: int, report: CompileReport | None = None
+    config: JobSettings, current: Plan, chips_per_slice: int, report: CompileReport | None = None
 ) -> list[Change]:
     """The changes to try, cheapest in compute first: microbatches, then recomputation, then sharding the state.
 
@@ -406,21 +375,15 @@ def candidate_changes(
     `report` of the failing compile the first candidate is the microbatch count its temporaries call for. Only
     changes that keep the job valid (microbatches that leave whole rows per chip, FSDP within a slice) are listed.
     """
-    remat = str(config.model.get("remat_policy", "none"))
-    micro = int(config.get("num_microbatches", 1))
-    # The fine-tuning step runs its batch whole: there the changes are remat and FSDP only.
-    can_split_batch = not is_finetune_config(config)
-    fsdp = int(config.mesh.get("fsdp", 1))
-    tensor = int(config.mesh.get("tensor", 1))
-    chips = chips_per_slice * int(config.mesh.get("dcn_data", 1))
+    remat = str(current.model_config.remat_policy)
+    micro = current.num_microbatches
+    batch = current.global_batch_size
+    fsdp, tensor = config.mesh.fsdp, config.mesh.tensor
+    chips = chips_per_slice * config.mesh.dcn_data
 
     def microbatches(factor: int) -> int | None:
         n = micro * factor
-        if (
-            not can_split_batch
-            or config.global_batch_size % n
-            or (config.global_batch_size // n) % max(1, chips // tensor)
-        ):
+        if not current.splits_batch or batch % n or (batch // n) % max(1, chips // tensor):
             return None
         return n
 
@@ -467,14 +430,15 @@ class Suggestion:
 
 
 def suggest_fits(
-    config: ml_collections.ConfigDict,
+    config: JobSettings,
     target: Target,
+    make_plan: PlanFactory,
     report: CompileReport | None = None,
     *,
+    current: Plan | None = None,
     max_compiles: int = 6,
     want: int = 3,
     progress: Callable[[str], None] | None = None,
-    make_job: JobFactory | None = None,
 ) -> list[Suggestion]:
     """Compiles up to `max_compiles` candidate changes (cheapest first) and returns every one tried.
 
@@ -482,11 +446,13 @@ def suggest_fits(
     Only fitting suggestions keep their compiled job (`compiled`), so a caller can run the one it picks.
     """
     say = progress or (lambda _: None)
+    config = check_slices(config, target.num_slices)
+    current = current if current is not None else make_plan(config, list(target.devices))
     tried: list[Suggestion] = []
-    for change in candidate_changes(config, target.chips_per_slice, report)[:max_compiles]:
+    for change in candidate_changes(config, current, target.chips_per_slice, report)[:max_compiles]:
         say(f"trying {change.label} ({change.flags})")
         try:
-            compiled = compile_job(change.apply(config), target, make_job)
+            compiled = compile_job(change.apply(config), target, make_plan)
         except ValueError as e:
             tried.append(Suggestion(change, None, str(e)))
         else:

@@ -1,6 +1,6 @@
 """Does the job fit its devices? Checked by compiling its steps before the corpus is built and the first step runs.
 
-    fitted = fit_job(config, say=print)       # the job's devices, its `fit` and `fit_memory_gb` settings
+    fitted = fit_job(job, make_plan, say=print)   # the job's devices, its `fit` and `fit_memory_gb` settings
     state, metrics = fitted.train_step(state, batch)
 
 On accelerators the job has to compile its train and eval steps anyway; compiling them ahead of time, with
@@ -10,7 +10,7 @@ allocator's `bytes_limit`, or `fit_memory_gb` when set), and a job that would ru
 stops at once, with the table and the cheapest changes that fit (`aot.suggest_fits`). `fit="auto"` runs the
 first fitting change instead (`aot.best_fit`: the candidates are tried cheapest in compute first), and says so.
 
-Settings (top level of a pretraining config):
+Settings (top level of a job config; parsed and checked in `bert_jax.jobs.config`):
   fit            "check" (default): stop when the job does not fit; "auto": run the best change that fits;
                  "off": no ahead-of-time compile, the steps compile on their first call.
   fit_memory_gb  0 = the device's own limit. Set it to check against a smaller budget, or on a host whose
@@ -26,19 +26,24 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import jax
-import ml_collections
 
 from bert_jax.compile import aot
-from bert_jax.training import plan
-
-FIT_MODES = ("check", "auto", "off")
-DEFAULT_MAX_COMPILES = 6
+from bert_jax.errors import ConfigError
+from bert_jax.training.plan import JobSettings, Plan, PlanFactory
 
 
-class DoesNotFitError(plan.JobConfigError):
+class FitSettings(JobSettings, Protocol):
+    """The settings of a job config that the fit check reads."""
+
+    fit: str  # "check", "auto" or "off"
+    fit_memory_gb: float  # 0 = the devices' own limit
+    fit_max_compiles: int
+
+
+class DoesNotFitError(ConfigError):
     """The job's program needs more memory per device than there is; the message has the table and the fixes."""
 
 
@@ -46,19 +51,12 @@ class DoesNotFitError(plan.JobConfigError):
 class FittedJob:
     """The plan the job runs (after any `fit="auto"` change) and the steps to call."""
 
-    config: ml_collections.ConfigDict
-    job: Any  # plan.PretrainPlan or finetune.plan.FinetunePlan
+    config: Any  # the typed job config the plan was built from (after any fit="auto" change)
+    job: Plan
     train_step: Callable[..., Any]
     eval_step: Callable[..., Any]
     report: aot.CompileReport | None = None  # None: not checked (fit="off", or no memory limit known)
     change: aot.Change | None = None  # what fit="auto" changed
-
-
-def fit_mode(config: ml_collections.ConfigDict) -> str:
-    mode = str(config.get("fit", "check"))
-    if mode not in FIT_MODES:
-        raise plan.JobConfigError(f"fit={mode!r} is not one of {', '.join(FIT_MODES)}.")
-    return mode
 
 
 def device_memory_limit(devices: Sequence[Any]) -> int | None:
@@ -76,11 +74,9 @@ def device_memory_limit(devices: Sequence[Any]) -> int | None:
     return min(limits) if limits else None
 
 
-def memory_budget(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> int | None:
+def memory_budget(config: FitSettings, devices: Sequence[Any]) -> int | None:
     """Bytes per device the job's programs may use: `fit_memory_gb` if set, else the devices' own limit."""
-    gigabytes = float(config.get("fit_memory_gb", 0.0) or 0.0)
-    if gigabytes < 0:
-        raise plan.JobConfigError(f"fit_memory_gb must be >= 0 (0 = the device's limit), got {gigabytes}.")
+    gigabytes = float(config.fit_memory_gb)
     if gigabytes > 0:
         return int(gigabytes * aot.GB)
     return device_memory_limit(devices)
@@ -100,48 +96,48 @@ def fit_line(report: aot.CompileReport) -> str:
 
 
 def fit_job(
-    config: ml_collections.ConfigDict,
+    config: FitSettings,
+    make_plan: PlanFactory,
     devices: Sequence[Any] | None = None,
     *,
     say: Callable[[str], None] | None = None,
-    job: Any = None,
-    make_job: aot.JobFactory | None = None,
+    job: Plan | None = None,
 ) -> FittedJob:
     """The job's plan and steps, checked to fit `devices` (default: all of the job's) when a limit is known.
 
-    `job`: the plan if the caller has it already (used as is when nothing is checked). `make_job(config,
-    devices)` builds the plan of a config (default `aot.job_plan`: `plan.make_plan` for pretraining).
+    `make_plan(config, devices)` builds the plan of a job config; `job`: the plan if the caller has it already
+    (used as is when nothing is checked).
 
-    Raises `DoesNotFitError` (a `JobConfigError`) when the program does not fit and `fit` is "check", or
-    when it is "auto" and none of the changes tried fits; config mistakes raise as `plan.make_plan` does.
+    Raises `DoesNotFitError` (a `ConfigError`) when the program does not fit and `fit` is "check", or when it
+    is "auto" and none of the changes tried fits; config mistakes raise as `make_plan` does.
     """
     say = say or (lambda _: None)
-    mode = fit_mode(config)
-    max_compiles = int(config.get("fit_max_compiles", DEFAULT_MAX_COMPILES))
+    mode = config.fit
     devices = list(jax.devices() if devices is None else devices)
     budget = memory_budget(config, devices) if mode != "off" else None
     if budget is None:
-        job = job if job is not None else (make_job or aot.job_plan)(config, devices)
+        job = job if job is not None else make_plan(config, devices)
         return FittedJob(config, job, job.train_step, job.eval_step)
-    target = aot.device_target(devices, budget, num_slices=int(config.mesh.get("dcn_data", 1)))
+    target = aot.device_target(devices, budget, num_slices=config.mesh.dcn_data)
     say(f"Compiling the train and eval steps to check they fit in {aot.format_bytes(budget)} per device ...")
-    compiled = aot.compile_job(config, target, make_job)
+    compiled = aot.compile_job(config, target, make_plan)
     report = compiled.report
     if report.fits:
         say(fit_line(report))
         return _from_compiled(compiled)
     say(
         f"Does not fit: {aot.format_bytes(report.peak_bytes)} per device, {aot.format_bytes(report.usable_bytes)} "
-        f"usable; compiling up to {max_compiles} cheaper variants ..."
+        f"usable; compiling up to {config.fit_max_compiles} cheaper variants ..."
     )
     suggestions = aot.suggest_fits(
-        config,
+        compiled.config,
         target,
+        make_plan,
         report,
-        max_compiles=max_compiles,
+        current=compiled.job,
+        max_compiles=config.fit_max_compiles,
         want=1 if mode == "auto" else 3,
         progress=lambda line: say(f"  {line}"),
-        make_job=make_job,
     )
     best = aot.best_fit(suggestions)
     if mode == "auto" and best is not None and best.compiled is not None:
@@ -160,7 +156,7 @@ def fit_job(
     if best is not None:
         lines.append(f"Run with {best.change.flags}, or with --config.fit=auto to let the job pick it.")
     else:
-        more = "" if aot.is_finetune_config(config) else ", or more num_microbatches"
+        more = ", or more num_microbatches" if compiled.job.splits_batch else ""
         lines.append(
             "None of the changes tried fits: use more devices (mesh.fsdp shards the state), a smaller "
             f"global_batch_size or max_seq_length{more}."

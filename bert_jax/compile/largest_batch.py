@@ -1,6 +1,6 @@
 """The largest batch per chip a job's program fits in, found with a handful of compiles.
 
-    result = find_largest_batch(config, aot.slice_target(tpu_topology.parse_topology("v5p-8")))
+    result = find_largest_batch(job, aot.slice_target(tpu_topology.parse_topology("v5p-8")), make_plan)
     print(format_result(result))
 
 "Per chip" means the rows of one step (one microbatch when the config has several) that each batch shard
@@ -29,10 +29,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import ml_collections
-
 from bert_jax import sharding
 from bert_jax.compile import aot
+from bert_jax.training.plan import JobSettings, PlanFactory
 
 DEFAULT_GRANULARITY = 8  # rows: batch sizes a TPU tiles without padding (its sublanes are 8 rows)
 DEFAULT_MAX_COMPILES = 6
@@ -111,23 +110,15 @@ class LargestBatch:
         }
 
 
-def num_microbatches(config: ml_collections.ConfigDict) -> int:
-    """The config's microbatch count (fine-tuning configs run their batch whole: 1)."""
-    return 1 if aot.is_finetune_config(config) else int(config.get("num_microbatches", 1))
-
-
 def batch_shards(job: Any) -> int:
     """How many ways a plan's batch rows are split (data x fsdp x dcn_data of its mesh)."""
     rows = job.global_batch_size
     return rows // sharding.batch_sharding(job.mesh).shard_shape((rows,))[0]
 
 
-def with_rows_per_chip(config: ml_collections.ConfigDict, rows: int, shards: int) -> ml_collections.ConfigDict:
-    """`config` with the global batch that gives each batch shard `rows` rows per step."""
-    changed = config.copy_and_resolve_references()
-    with changed.unlocked():
-        changed.global_batch_size = rows * shards * num_microbatches(config)
-    return changed
+def with_rows_per_chip(config: JobSettings, rows: int, shards: int, micro: int) -> Any:
+    """`config` with the global batch that gives each batch shard `rows` rows per step (of `micro` microbatches)."""
+    return config.replace_at({"global_batch_size": rows * shards * micro})
 
 
 def _line(probes: list[Probe]) -> tuple[float, float] | None:
@@ -233,14 +224,14 @@ def _next_size(probes: list[Probe], usable: int, sizes: list[int]) -> int | None
 
 
 def find_largest_batch(
-    config: ml_collections.ConfigDict,
+    config: JobSettings,
     target: aot.Target,
+    make_plan: PlanFactory,
     *,
     granularity: int = DEFAULT_GRANULARITY,
     powers_of_two: bool = False,
     max_compiles: int = DEFAULT_MAX_COMPILES,
     progress: Callable[[str], None] | None = None,
-    make_job: aot.JobFactory | None = None,
 ) -> LargestBatch:
     """Compiles the job at a few batch sizes and returns the largest rows per chip that fits `target`.
 
@@ -251,15 +242,16 @@ def find_largest_batch(
     if granularity < 1 or max_compiles < 2:
         raise ValueError(f"granularity must be >= 1 and max_compiles >= 2, got {granularity} and {max_compiles}.")
     say = progress or (lambda _: None)
-    micro = num_microbatches(config)
-    job = (make_job or aot.job_plan)(aot.check_slices(config, target.num_slices), list(target.devices))
+    config = aot.check_slices(config, target.num_slices)
+    job = make_plan(config, list(target.devices))
+    micro = job.num_microbatches
     shards = batch_shards(job)
     usable = aot.usable_bytes(target.memory_bytes)
     sizes = ladder(granularity, powers_of_two)
     probes: list[Probe] = []
-    rows: int | None = sizes[_at_or_below(sizes, config.global_batch_size // (shards * micro))]
+    rows: int | None = sizes[_at_or_below(sizes, job.global_batch_size // (shards * micro))]
     while rows is not None and len(probes) < max_compiles:
-        report = aot.compile_job(with_rows_per_chip(config, rows, shards), target, make_job).report
+        report = aot.compile_job(with_rows_per_chip(config, rows, shards, micro), target, make_plan).report
         probes.append(Probe(rows, report))
         say(
             f"{rows} rows per chip (global batch {rows * shards * micro}): {aot.format_bytes(report.peak_bytes)}"

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
-import ml_collections
-
+from bert_jax.errors import ConfigError
 from bert_jax.training import optim
 
 DEFAULT_RECIPE = "transformers"
@@ -63,50 +63,38 @@ RECIPES = {
 OVERRIDABLE = ("bias_correction", "eps", "b1", "b2", "decay_from_warmup_end")
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """An `optimizer` block naming an unknown recipe or setting."""
 
 
-def optimizer_block() -> ml_collections.ConfigDict:
-    """The `optimizer` block of the fine-tuning configs: the default recipe, every override unset (None)."""
-    block = ml_collections.ConfigDict()
-    block.recipe = DEFAULT_RECIPE
-    block.bias_correction = ml_collections.config_dict.placeholder(bool)
-    block.decay_from_warmup_end = ml_collections.config_dict.placeholder(bool)
-    for name in ("eps", "b1", "b2"):
-        block[name] = ml_collections.config_dict.placeholder(float)
-    return block
-
-
-def resolve(block: ml_collections.ConfigDict | dict[str, Any] | None) -> Recipe:
-    """The recipe the config's `optimizer` block describes (no block: the default recipe, unchanged)."""
-    settings = dict(block.to_dict() if isinstance(block, ml_collections.ConfigDict) else block or {})
-    name = settings.pop("recipe", DEFAULT_RECIPE)
+def resolve(name: str = DEFAULT_RECIPE, overrides: Mapping[str, Any] | None = None) -> Recipe:
+    """The recipe called `name` with `overrides` (the config's `optimizer` section; None values: the recipe's)."""
     if name not in RECIPES:
         raise RecipeError(f"optimizer.recipe={name!r} is unknown; use one of {', '.join(RECIPES)}.")
+    settings = dict(overrides or {})
     unknown = sorted(set(settings) - set(OVERRIDABLE))
     if unknown:
         raise RecipeError(
-            f"optimizer.{unknown[0]} is not a fine-tuning optimizer setting; the block takes recipe and "
+            f"optimizer.{unknown[0]} is not a fine-tuning optimizer setting; the section takes recipe and "
             f"{', '.join(OVERRIDABLE)}."
         )
-    overrides = {k: v for k, v in settings.items() if v is not None}
-    return dataclasses.replace(RECIPES[name], **overrides)
+    return dataclasses.replace(RECIPES[name], **{k: v for k, v in settings.items() if v is not None})
 
 
-def optimizer_config(config: ml_collections.ConfigDict, total_steps: int) -> optim.OptimizerConfig:
-    """AdamW for `total_steps` at the config's peak rate and weight decay, with its recipe's details, clip 1.0."""
-    recipe = resolve(config.get("optimizer"))
+def optimizer_config(
+    recipe: Recipe, *, learning_rate: float, warmup_fraction: float, weight_decay: float, total_steps: int
+) -> optim.OptimizerConfig:
+    """AdamW for `total_steps` at the peak rate and weight decay given, with the recipe's details, clip 1.0."""
     return optim.OptimizerConfig(
         name="adamw",
-        learning_rate=config.learning_rate,
-        warmup_steps=recipe.warmup_steps(config.warmup_fraction, total_steps),
+        learning_rate=learning_rate,
+        warmup_steps=recipe.warmup_steps(warmup_fraction, total_steps),
         total_steps=total_steps,
         decay_from_warmup_end=recipe.decay_from_warmup_end,
         b1=recipe.b1,
         b2=recipe.b2,
         eps=recipe.eps,
-        weight_decay=config.weight_decay,
+        weight_decay=weight_decay,
         bias_correction=recipe.bias_correction,
         clip_global_norm=1.0,
     )

@@ -56,11 +56,14 @@ import numpy as np
 from bert_jax import sharding
 from bert_jax.data import corpus, pipeline
 from bert_jax.data.masking import MaskingConfig, mask_batch, num_predictions
+from bert_jax.errors import ConfigError
 from bert_jax.harness import op_profile
-from bert_jax.jobs import pretraining
+from bert_jax.jobs import config as job_config
+from bert_jax.jobs import pretrain_plan, pretraining
+from bert_jax.jobs.config import PretrainConfig
 from bert_jax.launcher import host_memory
 from bert_jax.models import flops
-from bert_jax.training import plan, train
+from bert_jax.training import train
 
 INPUTS = ("synthetic", "pipeline")
 BUNDLED_CORPUS = os.path.join(os.path.dirname(__file__), "assets", "corpus", "*.txt")
@@ -149,7 +152,7 @@ def synthetic_batch(
     }
 
 
-def _synthetic_masking(config: ml_collections.ConfigDict, vocab_size: int, special: Mapping[str, int]) -> MaskingConfig:
+def _synthetic_masking(config: PretrainConfig, vocab_size: int, special: Mapping[str, int]) -> MaskingConfig:
     """The masking setup `corpus.masking_config_from_corpus` would give for this vocabulary and config."""
     return MaskingConfig(
         vocab_size=vocab_size,
@@ -278,19 +281,22 @@ def measure_peak_flops(dtype: str) -> float:
 
 
 def run_benchmark(
-    config: ml_collections.ConfigDict, options: BenchmarkOptions | None = None, progress: Progress | None = None
+    config: ml_collections.ConfigDict | PretrainConfig,
+    options: BenchmarkOptions | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Builds the job's train step for `config`, times it, and returns the measurements (see the module docstring).
 
     Every check the job makes (job settings, vocabulary, model and optimizer config, mesh and batch sizes) runs
-    first and raises its `ValueError` (`JobConfigError`, `ConfigError`) before anything is compiled. `progress`
+    first and raises its `ConfigError` (a `ValueError`) before anything is compiled. `progress`
     receives one line per phase (default: none). The result is a JSON-serializable dict: scalars, plus the `mesh`
     axis sizes, `versions`, the per-step lists and `compiled_memory_mb` (None where XLA gives no analysis).
     """
     options = options or BenchmarkOptions()
     say = progress or (lambda _: None)
     # The job's own plan (the same checks, before anything compiles; the same model, mesh and steps).
-    job = plan.make_plan(config)
+    config = config if isinstance(config, PretrainConfig) else job_config.parse(config, expect="pretrain")
+    job = pretrain_plan.make_plan(config)
     model_config, optimizer_config, mesh = job.model_config, job.optimizer_config, job.mesh
     vocab_size = model_config.vocab_size
     data = config.data
@@ -300,7 +306,7 @@ def run_benchmark(
         if options.input == "pipeline":
             inputs, masking, corpus_s = _pipeline_inputs(config, options, vocab_size, cleanup, say)
         else:
-            special = plan.vocabulary(config)[1]
+            special = pretrain_plan.vocabulary(config)[1]
             masking = _synthetic_masking(config, vocab_size, special)
             batch = synthetic_batch(config.global_batch_size, seq_length, masking, special, options.seed)
             inputs, corpus_s = itertools.repeat(_process_rows(batch)), None
@@ -368,7 +374,7 @@ def run_benchmark(
 
 
 def _pipeline_inputs(
-    config: ml_collections.ConfigDict,
+    config: PretrainConfig,
     options: BenchmarkOptions,
     vocab_size: int,
     cleanup: contextlib.ExitStack,
@@ -381,9 +387,9 @@ def _pipeline_inputs(
     temporary directory.
     """
     data = config.data
-    if not (data.train_files or data.get("corpus_dir")):
-        config = config.copy_and_resolve_references()
-        config.data.train_files = BUNDLED_CORPUS
+    if not (data.train_files or data.corpus_dir):
+        config = config.replace_at({"data.train_files": BUNDLED_CORPUS})
+        data = config.data
         say(f"No data.train_files or data.corpus_dir: using the bundled corpus {BUNDLED_CORPUS}")
     workdir = options.corpus_workdir or cleanup.enter_context(tempfile.TemporaryDirectory(prefix="bert_jax_bench_"))
     say(f"Preparing the corpus in {workdir}")
@@ -391,7 +397,7 @@ def _pipeline_inputs(
     corpus_dir = pretraining.prepare_corpus(config, workdir)
     corpus_s = time.perf_counter() - start
     if int(corpus.corpus_metadata(corpus_dir)["vocab_size"]) != vocab_size:
-        raise plan.JobConfigError(f"The corpus {corpus_dir} was built with another vocabulary than data.vocab_file.")
+        raise ConfigError(f"The corpus {corpus_dir} was built with another vocabulary than data.vocab_file.")
     masking = corpus.masking_config_from_corpus(
         corpus_dir, data.max_predictions_per_seq, masked_lm_prob=data.masked_lm_prob, whole_word=data.whole_word
     )
@@ -408,7 +414,7 @@ def _pipeline_inputs(
 
 
 def _time_train_step(
-    job: plan.PretrainPlan,
+    job: pretrain_plan.PretrainPlan,
     inputs: Iterator[dict[str, np.ndarray]],
     options: BenchmarkOptions,
     say: Progress,

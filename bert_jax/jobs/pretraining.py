@@ -15,7 +15,6 @@ directory and our own) from the final state.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -29,25 +28,27 @@ from bert_jax import sharding, storage
 from bert_jax.compile import fit
 from bert_jax.data import batch_workers, corpus, documents, pipeline
 from bert_jax.data.device_prefetch import prefetch_to_mesh
+from bert_jax.errors import ConfigError
+from bert_jax.jobs import config as job_config
+from bert_jax.jobs import pretrain_plan, runner
+from bert_jax.jobs.config import PretrainConfig, PretrainData
 from bert_jax.models import configs, convert, flops, structured_init
-from bert_jax.training import checkpoint, collapse, compile_cache, plan, step_loop, train, warm_start
+from bert_jax.training import checkpoint, collapse, step_loop, train, warm_start
 from bert_jax.training.losses import summarize
-from bert_jax.training.metrics_log import MetricsLog
-from bert_jax.training.plan import JobConfigError
 
-__all__ = ["JobConfigError", "JobResult", "corpus_options", "prepare_corpus", "train_and_evaluate"]
+__all__ = ["JobResult", "corpus_options", "prepare_corpus", "train_and_evaluate"]
 
 
-def corpus_options(data: ml_collections.ConfigDict) -> corpus.CorpusOptions:
+def corpus_options(data: PretrainData) -> corpus.CorpusOptions:
     if not data.train_files:
-        raise JobConfigError(
+        raise ConfigError(
             "data.train_files is empty: set --config.data.train_files to a glob or comma list of text files, "
             "or --config.data.corpus_dir to a corpus built with bert-jax-build-corpus."
         )
     return corpus.CorpusOptions(
         input_files=tuple(documents.expand_input_files(data.train_files)),
         vocab_file=data.vocab_file or None,
-        spm_model=data.get("spm_model") or None,
+        spm_model=data.spm_model or None,
         lowercase=data.lowercase,
         max_seq_length=data.max_seq_length,
         short_seq_prob=data.short_seq_prob,
@@ -57,25 +58,23 @@ def corpus_options(data: ml_collections.ConfigDict) -> corpus.CorpusOptions:
     )
 
 
-def prepare_corpus(config: ml_collections.ConfigDict, workdir: str) -> str:
+def prepare_corpus(job: PretrainConfig, workdir: str) -> str:
     """The built corpus as a local directory: `data.corpus_dir`, or built (by process 0) into `workdir/corpus`.
 
     On object storage (a gs:// workdir or corpus_dir) every process reads a verified copy in its host cache.
     """
-    if config.data.get("corpus_dir"):
+    if job.data.corpus_dir:
         try:
-            return corpus.local_dataset_dir(config.data.corpus_dir)
+            return corpus.local_dataset_dir(job.data.corpus_dir)
         except documents.CorpusError as e:
-            raise JobConfigError(
-                f"data.corpus_dir: {e} Or drop data.corpus_dir to build from data.train_files."
-            ) from None
-    options = corpus_options(config.data)
+            raise ConfigError(f"data.corpus_dir: {e} Or drop data.corpus_dir to build from data.train_files.") from None
+    options = corpus_options(job.data)
     corpus_root = storage.join(workdir, "corpus")
     if jax.process_index() == 0:
         # The input's worker processes build the corpus too (none on a small host: the demo builds in-process).
-        workers = batch_workers.resolve_num_workers(config.data.get("num_workers", -1))
+        workers = batch_workers.resolve_num_workers(job.data.num_workers)
         result = corpus.build_corpus(
-            options, corpus_root, num_shards=config.data.num_shards, show_progress=True, num_workers=workers
+            options, corpus_root, num_shards=job.data.num_shards, show_progress=True, num_workers=workers
         )
         print(result.summary(), flush=True)
         built = result.dataset_dir
@@ -108,7 +107,7 @@ def _check_resume_shapes(checkpointer: checkpoint.Checkpointer, model_config: co
         return step
     differences = checkpoint.shape_differences(saved, model_config)
     if differences:
-        raise JobConfigError(
+        raise ConfigError(
             f"The workdir's latest checkpoint (step {step}) has another model shape than this config "
             f"({'; '.join(differences)}). Resume with the config it was written with, or use a new --workdir "
             "(with --config.init_from pointing at the old one to start from its weights)."
@@ -128,7 +127,7 @@ def _host_params(params: Any) -> Any:
 EXPORT_COMPLETE_LAST = (convert.HF_CONFIG, convert.NATIVE_CONFIG, "step.txt")
 
 
-def _export(export_dir: str, model_config: configs.BertConfig, params: Any, data: Any, step: int) -> None:
+def _export(export_dir: str, model_config: configs.BertConfig, params: Any, data: PretrainData, step: int) -> None:
     """Writes `export/hf` and `export/bert_jax`; an export of an earlier step is renamed aside, not lost.
 
     The export is assembled in a local staging directory and published whole (a rename; on object storage an
@@ -149,29 +148,20 @@ def _export(export_dir: str, model_config: configs.BertConfig, params: Any, data
     print(f"Exported the weights of step {step} to {hf_dir} (Hugging Face) and {native_dir} (bert_jax)", flush=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> JobResult:
+def train_and_evaluate(config: ml_collections.ConfigDict | PretrainConfig, workdir: str) -> JobResult:
     """Runs the pretraining job, resuming from the workdir's latest checkpoint when there is one.
 
-    Compiled programs go to (and on a restart come from) the persistent compilation cache that the config's
-    `compilation_cache_dir` names (`compile_cache`; by default `<workdir>/jax_cache`).
+    `config`: an experiments/*.py ConfigDict (parsed here, `job_config.parse`) or its parsed `PretrainConfig`.
     """
-    plan.check_job(config)
-    data = config.data
-    storage.check_paths(
-        {
-            "workdir": workdir,
-            "data.train_files": data.get("train_files"),
-            "data.corpus_dir": data.get("corpus_dir"),
-            "data.vocab_file": data.get("vocab_file"),
-            "data.spm_model": data.get("spm_model"),
-            "compilation_cache_dir": config.get("compilation_cache_dir"),
-            "init_from": config.get("init_from"),
-        }
-    )
-    workdir = storage.absolute(workdir)
-    storage.makedirs(workdir)
-    with compile_cache.job_cache(config.get("compilation_cache_dir", ""), workdir) as cache_dir:
-        return _train_and_evaluate(config, workdir, cache_dir)
+    job = config if isinstance(config, PretrainConfig) else job_config.parse(config, expect="pretrain")
+    paths = {
+        "data.train_files": job.data.train_files,
+        "data.corpus_dir": job.data.corpus_dir,
+        "data.vocab_file": job.data.vocab_file,
+        "data.spm_model": job.data.spm_model,
+    }
+    with runner.job_workdir(job, workdir, paths) as where:
+        return _train_and_evaluate(job, where)
 
 
 def _training_tokens(corpus_dir: str, max_tokens: int, rows_per_read: int = 1024) -> Iterator[tuple[Any, Any]]:
@@ -188,7 +178,7 @@ def _training_tokens(corpus_dir: str, max_tokens: int, rows_per_read: int = 1024
 
 def _structured_start(
     state: train.TrainState,
-    job: plan.PretrainPlan,
+    job: pretrain_plan.PretrainPlan,
     corpus_dir: str,
     seed: int,
     shardings: train.TrainState,
@@ -223,43 +213,30 @@ def _structured_start(
     return state.replace(params=params)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_dir: str | None) -> JobResult:
-    cache_start = compile_cache.counts()
-    is_main = jax.process_index() == 0
-    export_dir = storage.join(workdir, "export")
+def _train_and_evaluate(config: PretrainConfig, where: runner.Workdir) -> JobResult:
+    is_main = where.is_main
+    export_dir = storage.join(where.path, "export")
     # Everything that can be checked is checked before the corpus is built and anything compiles.
-    checked = plan.make_plan(config)
-    if not config.data.get("corpus_dir"):
+    checked = pretrain_plan.make_plan(config)
+    if not config.data.corpus_dir:
         corpus_options(config.data)  # the input files exist and are readable, before anything else starts
     # On accelerators the steps compile now, ahead of the corpus build, to check they fit (`fit`).
-    fitted = fit.fit_job(config, say=print if is_main else None, job=checked)
+    fitted = fit.fit_job(config, pretrain_plan.make_plan, say=where.say, job=checked)
     config, job = fitted.config, fitted.job
-    model_config, mesh = job.model_config, job.mesh
-    vocab_size = model_config.vocab_size
-    checkpointer = checkpoint.Checkpointer(
-        checkpoint.checkpoint_dir(workdir),
-        save_every_steps=config.checkpoint_every_steps,
-        max_to_keep=config.max_checkpoints_to_keep,
-        timeout_seconds=config.get("checkpoint_timeout_seconds", 600),
-    )
-    try:
+    model_config, mesh, data = job.model_config, job.mesh, config.data
+    with runner.open_checkpointer(config, where.path) as checkpointer:
         resume_step = _check_resume_shapes(checkpointer, model_config)
         if resume_step is None and config.init_from and not storage.exists(config.init_from):
-            raise JobConfigError(
-                f"init_from={config.init_from} does not exist; give a workdir, export or HF directory."
-            )
-        corpus_dir = prepare_corpus(config, workdir)
-        if int(corpus.corpus_metadata(corpus_dir)["vocab_size"]) != vocab_size:
-            raise JobConfigError(f"The corpus {corpus_dir} was built with another vocabulary than data.vocab_file.")
-        data = config.data
-        max_predictions = data.max_predictions_per_seq
+            raise ConfigError(f"init_from={config.init_from} does not exist; give a workdir, export or HF directory.")
+        corpus_dir = prepare_corpus(config, where.path)
+        if int(corpus.corpus_metadata(corpus_dir)["vocab_size"]) != model_config.vocab_size:
+            raise ConfigError(f"The corpus {corpus_dir} was built with another vocabulary than data.vocab_file.")
         masking = corpus.masking_config_from_corpus(
-            corpus_dir, max_predictions, masked_lm_prob=data.masked_lm_prob, whole_word=data.whole_word
+            corpus_dir, data.max_predictions_per_seq, masked_lm_prob=data.masked_lm_prob, whole_word=data.whole_word
         )
-
         shardings = job.shardings
         topology = {"process_index": jax.process_index(), "process_count": jax.process_count()}
-        num_workers = batch_workers.resolve_num_workers(data.get("num_workers", 0))
+        num_workers = batch_workers.resolve_num_workers(data.num_workers)
         batches = pipeline.PretrainingBatches(
             corpus.open_corpus(corpus_dir, "train"),
             pipeline.PipelineConfig(
@@ -272,44 +249,24 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
             **topology,
         )
 
-        abstract = job.abstract_state()  # the restore target: shapes in the job's shardings
-        restored = checkpointer.restore(abstract.params, abstract.opt_state, model_config)
-        if restored is not None:
-            step_array = jax.device_put(np.int32(restored.step), shardings.step)
-            state = train.TrainState(step=step_array, params=restored.params, opt_state=restored.opt_state)
-            batches.restore(restored.meta["data_state"])
-            if is_main:
-                print(f"Resumed from the checkpoint of step {restored.step} in {checkpointer.directory}", flush=True)
-        else:
-            state = train.create_train_state(job.model, job.optimizer, jax.random.key(config.seed), shardings)
+        def fresh_state(state: train.TrainState) -> train.TrainState:
             if not job.initialization.is_default:
                 state = _structured_start(state, job, corpus_dir, config.seed, shardings, is_main)
             if config.init_from:
                 start = warm_start.load(config.init_from, model_config, state.params)
                 state = state.replace(params=sharding.place_host_tree(start.params, shardings.params))
-                if is_main:
-                    print(f"Initialized the params from {start.source} (optimizer fresh, step 0)", flush=True)
-                    if start.kept_fresh:
-                        print(f"  not in the source, freshly initialized: {', '.join(start.kept_fresh)}", flush=True)
-        tokenizer_files = checkpoint.tokenizer_payload(data.vocab_file or None, data.get("spm_model") or None)
-        checkpoint_meta = {
-            "job_config": json.loads(config.to_json_best_effort()),
-            "model_config": model_config.to_dict(),
-            "seed": config.seed,
-            "process_count": jax.process_count(),
-        }
+                where.say(f"Initialized the params from {start.source} (optimizer fresh, step 0)")
+                if start.kept_fresh:
+                    where.say(f"  not in the source, freshly initialized: {', '.join(start.kept_fresh)}")
+            return state
 
-        train_step, eval_step = fitted.train_step, fitted.eval_step
-        log = MetricsLog(workdir, is_main)
         peak = config.peak_flops_per_device or flops.measure_matmul_peak(model_config.dtype)
         flops_per_sequence = job.flops_per_sequence()
-        if is_main:
-            count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(abstract.params))
-            print(
-                f"Model {config.model.size}: {count:,} parameters; mesh {dict(mesh.shape)}; global batch "
-                f"{config.global_batch_size}; corpus {corpus_dir}; peak {peak / 1e9:.1f} GFLOP/s per device",
-                flush=True,
-            )
+        count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(job.abstract_state().params))
+        where.say(
+            f"Model {config.model.size}: {count:,} parameters; mesh {dict(mesh.shape)}; global batch "
+            f"{config.global_batch_size}; corpus {corpus_dir}; peak {peak / 1e9:.1f} GFLOP/s per device"
+        )
 
         def evaluate(state: train.TrainState, step: int) -> dict[str, float]:
             eval_source = corpus.open_corpus(corpus_dir, "validation")
@@ -325,22 +282,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
             for i, local in enumerate(eval_batches):
                 if config.eval_batches and i >= config.eval_batches * config.num_microbatches:
                     break
-                sums = eval_step(state.params, sharding.global_batch_from_process_local(local, mesh))
+                sums = fitted.eval_step(state.params, sharding.global_batch_from_process_local(local, mesh))
                 totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
             assert totals is not None
             results = {k: float(v) for k, v in jax.device_get(summarize(totals, job.nsp_loss_weight)).items()}
-            log.write(step, results, prefix="eval_")
-            if is_main:
-                at_mask = results.get("mlm_accuracy_at_mask")
-                print(
-                    f"eval at step {step}: loss {results['loss']:.4f} | mlm_acc {results['mlm_accuracy']:.4f}"
-                    + ("" if at_mask is None else f" (at [MASK] {at_mask:.4f})")
-                    + f" | nsp_acc {results['nsp_accuracy']:.4f}",
-                    flush=True,
-                )
-                warning = collapse.collapse_warning(results, step)
-                if warning:
-                    print(warning, flush=True)
+            at_mask = results.get("mlm_accuracy_at_mask")
+            where.say(
+                f"eval at step {step}: loss {results['loss']:.4f} | mlm_acc {results['mlm_accuracy']:.4f}"
+                + ("" if at_mask is None else f" (at [MASK] {at_mask:.4f})")
+                + f" | nsp_acc {results['nsp_accuracy']:.4f}"
+            )
+            warning = collapse.collapse_warning(results, step)
+            if warning:
+                where.say(warning)
             return results
 
         def rates(seconds: float, steps: int, tokens: int) -> dict[str, float]:
@@ -350,11 +304,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
                 "mfu": sequences_per_sec * flops_per_sequence / (peak * len(jax.devices())),
             }
 
-        def first_step(seconds: float) -> None:
-            if is_main:
-                print(compile_cache.first_step_line(seconds, cache_dir, cache_start), flush=True)
-
-        def loop_batches() -> Iterator[step_loop.LoopBatch]:
+        def loop_batches(start_step: int) -> Iterator[step_loop.LoopBatch]:
             for batch in prefetch_to_mesh(batches, mesh, depth=2, source_state=batches.state):
                 yield step_loop.LoopBatch(
                     batch.arrays,
@@ -362,47 +312,38 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, cache_d
                     checkpoint_meta={"data_state": batch.source_state},
                 )
 
-        start_step = restored.step if restored is not None else 0
-        try:
-            loop = step_loop.run(
-                state,
-                train_step,
-                loop_batches(),
-                step_loop.LoopSettings.of(config, config.num_train_steps),
-                start_step=start_step,
-                checkpointer=checkpointer,
-                log=log,
-                hooks=step_loop.LoopHooks(
-                    evaluate=evaluate,
-                    rates=rates,
-                    checkpoint_meta=checkpoint_meta,
-                    tokenizer_files=tokenizer_files,
-                    first_step=first_step,
-                    input_hint=(
-                        f"{batch_workers.describe(num_workers)}: raise data.num_workers (bert-jax-benchmark-data "
-                        "--num_workers=N measures the rate on this host)"
-                    ),
-                ),
-            )
-        finally:
-            batches.close()
-            log.close()
-        state, done, final_eval = loop.state, loop.step, loop.eval_metrics
-        if loop.stopped_by is not None:
-            if is_main:
-                print(step_loop.stopped_line(loop, checkpointer), flush=True)
-            return JobResult(final_eval, done, loop.stopped_by)
-        if start_step >= config.num_train_steps and is_main:
-            print(
-                f"Nothing to train: the latest checkpoint is step {start_step} of {config.num_train_steps}.", flush=True
+        task = runner.Task(
+            total_steps=config.num_train_steps,
+            batches=loop_batches,
+            evaluate=evaluate,
+            rates=rates,
+            checkpoint_meta={
+                "job_config": job_config.record(config),
+                "model_config": model_config.to_dict(),
+                "seed": config.seed,
+                "process_count": jax.process_count(),
+            },
+            tokenizer_files=checkpoint.tokenizer_payload(data.vocab_file or None, data.spm_model or None),
+            fresh_state=fresh_state,
+            restored=lambda meta: batches.restore(meta["data_state"]),
+            input_hint=(
+                f"{batch_workers.describe(num_workers)}: raise data.num_workers (bert-jax-benchmark-data "
+                "--num_workers=N measures the rate on this host)"
+            ),
+            close=batches.close,
+        )
+        result = runner.train_job(config, where, job, fitted.train_step, checkpointer, task)
+        if result.stopped_by is not None:
+            return JobResult(result.eval_metrics, result.step, result.stopped_by)
+        if result.start_step >= config.num_train_steps:
+            where.say(
+                f"Nothing to train: the latest checkpoint is step {result.start_step} of {config.num_train_steps}."
             )
         if config.export:
-            params = _host_params(state.params)
-            if is_main and not _export_is_current(export_dir, done):
-                _export(export_dir, model_config, params, data, done)
-        return JobResult(final_eval, done)
-    finally:
-        checkpointer.close()  # also when anything above fails: orbax threads must stop
+            params = _host_params(result.state.params)
+            if is_main and not _export_is_current(export_dir, result.step):
+                _export(export_dir, model_config, params, data, result.step)
+        return JobResult(result.eval_metrics, result.step)
 
 
 def _export_is_current(export_dir: str, step: int) -> bool:

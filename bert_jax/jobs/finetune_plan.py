@@ -3,7 +3,7 @@
     job = make_finetune_plan(config, task, model_config, total_steps)
     state, metrics = job.train_step(state, batch); outputs = job.predict_step(state.params, inputs)
 
-The counterpart of `bert_jax.training.plan` for `bert-jax-finetune`: the mesh (checked against the devices and the
+The fine-tuning implementation of `bert_jax.training.plan.Plan` (as `pretrain_plan` is pretraining's): the mesh (checked against the devices and the
 batch), the model config with its vocabulary padded to the vocab shards, the task's model, the optimizer and
 its schedule over `total_steps` (warmup `warmup_fraction` of them, the details from `recipes`), the state shardings, and the jitted train
 step (the task's loss, donated state) and prediction step. Nothing is traced here.
@@ -19,76 +19,57 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bert_jax import sharding, tokenizers
-from bert_jax.finetune import recipes
-from bert_jax.finetune.tasks import SquadOptions, Task, make_task
+from bert_jax.errors import ConfigError
+from bert_jax.finetune.tasks import Task, make_task
+from bert_jax.jobs.config import FinetuneConfig, steps_per_epoch
 from bert_jax.models import attention, configs, flops
 from bert_jax.training import checkpoint, optim, train, warm_start
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class FinetuneConfigError(ValueError):
-    """A fine-tuning configuration that cannot run; raised before anything compiles."""
-
-
-def task_from_config(config: ml_collections.ConfigDict) -> Task:
-    squad = SquadOptions(**config.squad.to_dict()) if config.get("squad") else None
-    return make_task(config.task, squad)
+def task_of(job: FinetuneConfig) -> Task:
+    return make_task(job.task, job.squad)
 
 
 def model_and_tokenizer(
-    config: ml_collections.ConfigDict,
+    job: FinetuneConfig,
 ) -> tuple[configs.BertConfig, tokenizers.Tokenizer, warm_start.Source | None, dict[str, str]]:
     """The encoder config, the tokenizer, the warm-start source (if any) and the tokenizer files to save."""
-    source = warm_start.read_source(config.init_from) if config.init_from else None
-    payload = checkpoint.tokenizer_payload(config.vocab_file) if config.vocab_file else {}
+    source = warm_start.read_source(job.init_from) if job.init_from else None
+    payload = checkpoint.tokenizer_payload(job.vocab_file) if job.vocab_file else {}
     if not payload and source is not None:
         payload = source.tokenizer_files
     if "vocab.txt" not in payload:
-        raise FinetuneConfigError(
+        raise ConfigError(
             "No vocabulary: set --config.vocab_file (the source "
-            f"{config.init_from or '(none)'} has no vocab.txt beside its weights)."
+            f"{job.init_from or '(none)'} has no vocab.txt beside its weights)."
         )
     scratch = tempfile.mkdtemp(prefix="bert_jax_vocab_")
     vocab = checkpoint.write_tokenizer_files(payload, scratch)["vocab_file"]
-    tokenizer = tokenizers.load_tokenizer(vocab, None, config.lowercase)
-    overrides = {k: v for k, v in config.model.to_dict().items() if k != "size" and v is not None}
+    tokenizer = tokenizers.load_tokenizer(vocab, None, job.lowercase)
     if source is not None:
-        model_config = source.config.replace(**overrides)
+        model_config = source.config.replace(**job.model.fields)
     else:
-        model_config = configs.named_config(config.model.size, vocab_size=tokenizer.vocab_size, **overrides)
+        model_config = job.model.bert_config(vocab_size=tokenizer.vocab_size)
     if model_config.vocab_size != tokenizer.vocab_size:
-        raise FinetuneConfigError(
+        raise ConfigError(
             f"The vocabulary has {tokenizer.vocab_size} entries but the model {model_config.vocab_size}; use the "
             "vocab.txt that belongs to init_from."
         )
     return model_config, tokenizer, source, payload
 
 
-def train_steps(config: ml_collections.ConfigDict, num_examples: int) -> tuple[int, int]:
-    """(total train steps, steps per epoch) for a training split of `num_examples` rows."""
-    per_epoch = num_examples // config.global_batch_size
-    if per_epoch < 1:
-        raise FinetuneConfigError(
-            f"The training split has {num_examples} examples, fewer than global_batch_size={config.global_batch_size}."
-        )
-    total = config.num_train_steps or math.ceil(config.num_epochs * per_epoch)
-    if total < 1:
-        raise FinetuneConfigError("Set num_train_steps or num_epochs to a positive value.")
-    return total, per_epoch
-
-
-def check_seq_length(config: ml_collections.ConfigDict, model_config: configs.BertConfig) -> None:
+def check_seq_length(job: FinetuneConfig, model_config: configs.BertConfig) -> None:
     """The sequences fit the model's position embeddings (checked before any data is tokenized)."""
-    if config.max_seq_length > model_config.max_position_embeddings:
-        raise FinetuneConfigError(
-            f"max_seq_length={config.max_seq_length} exceeds the model's max_position_embeddings="
+    if job.max_seq_length > model_config.max_position_embeddings:
+        raise ConfigError(
+            f"max_seq_length={job.max_seq_length} exceeds the model's max_position_embeddings="
             f"{model_config.max_position_embeddings}."
         )
 
@@ -97,7 +78,7 @@ def check_seq_length(config: ml_collections.ConfigDict, model_config: configs.Be
 class FinetunePlan:
     """What the fine-tuning job compiles and runs (see the module docstring)."""
 
-    config: ml_collections.ConfigDict
+    config: FinetuneConfig
     task: Task
     model_config: configs.BertConfig
     optimizer_config: optim.OptimizerConfig
@@ -116,11 +97,20 @@ class FinetunePlan:
 
     @property
     def global_batch_size(self) -> int:
-        return int(self.config.global_batch_size)
+        return self.config.global_batch_size
+
+    @property
+    def num_microbatches(self) -> int:
+        return 1
+
+    @property
+    def splits_batch(self) -> bool:
+        """The fine-tuning step runs its batch whole: the fit check's changes are remat and FSDP only."""
+        return False
 
     @property
     def seq_length(self) -> int:
-        return int(self.config.max_seq_length)
+        return self.config.max_seq_length
 
     def flops_per_sequence(self) -> float:
         """Model FLOPs of one training sequence: the encoder's (a task head's are negligible)."""
@@ -148,7 +138,7 @@ class FinetunePlan:
 
 
 def make_finetune_plan(
-    config: ml_collections.ConfigDict,
+    job: FinetuneConfig,
     task: Task,
     model_config: configs.BertConfig,
     total_steps: int,
@@ -156,15 +146,17 @@ def make_finetune_plan(
 ) -> FinetunePlan:
     """The checked plan on `devices` (default: every device of the job); raises `ValueError`s that name the fix."""
     devices = list(jax.devices() if devices is None else devices)
-    mesh_config = sharding.MeshConfig(**config.mesh.to_dict())
+    if job.num_microbatches != 1:
+        raise ConfigError("num_microbatches must be 1 for fine-tuning (its step runs the batch whole).")
+    mesh_config = job.mesh
     vocab_shards = sharding.vocab_shards(mesh_config, len(devices))
     model_config = model_config.replace(vocab_pad_multiple=math.lcm(model_config.vocab_pad_multiple, vocab_shards))
-    sharding.validate_parallelism(model_config, mesh_config, config.global_batch_size, len(devices))
-    check_seq_length(config, model_config)
+    sharding.validate_parallelism(model_config, mesh_config, job.global_batch_size, len(devices))
+    check_seq_length(job, model_config)
     attention.check_devices(model_config.attention_kernel, devices)
-    settings = recipes.optimizer_config(config, total_steps)
+    settings = job.optimizer_config(total_steps)
     mesh = sharding.make_mesh(mesh_config, devices)
-    model = task.model(model_config, recipes.resolve(config.get("optimizer")).head_init)
+    model = task.model(model_config, job.recipe.head_init)
     optimizer = optim.make_optimizer(settings)
     schedule = optim.learning_rate_schedule(settings)
     shardings = train.state_shardings(model, optimizer, mesh)
@@ -181,7 +173,7 @@ def make_finetune_plan(
         return task.loss(outputs, batch)
 
     train_step = train.jit_train_step(
-        train.make_step(loss_fn, optimizer, schedule, dropout_seed=config.seed + 1), shardings, mesh
+        train.make_step(loss_fn, optimizer, schedule, dropout_seed=job.seed + 1), shardings, mesh
     )
     predict_step = jax.jit(
         sharding.traced_in_mesh(
@@ -194,7 +186,7 @@ def make_finetune_plan(
         out_shardings=NamedSharding(mesh, PartitionSpec()),
     )
     return FinetunePlan(
-        config=config,
+        config=job,
         task=task,
         model_config=model_config,
         optimizer_config=settings,
@@ -208,11 +200,22 @@ def make_finetune_plan(
     )
 
 
-def compile_plan(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> FinetunePlan:
+def compile_plan(job: FinetuneConfig, devices: Sequence[Any]) -> FinetunePlan:
     """The plan for an ahead-of-time compile (`bert-jax-compile`), without the task's data.
 
     The program's shapes do not depend on the training split's size, which only sets the schedule's length:
     `num_train_steps`, or a placeholder of 1,000 steps when the config counts epochs.
     """
-    model_config = model_and_tokenizer(config)[0]
-    return make_finetune_plan(config, task_from_config(config), model_config, config.num_train_steps or 1000, devices)
+    model_config = model_and_tokenizer(job)[0]
+    return make_finetune_plan(job, task_of(job), model_config, job.num_train_steps or 1000, devices)
+
+
+__all__ = [
+    "FinetunePlan",
+    "check_seq_length",
+    "compile_plan",
+    "make_finetune_plan",
+    "model_and_tokenizer",
+    "steps_per_epoch",
+    "task_of",
+]
