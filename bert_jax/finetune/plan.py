@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bert_jax import sharding, tokenizers
 from bert_jax.finetune import recipes
-from bert_jax.finetune.tasks import SquadOptions, Task, make_task
+from bert_jax.finetune.tasks import ConllNer, GlueClassification, Squad, SquadOptions, Task, make_task
 from bert_jax.models import attention, configs, flops
 from bert_jax.training import checkpoint, optim, train, warm_start
 
@@ -91,6 +91,24 @@ def check_seq_length(config: ml_collections.ConfigDict, model_config: configs.Be
             f"max_seq_length={config.max_seq_length} exceeds the model's max_position_embeddings="
             f"{model_config.max_position_embeddings}."
         )
+
+
+def check_data_dir(config: ml_collections.ConfigDict, task: Task) -> None:
+    """`data_dir` is set: the recipes leave it empty, for the user's copy of the task's data (checked first)."""
+    if config.get("data_dir"):
+        return
+    if isinstance(task, GlueClassification):
+        glue, split = task.glue, config.get("eval_split") or task.eval_split
+        files = f"{glue.directory}/{glue.splits['train']} and {glue.directory}/{glue.splits.get(split, split)}"
+        where = f"the GLUE root, holding {files}"
+    elif isinstance(task, Squad):
+        names = [task.options.train_file, task.options.dev_file]
+        where = f"the folder with SQuAD's {' and '.join(n for n in names if n)}"
+    elif isinstance(task, ConllNer):
+        where = "the folder with CoNLL-2003's train.txt, valid.txt and test.txt"
+    else:
+        where = f"the folder with {task.name}'s data"
+    raise FinetuneConfigError(f"data_dir is not set: pass --config.data_dir=DIR, {where}.")
 
 
 @dataclasses.dataclass

@@ -32,6 +32,7 @@ from bert_jax.finetune import recipes
 from bert_jax.finetune.plan import (
     FinetuneConfigError,
     FinetunePlan,
+    check_data_dir,
     check_seq_length,
     make_finetune_plan,
     model_and_tokenizer,
@@ -92,6 +93,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Fi
     `compilation_cache_dir` names (`compile_cache`; by default `<workdir>/jax_cache`).
     """
     task = task_from_config(config)
+    check_data_dir(config, task)  # the recipes leave data_dir to the user
     fit.fit_mode(config)  # a bad `fit` or `optimizer` setting ends before the data is read
     recipes.optimizer_config(config, total_steps=1)
     storage.check_paths(
