@@ -1,9 +1,10 @@
 """glue_mnli: fine-tune on MNLI (3-way entailment), accuracy on dev_matched (--config.eval_split=dev_mismatched for the other).
 
-bert-jax-finetune --config=experiments/glue_mnli.py --workdir=/tmp/mnli --config.init_from=DIR
+bert-jax-finetune --config=experiments/glue_mnli.py --workdir=/tmp/mnli --config.init_from=DIR \\
+  --config.data_dir=/path/to/glue
 
-The settings of glue_sst2.py (the original paper's GLUE recipe) with this task. GLUE tasks not in
-../shared/data/glue need their directory: --config.data_dir=<GLUE root>.
+The settings of glue_sst2.py (the original paper's GLUE recipe) with this task. `data_dir` (required): the
+GLUE root, one folder per task as GLUE's download script writes it.
 """
 
 from __future__ import annotations
@@ -18,4 +19,5 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 def get_config() -> ml_collections.ConfigDict:
     config = runpy.run_path(os.path.join(_HERE, "glue_sst2.py"))["get_config"](task="glue_mnli")
+    config.eval_split = "dev_matched"  # MNLI has no plain "dev" split
     return config

@@ -1,9 +1,10 @@
 """glue_rte: fine-tune on RTE (entailment), accuracy; small: 5 epochs.
 
-bert-jax-finetune --config=experiments/glue_rte.py --workdir=/tmp/rte --config.init_from=DIR
+bert-jax-finetune --config=experiments/glue_rte.py --workdir=/tmp/rte --config.init_from=DIR \\
+  --config.data_dir=/path/to/glue
 
-The settings of glue_sst2.py (the original paper's GLUE recipe) with this task. GLUE tasks not in
-../shared/data/glue need their directory: --config.data_dir=<GLUE root>.
+The settings of glue_sst2.py (the original paper's GLUE recipe) with this task. `data_dir` (required): the
+GLUE root, one folder per task as GLUE's download script writes it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """glue_sst2: fine-tune on SST-2 (binary sentiment), the GLUE recipe of the original BERT paper.
 
-bert-jax-finetune --config=experiments/glue_sst2.py --workdir=/tmp/sst2 --config.init_from=/tmp/bert_tiny
+bert-jax-finetune --config=experiments/glue_sst2.py --workdir=/tmp/sst2 --config.init_from=/tmp/bert_tiny \\
+  --config.data_dir=/path/to/glue
 
+`data_dir` (required, no default): the GLUE root, one folder per task as GLUE's download script writes it
+(`SST-2/train.tsv`, `SST-2/dev.tsv`, ...); a gs:// folder is copied to each host first.
 `init_from`: a pretraining workdir of ours (its latest checkpoint), an export, or a Hugging Face BERT
 directory; empty trains `model.size` from scratch (with `vocab_file`). Devlin et al. 2019, A.3: batch 32,
 learning rate in {5e-5, 3e-5, 2e-5}, 3 epochs, warmup 10%, dropout 0.1. The other GLUE configs change the task
@@ -10,21 +13,16 @@ learning rate in {5e-5, 3e-5, 2e-5}, 3 epochs, warmup 10%, dropout 0.1. The othe
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
 from bert_jax.jobs import config as job_config
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED_GLUE = os.path.join(_HERE, "..", "..", "shared", "data", "glue")
 
 
 def get_config(task: str = "glue_sst2") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.job = "finetune"  # which job this config is for: "pretrain" or "finetune"
     config.task = task
-    config.data_dir = os.path.normpath(SHARED_GLUE)  # the GLUE root: <data_dir>/SST-2/train.tsv, ...
+    config.data_dir = ""  # required: the GLUE root, <data_dir>/SST-2/train.tsv, ... (the job names it when unset)
     config.eval_split = ""  # default: the task's dev split
     config.init_from = ""
     config.compilation_cache_dir = ""  # "" = <workdir>/jax_cache (restarts load compiled programs), "off", or a dir

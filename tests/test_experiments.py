@@ -133,6 +133,30 @@ def test_loads_from_any_directory_with_overrides(name, loaded, tmp_path, monkeyp
     assert load(name).to_dict() == loaded[name].to_dict()
 
 
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.py")), ids=lambda p: p.stem)
+def test_no_recipe_defaults_to_a_folder_beside_the_checkout(path):
+    """Every experiments/ file, fine-tuning ones included: no default names ../shared (the tests' data, present
+    only in the development setup) or any folder up from the config; a user's data is a setting they pass."""
+    config = load(path.stem, path=str(path))
+
+    def strings(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, str]:
+        found = {}
+        for key, value in config.items():
+            if isinstance(value, ml_collections.ConfigDict):
+                found |= strings(value, f"{prefix}{key}.")
+            elif isinstance(value, str):
+                found[f"{prefix}{key}"] = value
+        return found
+
+    outside = {
+        key: value
+        for key, value in strings(config).items()
+        for part in value.replace("\\", "/").split("/")
+        if part in ("shared", "..")
+    }
+    assert not outside, f"{path.name}: defaults outside the package: {outside}"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_importlib_gives_the_same_config(name, loaded):
     spec = importlib.util.spec_from_file_location(f"experiment_{name}", EXPERIMENTS / f"{name}.py")

@@ -6,6 +6,7 @@
 - The job: MiniLM (a Hugging Face directory as init_from) fine-tuned 60 steps on SST-2 evaluates with GLUE
   accuracy on the dev set, writes eval_results.json and one prediction per dev sentence (whose accuracy
   against the dev labels is the reported one); bert-jax-predict labels new text.
+- The recipes leave `data_dir` to the user: without it the job stops first, in one line naming the setting.
 - Slow: NER and SQuAD end to end on their real files; SIGTERM mid-run, restart, and the results equal an
   uninterrupted run.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -156,6 +158,57 @@ def test_user_errors_end_in_one_line(tmp_path):
     result = _finetune(tmp_path, "glue_sst2.py", "--config.task=glue_nope", timeout=300)
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("bert-jax-finetune: error:") and "unknown glue task 'nope'" in last.lower(), last
+
+
+# Each fine-tuning recipe and what its missing-data_dir error says the folder holds.
+RECIPE_DATA = {
+    "glue_cola.py": "the GLUE root, holding CoLA/train.tsv and CoLA/dev.tsv",
+    "glue_mnli.py": "the GLUE root, holding MNLI/train.tsv and MNLI/dev_matched.tsv",
+    "glue_mrpc.py": "the GLUE root, holding MRPC/train.tsv and MRPC/dev.tsv",
+    "glue_qnli.py": "the GLUE root, holding QNLI/train.tsv and QNLI/dev.tsv",
+    "glue_qqp.py": "the GLUE root, holding QQP/train.tsv and QQP/dev.tsv",
+    "glue_rte.py": "the GLUE root, holding RTE/train.tsv and RTE/dev.tsv",
+    "glue_sst2.py": "the GLUE root, holding SST-2/train.tsv and SST-2/dev.tsv",
+    "glue_stsb.py": "the GLUE root, holding STS-B/train.tsv and STS-B/dev.tsv",
+    "conll_ner.py": "the folder with CoNLL-2003's train.txt, valid.txt and test.txt",
+    "squad.py": "the folder with SQuAD's dev-v1.1.json",
+}
+
+
+def test_recipe_data_lists_every_fine_tuning_recipe():
+    experiments = REPO_ROOT / "experiments"
+    finetuning = {p.name for p in experiments.glob("*.py") if runpy.run_path(str(p))["get_config"]().job == "finetune"}
+    assert finetuning == set(RECIPE_DATA)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPE_DATA))
+def test_a_recipe_without_data_dir_stops_before_anything_loads(recipe, tmp_path, monkeypatch):
+    """No default data folder: the job names the setting and what the folder holds before it reads a model,
+    compiles or creates the workdir."""
+    from bert_jax.compile import fit
+    from bert_jax.errors import ConfigError
+    from bert_jax.jobs import finetuning
+
+    def too_far(*args, **kwargs):
+        raise AssertionError("the job went past its data_dir check")
+
+    for module, name in ((finetuning, "model_and_tokenizer"), (finetuning, "make_finetune_plan"), (fit, "fit_job")):
+        monkeypatch.setattr(module, name, too_far)
+    config = runpy.run_path(str(REPO_ROOT / "experiments" / recipe))["get_config"]()
+    assert config.data_dir == ""
+    with pytest.raises(ConfigError) as raised:
+        finetuning.finetune_and_evaluate(config, str(tmp_path / "run"))
+    assert str(raised.value) == f"data_dir is not set: pass --config.data_dir=DIR, {RECIPE_DATA[recipe]}."
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_without_data_dir_ends_in_one_line_naming_it(tmp_path):
+    result = _finetune(tmp_path / "sst2", "glue_sst2.py", timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"bert-jax-finetune: error: data_dir is not set: pass --config.data_dir=DIR, {RECIPE_DATA['glue_sst2.py']}."
+    )
+    assert not (tmp_path / "sst2").exists()
 
 
 @pytest.mark.slow

@@ -59,6 +59,7 @@ def test_the_jobs_refuse_unserved_paths_before_creating_anything(tmp_path, monke
     with pytest.raises(storage.UnsupportedPathError, match="init_from=s3://bucket/old_run: s3:// is not served"):
         pretraining.train_and_evaluate(config, str(tmp_path / "run"))
     finetune = runpy.run_path(str(REPO_ROOT / "experiments" / "glue_sst2.py"))["get_config"]()
+    finetune.data_dir = str(tmp_path)  # required, and checked before the paths
     with pytest.raises(storage.UnsupportedPathError, match="workdir=s3://bucket/sst2"):
         finetuning.finetune_and_evaluate(finetune, "s3://bucket/sst2")
     assert os.listdir(tmp_path) == []  # no ./s3:/..., no ./run

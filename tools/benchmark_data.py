@@ -1,6 +1,6 @@
 """bert-jax-benchmark-data: corpus build MB/s and input-pipeline examples/s on this machine.
 
-  taskset -c 0 bert-jax-benchmark-data --input_files='../shared/data/gutenberg/*.txt' \
+  taskset -c 0 bert-jax-benchmark-data --input_files='bert_jax/assets/corpus/*.txt' \
       --vocab_file=bert_jax/assets/vocab.txt --output_dir=/tmp/bench_corpus
 
 Builds the corpus into a fresh directory (timing the whole build, over `--build_workers` processes; `--reuse`

@@ -1,7 +1,9 @@
 """bert-jax-finetune: fine-tune and evaluate on GLUE, CoNLL-2003 NER or SQuAD (absl flags + a config file).
 
-  bert-jax-finetune --config=experiments/glue_sst2.py --workdir=/tmp/sst2 --config.init_from=/tmp/bert_tiny
-  bert-jax-finetune --config=experiments/conll_ner.py --workdir=/tmp/ner --config.init_from=bert-base-hf-dir
+  bert-jax-finetune --config=experiments/glue_sst2.py --workdir=/tmp/sst2 --config.init_from=/tmp/bert_tiny \\
+      --config.data_dir=/path/to/glue
+  bert-jax-finetune --config=experiments/conll_ner.py --workdir=/tmp/ner --config.init_from=bert-base-hf-dir \\
+      --config.data_dir=/path/to/conll2003
 
 Run the same command again to resume from the workdir's latest checkpoint. Only this entry point reads flags;
 the job is `bert_jax.jobs.finetuning.finetune_and_evaluate(config, workdir)`.

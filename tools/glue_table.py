@@ -1,6 +1,6 @@
 """bert-jax-glue-table: bert_jax vs transformers fine-tuned with the same recipe on GLUE tasks, several seeds.
 
-  bert-jax-glue-table --model_dir=<a Hugging Face BERT directory> --data_dir=../shared/data/glue \
+  bert-jax-glue-table --model_dir=<a Hugging Face BERT directory> --data_dir=/path/to/glue \
       --out_dir=/tmp/glue_table [--tasks=glue_stsb,glue_sst2] [--seeds=0,1,2] [--sides=bert_jax,transformers]
       [--learning_rate=1e-3 --steps=600 ...: one setting for every task, e.g. for a small model]
 

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bert_jax import sharding, tokenizers
 from bert_jax.errors import ConfigError
-from bert_jax.finetune.tasks import Task, make_task
+from bert_jax.finetune.tasks import ConllNer, GlueClassification, Squad, Task, make_task
 from bert_jax.jobs.config import FinetuneConfig, steps_per_epoch
 from bert_jax.models import attention, configs, flops
 from bert_jax.training import checkpoint, optim, train, warm_start
@@ -72,6 +72,26 @@ def check_seq_length(job: FinetuneConfig, model_config: configs.BertConfig) -> N
             f"max_seq_length={job.max_seq_length} exceeds the model's max_position_embeddings="
             f"{model_config.max_position_embeddings}."
         )
+
+
+def check_data_dir(job: FinetuneConfig, task: Task) -> None:
+    """`data_dir` is set: the recipes leave it empty, for the user's copy of the task's data (checked first).
+
+    Not a parse-time check: the compile tool compiles a fine-tuning config without its data."""
+    if job.data_dir:
+        return
+    if isinstance(task, GlueClassification):
+        glue, split = task.glue, job.eval_split or task.eval_split
+        files = f"{glue.directory}/{glue.splits['train']} and {glue.directory}/{glue.splits.get(split, split)}"
+        where = f"the GLUE root, holding {files}"
+    elif isinstance(task, Squad):
+        names = [task.options.train_file, task.options.dev_file]
+        where = f"the folder with SQuAD's {' and '.join(n for n in names if n)}"
+    elif isinstance(task, ConllNer):
+        where = "the folder with CoNLL-2003's train.txt, valid.txt and test.txt"
+    else:
+        where = f"the folder with {task.name}'s data"
+    raise ConfigError(f"data_dir is not set: pass --config.data_dir=DIR, {where}.")
 
 
 @dataclasses.dataclass
@@ -212,6 +232,7 @@ def compile_plan(job: FinetuneConfig, devices: Sequence[Any]) -> FinetunePlan:
 
 __all__ = [
     "FinetunePlan",
+    "check_data_dir",
     "check_seq_length",
     "compile_plan",
     "make_finetune_plan",

@@ -35,6 +35,7 @@ from bert_jax.jobs import runner
 from bert_jax.jobs.config import FinetuneConfig
 from bert_jax.jobs.finetune_plan import (
     FinetunePlan,
+    check_data_dir,
     check_seq_length,
     make_finetune_plan,
     model_and_tokenizer,
@@ -92,6 +93,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict | FinetuneConfig, wo
     `config`: an experiments/*.py ConfigDict (parsed here, `job_config.parse`) or its parsed `FinetuneConfig`.
     """
     job = config if isinstance(config, FinetuneConfig) else job_config.parse(config, expect="finetune")
+    check_data_dir(job, task_of(job))  # the recipes leave data_dir to the user
     with runner.job_workdir(job, workdir, {"vocab_file": job.vocab_file, "data_dir": job.data_dir}) as where:
         if not storage.isdir(job.data_dir):
             raise ConfigError(f"data_dir={job.data_dir} is not a directory; point it at the task's data.")
