@@ -6,7 +6,7 @@
 With `--num_processes > 1` the process joins a `jax.distributed` job on 127.0.0.1:PORT (CPU collectives over
 gloo), so every mesh spans the devices of all processes. Each process feeds only its own rows of every global
 batch (`PretrainingBatches(process_index=..., process_count=...)` -> `global_batch_from_process_local`), exactly
-as `pretrain_loop` does, and prints one JSON line with, per mesh: the losses and gradient norms of every step,
+as the pretraining job does, and prints one JSON line with, per mesh: the losses and gradient norms of every step,
 a sha256 of every global batch (gathered to the host), and sums of squares of the initial and final params
 (jitted reductions over the sharded params, replicated). `--layout` meshes are only built and described (device
 ids and processes), `--feed` meshes only get a small batch from `global_batch_from_process_local` (its gathered

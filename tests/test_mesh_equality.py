@@ -8,11 +8,11 @@ existing two-step mesh tests, at seq 128 and on other meshes, never saw it. Here
 (a subprocess: `XLA_FLAGS=--xla_force_host_platform_device_count=8` must be set before jax is imported):
 
 - Pretraining: the demo recipe (`experiments/bert_tiny.py`, BERT's random initialization, dropout on, masked LM
-  alone) on its bundled corpus through the job's own plan (`plan.make_plan`) and input pipeline (whole-word
+  alone) on its bundled corpus through the job's own plan (`pretrain_plan.make_plan`) and input pipeline (whole-word
   masking; short sequences padded, padding predictions weighted 0), at seq 64 and 128, 1 device against
   data=2 x fsdp=2 x tensor=2 (the vocabulary split, the MLM loss vocab-parallel): 12 steps, 11 of them real
   updates (the learning rate is 0 at step 0).
-- Fine-tuning: the fine-tuning job's plan (`finetune.plan.make_finetune_plan`) for SST-2 (a classifier on
+- Fine-tuning: the fine-tuning job's plan (`finetune_plan.make_finetune_plan`) for SST-2 (a classifier on
   [CLS]) and CoNLL NER (a classifier on every token), on padded batches of random tokens, the same meshes and
   lengths, 12 steps.
 

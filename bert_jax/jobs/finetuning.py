@@ -2,7 +2,7 @@
 
 The weights come from `init_from` (a pretraining workdir or checkpoint of ours, an export, a Hugging Face
 BERT directory; the task head is new) or, without it, from a fresh initialization of `model.size`. The
-same machinery as pretraining: the job's plan (`finetune.plan`: mesh, shardings, optimizer, the jitted step
+same machinery as pretraining: the job's plan (`finetune_plan`: mesh, shardings, optimizer, the jitted step
 with the task's loss and donated state) and the one training loop of both jobs (`step_loop`: orbax
 checkpoints every `checkpoint_every_steps` with automatic resume, SIGTERM stops with a checkpoint, metrics to
 the console, `metrics.jsonl` and TensorBoard). The training order is a permutation of the examples per (seed, epoch), so

@@ -2,7 +2,7 @@
 
     result = step_loop.run(state, train_step, batches, LoopSettings(...), checkpointer=..., log=..., hooks=...)
 
-`bert-jax-pretrain` (`pretrain_loop`) and `bert-jax-finetune` (`finetune.job`) each plug their task into it:
+`bert-jax-pretrain` and `bert-jax-finetune` (`bert_jax.jobs`, through `jobs.runner`) each plug their task into it:
 the batches (device arrays, with the tokens they hold and the input state a checkpoint must record), the
 evaluation, the throughput figures of a log line and the checkpoint metadata. The loop owns what must be the
 same in both: the share of time spent waiting for the next batch (`input_wait` in the log line and
