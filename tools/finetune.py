@@ -12,12 +12,8 @@ the job is `bert_jax.jobs.finetuning.finetune_and_evaluate(config, workdir)`.
 from __future__ import annotations
 
 from absl import app, flags, logging
+from bert_jax_tools import launch
 from ml_collections import config_flags
-
-from bert_jax import storage, tokenizers
-from bert_jax.launcher import host_memory, process_exit, quiet
-from bert_jax.models import convert
-from bert_jax.training import checkpoint
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "An experiments/*.py fine-tuning config.", lock_config=True)
@@ -39,20 +35,8 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point; user errors end in one line, not a traceback."""
-    try:
-        app.run(main)
-    except (
-        ValueError,
-        FileNotFoundError,
-        checkpoint.CheckpointError,
-        convert.ConversionError,
-        storage.StorageError,
-        tokenizers.TokenizerError,
-    ) as e:
-        process_exit.exit_with_error("bert-jax-finetune", e)
+    launch.run_job_main("bert-jax-finetune", main)
 
 
 if __name__ == "__main__":
-    quiet.quiet_native_logs()
-    host_memory.restart_with_hugepage_malloc()
-    run()
+    launch.launch("finetune", run)

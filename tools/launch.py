@@ -10,8 +10,9 @@ their imports).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
-from bert_jax.launcher import host_memory, peer_watch, quiet
+from bert_jax.launcher import host_memory, peer_watch, process_exit, quiet
 
 _PROGRAMS = {"pretrain": "bert-jax-pretrain", "finetune": "bert-jax-finetune", "benchmark": "bert-jax-benchmark"}
 _JOBS = {
@@ -21,11 +22,44 @@ _JOBS = {
 }
 
 
-def _launch(job: str) -> None:
+def launch(job: str, run: Callable[[], None] | None = None) -> None:
+    """Quiet native logs, restart with huge-page malloc, watch a multi-process run's peers, then run the job.
+
+    `run`: the job module's own `run` (its `python -m` main passes it: importing the module a second time would
+    define its flags twice); by default the console script's module is imported and run.
+    """
     quiet.quiet_native_logs()
     host_memory.restart_with_hugepage_malloc()
     peer_watch.supervise_if_multi_process(_PROGRAMS[job])
-    importlib.import_module(_JOBS[job]).run()
+    (run or importlib.import_module(_JOBS[job]).run)()
+
+
+def run_job_main(program: str, main: Callable[[list[str]], None]) -> None:
+    """`absl.app.run(main)`, where a user's mistake (a config, data, path, checkpoint or conversion error) ends in
+    one line naming it (`process_exit.exit_with_error`), not a traceback. The same for every job's entry point."""
+    from absl import app
+
+    from bert_jax import storage, tokenizers
+    from bert_jax.data import documents
+    from bert_jax.models import convert
+    from bert_jax.training import checkpoint
+
+    try:
+        app.run(main)
+    except (
+        ValueError,
+        FileNotFoundError,
+        documents.CorpusError,
+        tokenizers.TokenizerError,
+        checkpoint.CheckpointError,
+        convert.ConversionError,
+        storage.StorageError,
+    ) as e:
+        process_exit.exit_with_error(program, e)
+
+
+def _launch(job: str) -> None:
+    launch(job)
 
 
 def pretrain() -> None:

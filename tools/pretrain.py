@@ -15,12 +15,8 @@ from __future__ import annotations
 import os
 
 from absl import app, flags, logging
+from bert_jax_tools import launch
 from ml_collections import config_flags
-
-from bert_jax import storage, tokenizers
-from bert_jax.data import documents
-from bert_jax.launcher import host_memory, peer_watch, process_exit, quiet
-from bert_jax.training import checkpoint
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "An experiments/*.py config file.", lock_config=True)
@@ -65,21 +61,8 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point; configuration and data mistakes end in one line, not a traceback."""
-    try:
-        app.run(main)
-    except (
-        ValueError,
-        documents.CorpusError,
-        tokenizers.TokenizerError,
-        checkpoint.CheckpointError,
-        storage.StorageError,
-        FileNotFoundError,
-    ) as e:
-        process_exit.exit_with_error("bert-jax-pretrain", e)
+    launch.run_job_main("bert-jax-pretrain", main)
 
 
 if __name__ == "__main__":
-    quiet.quiet_native_logs()
-    host_memory.restart_with_hugepage_malloc()
-    peer_watch.supervise_if_multi_process("bert-jax-pretrain")
-    run()
+    launch.launch("pretrain", run)
