@@ -371,3 +371,31 @@ class Corpus(tfds.core.GeneratorBasedBuilder):
     data_package = REPO_ROOT / "bert_jax" / "data"
     for path in sorted(data_package.glob("*.py")):
         assert _private_tfds_uses(path.read_text()) == [], path.name
+
+
+def test_a_build_leaves_only_the_finished_corpus_even_when_it_fails_or_races(built, tmp_path, monkeypatch):
+    """Shards are written in a `*.incomplete.*` directory renamed into place: a failed build leaves neither it nor
+    the token store, and a build that finds the same corpus finished meanwhile (another host) keeps that one."""
+    import shutil
+
+    from bert_jax.data import corpus_builder
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(documents.CorpusError, match="corpus is empty"):
+        build_corpus(_options(input_files=(str(empty),)), tmp_path / "failed")
+    left = [name for _, dirs, files in os.walk(tmp_path / "failed") for name in dirs + files]
+    assert not [name for name in left if "incomplete" in name or name.startswith("bert_jax_tokens_")], left
+
+    build = corpus_builder.CorpusBuild(options=_options(max_seq_length=64), output_dir=str(tmp_path / "race"))
+    publish = build._publish
+
+    def publish_while_another_finishes(directory, split_infos):
+        publish(directory, split_infos)
+        shutil.copytree(built.dataset_dir, build.data_dir)
+
+    monkeypatch.setattr(build, "_publish", publish_while_another_finishes)
+    build.prepare(num_shards=2)
+    assert os.listdir(os.path.dirname(build.data_dir)) == ["1.0.0"]
+    assert [name for name in os.listdir(tmp_path / "race") if name.startswith("bert_jax_tokens_")] == []
+    assert _content(_all(build.data_dir, "train")) == _content(_all(built.dataset_dir, "train"))

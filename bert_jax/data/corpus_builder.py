@@ -151,7 +151,12 @@ class CorpusBuild:
                 self._tokenize_to_store(self._store_dir)
                 split_infos = self._write_splits(incomplete, num_shards)
             self._publish(incomplete, split_infos)
-            os.replace(incomplete, self.data_dir)
+            try:
+                os.replace(incomplete, self.data_dir)
+            except OSError:
+                if not self.is_prepared():
+                    raise
+                shutil.rmtree(incomplete, ignore_errors=True)  # another build of the same options finished first
         except BaseException:
             shutil.rmtree(incomplete, ignore_errors=True)
             raise
