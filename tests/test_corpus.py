@@ -280,3 +280,122 @@ def test_record_files_read_the_records_tfds_reads_across_shards_in_any_order(bui
             records.read([0, bad])
     with pytest.raises(ValueError, match="2 record files but 1 lengths"):
         RecordFiles(records.paths[:2], records.lengths[:1])
+
+
+def test_the_corpus_is_a_tfds_dataset_that_reads_as_the_records_on_disk(built):
+    """`tfds.builder_from_directory` (TFDS's public reader) opens the corpus, and every split decodes, item for item,
+    to the records in its array_record shards read with array_record's own reader."""
+    from array_record.python import array_record_module
+
+    from bert_jax.data import instance_records
+
+    builder = tfds.builder_from_directory(built.dataset_dir)
+    assert set(builder.info.splits) == {"train", "validation"}
+    assert builder.info.metadata["vocab_size"] == tokenizers.load_tokenizer(_options().vocab_file).vocab_size
+    for split in ("train", "validation"):
+        info = builder.info.splits[split]
+        on_disk = []
+        for path, length in zip(info.filepaths, info.shard_lengths, strict=True):
+            reader = array_record_module.ArrayRecordReader(os.fspath(path))
+            assert reader.num_records() == length
+            on_disk += reader.read_all()
+            reader.close()
+        source = builder.as_data_source(split=split)
+        assert len(source) == len(on_disk) == built.num_examples[split]
+        expected = instance_records.decode_instances(on_disk)
+        read = instance_records.columns_of_items(source.__getitems__(list(range(len(source)))))
+        for field, column in expected.items():
+            np.testing.assert_array_equal(read[field], column, err_msg=field)
+
+
+_TFDS_BUILDER_HOOKS = (
+    "_info",
+    "_split_generators",
+    "_generate_examples",
+    "_download_and_prepare",
+    "_log_download_bytes",
+    "_log_download_done",
+)
+
+
+def _private_tfds_uses(source: str) -> list[str]:
+    """Where `source` subclasses something of TFDS, touches an underscore-prefixed TFDS attribute, or defines a TFDS
+    builder hook: the uses that tie a build to TFDS's internals (`corpus_builder`'s docstring)."""
+    import ast
+
+    tree = ast.parse(source)
+    aliases = {"tfds"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases |= {a.asname or a.name for a in node.names if a.name.startswith("tensorflow_datasets")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tensorflow_datasets"):
+            aliases |= {a.asname or a.name for a in node.names}
+            if any(a.name.startswith("_") for a in node.names) or "._" in f".{node.module}":
+                found = [f"line {node.lineno}: private import from {node.module}"]
+                return found
+
+    def rooted_in_tfds(node: ast.AST) -> bool:
+        while isinstance(node, ast.Attribute | ast.Call | ast.Subscript):
+            node = node.func if isinstance(node, ast.Call) else node.value
+        return isinstance(node, ast.Name) and node.id in aliases
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(rooted_in_tfds(base) for base in node.bases):
+            found.append(f"line {node.lineno}: class {node.name} subclasses TFDS")
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and rooted_in_tfds(node):
+            found.append(f"line {node.lineno}: TFDS attribute {node.attr}")
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "setattr", "hasattr")
+            and rooted_in_tfds(node.args[0])
+            and isinstance(node.args[1], ast.Constant)
+            and str(node.args[1].value).startswith("_")
+        ):
+            found.append(f"line {node.lineno}: TFDS attribute {node.args[1].value} by {node.func.id}")
+        elif isinstance(node, ast.FunctionDef) and node.name in _TFDS_BUILDER_HOOKS:
+            found.append(f"line {node.lineno}: builder hook {node.name}")
+    return found
+
+
+def test_the_data_package_uses_only_public_tfds_api():
+    bad = """
+import tensorflow_datasets as tfds
+class Corpus(tfds.core.GeneratorBasedBuilder):
+    def _download_and_prepare(self, dl_manager, config):
+        return tfds.core.utils.tqdm_utils._active or getattr(tfds.core, "_x")
+"""
+    assert len(_private_tfds_uses(bad)) == 4  # the check can fail
+    assert _private_tfds_uses("from tensorflow_datasets.core import _private\n")
+    data_package = REPO_ROOT / "bert_jax" / "data"
+    for path in sorted(data_package.glob("*.py")):
+        assert _private_tfds_uses(path.read_text()) == [], path.name
+
+
+def test_a_build_leaves_only_the_finished_corpus_even_when_it_fails_or_races(built, tmp_path, monkeypatch):
+    """Shards are written in a `*.incomplete.*` directory renamed into place: a failed build leaves neither it nor
+    the token store, and a build that finds the same corpus finished meanwhile (another host) keeps that one."""
+    import shutil
+
+    from bert_jax.data import corpus_builder
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(documents.CorpusError, match="corpus is empty"):
+        build_corpus(_options(input_files=(str(empty),)), tmp_path / "failed")
+    left = [name for _, dirs, files in os.walk(tmp_path / "failed") for name in dirs + files]
+    assert not [name for name in left if "incomplete" in name or name.startswith("bert_jax_tokens_")], left
+
+    build = corpus_builder.CorpusBuild(options=_options(max_seq_length=64), output_dir=str(tmp_path / "race"))
+    publish = build._publish
+
+    def publish_while_another_finishes(directory, split_infos):
+        publish(directory, split_infos)
+        shutil.copytree(built.dataset_dir, build.data_dir)
+
+    monkeypatch.setattr(build, "_publish", publish_while_another_finishes)
+    build.prepare(num_shards=2)
+    assert os.listdir(os.path.dirname(build.data_dir)) == ["1.0.0"]
+    assert [name for name in os.listdir(tmp_path / "race") if name.startswith("bert_jax_tokens_")] == []
+    assert _content(_all(build.data_dir, "train")) == _content(_all(built.dataset_dir, "train"))

@@ -4,7 +4,8 @@
   tokenizers   (bert_jax.tokenizers) sentences -> token ids + word-start flags
   instances    documents -> NSP instances ([CLS] A [SEP] B [SEP]), the original semantics, streaming
   token_store  the on-disk tokenized corpus that gives instance creation random access with bounded memory
-  corpus       the TFDS builder (local or Apache Beam) writing instances as sharded array_record files
+  corpus       the build (local or Apache Beam) writing instances as sharded array_record files, published
+               as a TFDS dataset with TFDS's public API (corpus_builder)
   masking      dynamic whole-word masking at batch time, a pure function of (seed, epoch, example index)
   pipeline     this process's fixed-shape batches in a resumable global order
 

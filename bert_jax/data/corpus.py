@@ -1,8 +1,10 @@
 """The pretraining corpus: text files -> NSP instances in a sharded TFDS dataset (array_record files).
 
-`build_corpus(options, output_dir)` runs a TFDS `GeneratorBasedBuilder` (`BertPretrainingCorpus`) that
+`build_corpus(options, output_dir)` runs the corpus build (`corpus_builder.CorpusBuild`) that
 reads the input text (`documents.py`), tokenizes it (`tokenizers.py`), and writes NSP instances with the
-original `create_pretraining_data.py` semantics (`instances.py`) as two splits, "train" and "validation".
+original `create_pretraining_data.py` semantics (`instances.py`) as two splits, "train" and "validation",
+in array_record shards it writes itself and publishes with `tfds.folder_dataset.write_metadata` (TFDS's public
+API for a dataset made outside TFDS), so that `tfds.builder_from_directory` opens it.
 Instances hold unpadded token ids and word-start flags; masking happens later, at batch time.
 
 Two engines, one result format:
@@ -14,9 +16,9 @@ Two engines, one result format:
     buckets by a stable hash of their position, and random next segments come from another document
     of the same bucket, so a worker holds one bucket (corpus / buckets) in memory.
 
-A dataset is identified by a fingerprint of its options and inputs (the TFDS config name), so a build with
-different options goes to a new directory and never overwrites an earlier corpus; rebuilding with the same
-options reuses the prepared one.
+A dataset is identified by a fingerprint of its options and inputs (its config name, a directory level), so a
+build with different options goes to a new directory and never overwrites an earlier corpus; rebuilding with the
+same options reuses the prepared one.
 
 Object storage: an `output_dir` on gs:// is built in this host's cache (`storage.cache_path`) and uploaded
 with `dataset_info.json` last (TFDS and `find_dataset_dirs` take a directory without it for unfinished); a
@@ -45,6 +47,7 @@ from bert_jax.data import documents as documents_lib
 from bert_jax.data import instance_records, record_files
 from bert_jax.data.corpus_spec import (
     CorpusOptions,
+    dataset_subdir,
 )
 from bert_jax.data.masking import MaskingConfig
 
@@ -106,39 +109,32 @@ def build_corpus(
 
     start = time.perf_counter()
     with quiet_tfds():
-        builder, reused = _build(options, output_dir, num_shards, beam_options, show_progress, num_workers, tokenizer)
-    counts = {split: builder.info.splits[split].num_examples for split in options.splits}
+        built, reused = _build(options, output_dir, num_shards, beam_options, show_progress, num_workers, tokenizer)
+        import tensorflow_datasets as tfds
+
+        info = tfds.builder_from_directory(built.data_dir).info  # what every reader will see
+    counts = {split: info.splits[split].num_examples for split in options.splits}
     if counts["train"] == 0:
-        shutil.rmtree(builder.data_dir, ignore_errors=True)
+        shutil.rmtree(built.data_dir, ignore_errors=True)
         raise documents_lib.CorpusError(
             "The corpus produced no training instance (every document was empty after tokenization)."
         )
-    vocab_copy = os.path.join(builder.data_dir, "vocab.txt")
+    vocab_copy = os.path.join(built.data_dir, "vocab.txt")
     if options.vocab_file and not os.path.exists(vocab_copy):
         shutil.copyfile(storage.local_copy(options.vocab_file), vocab_copy)
-    metadata = builder.info.metadata or {}
+    metadata = info.metadata or {}
     return BuildResult(
-        builder.data_dir,
+        built.data_dir,
         counts,
         reused,
-        builder.read_stats,
+        built.read_stats,
         num_documents=metadata.get("num_documents"),
         num_tokens=metadata.get("num_tokens"),
         seconds=time.perf_counter() - start,
     )
 
 
-DATASET_INFO = "dataset_info.json"  # TFDS writes it last: a dataset directory without it is unfinished
-
-
-def dataset_subdir(options: CorpusOptions) -> str:
-    """Where under an output directory the corpus of `options` lives (`<name>/<config>/<version>`)."""
-    from bert_jax.data.corpus_builder import BertPretrainingCorpus, quiet_tfds
-
-    root = os.path.join(storage.cache_root(), "layout")
-    with quiet_tfds():
-        builder = BertPretrainingCorpus(options=options, data_dir=root)
-    return os.path.relpath(os.fspath(builder.data_dir), root)
+DATASET_INFO = "dataset_info.json"  # written last (uploads; the build's rename): a directory without it is unfinished
 
 
 def _build_remote(
@@ -190,36 +186,20 @@ def _build(
     num_workers: int,
     tokenizer: Any = None,
 ) -> tuple[Any, bool]:
-    """The prepared TFDS builder (built now unless it already was) and whether it already was; `tokenizer` is
-    `options.tokenizer()` when the caller has loaded it already."""
-    import tensorflow_datasets as tfds
+    """The corpus build (`corpus_builder.CorpusBuild`, prepared now unless it already was) and whether it already
+    was; `tokenizer` is `options.tokenizer()` when the caller has loaded it already."""
+    from bert_jax.data.corpus_builder import CorpusBuild
 
-    from bert_jax.data.corpus_builder import BertPretrainingCorpus
-
-    builder = BertPretrainingCorpus(
-        options=options, data_dir=output_dir, show_progress=show_progress, num_workers=num_workers, tokenizer=tokenizer
+    built = CorpusBuild(
+        options=options,
+        output_dir=output_dir,
+        show_progress=show_progress,
+        num_workers=num_workers,
+        tokenizer=tokenizer,
     )
-    reused = builder.is_prepared()
-    kwargs: dict[str, Any] = {}
-    if num_shards:
-        kwargs["num_shards"] = num_shards
-    if options.use_beam:
-        beam = tfds.core.lazy_imports.apache_beam
-        kwargs["beam_options"] = beam_options or beam.options.pipeline_options.PipelineOptions(
-            ["--runner=DirectRunner", "--direct_num_workers=1"]
-        )
-    try:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(**kwargs))
-    except AssertionError as e:  # TFDS refuses to write a split that got no example
-        if "No examples" not in str(e):
-            raise
-        raise documents_lib.CorpusError(
-            f"A split got no instance ({e}). The corpus is too small for eval_fraction={options.eval_fraction}: "
-            "raise --eval_fraction, add text, or pass --eval_fraction=0 for no validation split."
-        ) from None
-    finally:
-        builder.cleanup()
-    return builder, reused
+    reused = built.is_prepared()
+    built.prepare(num_shards=num_shards, beam_options=beam_options)
+    return built, reused
 
 
 def find_dataset_dirs(path: str | os.PathLike[str]) -> list[str]:

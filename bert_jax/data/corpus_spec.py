@@ -1,6 +1,6 @@
 """What a pretraining corpus is made of: its options, document keys, and documents turned into instances.
 
-Shared by the corpus's readers and entry points (`corpus`) and its TFDS builder (`corpus_builder`), so that
+Shared by the corpus's readers and entry points (`corpus`) and its build (`corpus_builder`), so that
 neither imports the other's internals: an instance's key and split depend only on the options and on the
 document's identity (`document_key`), never on which builder made it.
 """
@@ -22,6 +22,7 @@ from bert_jax.data.instance_records import encode_instance
 from bert_jax.data.instances import Instance, InstanceConfig, create_instances_from_document
 
 DATASET_NAME = "bert_pretraining_corpus"
+VERSION = "1.0.0"  # the corpus's TFDS version: the last level of its directory (`<name>/<config name>/<version>`)
 SPLITS = ("train", "validation")
 KEY_BASE = 1_000_000_000  # documents per file in an integer document key (file_index * base + index)
 
@@ -103,6 +104,11 @@ class CorpusOptions:
     def config_name(self) -> str:
         engine = "beam" if self.use_beam else "local"
         return f"seq{self.max_seq_length}_{engine}_{self.fingerprint()}"
+
+
+def dataset_subdir(options: CorpusOptions) -> str:
+    """Where under an output directory the corpus of `options` lives (`<name>/<config name>/<version>`)."""
+    return "/".join((DATASET_NAME, options.config_name(), VERSION))
 
 
 def split_of(options: CorpusOptions, dupe_index: int, document_key: str, instance_index: int) -> str:
