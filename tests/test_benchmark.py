@@ -19,6 +19,7 @@ import pytest
 from bert_jax import tokenizers
 from bert_jax.data import masking
 from bert_jax.harness import benchmark
+from bert_jax.jobs import config as job_config
 from bert_jax.models import configs, flops
 from bert_jax.models.bert import BertForPreTraining, init_params
 from bert_jax.training import train
@@ -130,7 +131,7 @@ def test_pipeline_input_times_real_batches(tmp_path):
     options = benchmark.BenchmarkOptions(
         steps=3, warmup=2, input="pipeline", peak_flops=2e11, corpus_workdir=str(tmp_path), config_name="tiny"
     )
-    report = benchmark.run_benchmark(_tiny_config(), options)
+    report = benchmark.run_benchmark(job_config.parse(_tiny_config(), expect="pretrain"), options)
     assert (tmp_path / "corpus").is_dir() and report["corpus_s"] > 0
     assert report["input"] == "pipeline" and report["input_ms_median"] is not None
     assert report["input_ms_median"] < report["step_ms_median"]  # the input wait is part of the step time
@@ -207,7 +208,7 @@ def test_bad_settings_fail_before_anything_compiles(monkeypatch, change, options
             node = node[parent]
         node[name] = value
     with pytest.raises(ValueError, match=error):
-        benchmark.run_benchmark(config, benchmark.BenchmarkOptions(**options))
+        benchmark.run_benchmark(job_config.parse(config, expect="pretrain"), benchmark.BenchmarkOptions(**options))
 
 
 def test_cli_batch_not_divisible_by_the_mesh_is_one_line_before_compiling():

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from bert_jax.finetune.heads import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
+from bert_jax.jobs import config as job_config
 from bert_jax.models import convert
 from tests.conftest import REPO_ROOT, shared_path
 
@@ -197,7 +198,7 @@ def test_a_recipe_without_data_dir_stops_before_anything_loads(recipe, tmp_path,
     config = runpy.run_path(str(REPO_ROOT / "experiments" / recipe))["get_config"]()
     assert config.data_dir == ""
     with pytest.raises(ConfigError) as raised:
-        finetuning.finetune_and_evaluate(config, str(tmp_path / "run"))
+        finetuning.finetune_and_evaluate(job_config.parse(config, expect="finetune"), str(tmp_path / "run"))
     assert str(raised.value) == f"data_dir is not set: pass --config.data_dir=DIR, {RECIPE_DATA[recipe]}."
     assert not (tmp_path / "run").exists()
 

@@ -81,7 +81,7 @@ def test_without_a_known_limit_nothing_compiles_ahead():
 def test_a_job_that_does_not_fit_stops_before_the_corpus_with_the_table_and_the_fix(tmp_path, budget_gb):
     config = small_config(fit_memory_gb=budget_gb)
     with pytest.raises(fit.DoesNotFitError) as raised:
-        pretraining.train_and_evaluate(config, str(tmp_path))
+        pretraining.train_and_evaluate(job_config.parse(config, expect="pretrain"), str(tmp_path))
     message = str(raised.value)
     assert "does not fit its devices' memory" in message and "total per chip" in message
     assert "fits                        NO" in message
@@ -91,14 +91,14 @@ def test_a_job_that_does_not_fit_stops_before_the_corpus_with_the_table_and_the_
 
 def test_fit_auto_runs_the_cheapest_change_that_fits_and_resumes_with_it(tmp_path, budget_gb, capsys):
     config = small_config(fit_memory_gb=budget_gb, fit="auto")
-    result = pretraining.train_and_evaluate(config, str(tmp_path))
+    result = pretraining.train_and_evaluate(job_config.parse(config, expect="pretrain"), str(tmp_path))
     out = capsys.readouterr().out
     assert result.step == 6
     assert "Does not fit" in out and "fit=auto: running with --config.num_microbatches=2" in out
     # (the two-microbatch program fits by construction of the budget: XLA's own total, compiled separately)
     # Run again with more steps: the same decision, and the job resumes from step 6.
     config = small_config(fit_memory_gb=budget_gb, fit="auto", num_train_steps=9)
-    result = pretraining.train_and_evaluate(config, str(tmp_path))
+    result = pretraining.train_and_evaluate(job_config.parse(config, expect="pretrain"), str(tmp_path))
     out = capsys.readouterr().out
     assert result.step == 9 and "Resumed from the checkpoint of step 6" in out
     assert "fit=auto: running with --config.num_microbatches=2" in out
@@ -129,7 +129,7 @@ def test_fine_tuning_takes_a_remat_policy_and_computes_the_same_losses(tmp_path)
         config = finetune_config(num_train_steps=3, log_every_steps=1)
         assert config.model.remat_policy == "none"  # declared, so absl's --config.model.remat_policy=... parses
         config.model.remat_policy = policy
-        finetuning.finetune_and_evaluate(config, str(tmp_path / policy))
+        finetuning.finetune_and_evaluate(job_config.parse(config, expect="finetune"), str(tmp_path / policy))
         lines = [json.loads(line) for line in (tmp_path / policy / "metrics.jsonl").read_text().splitlines()]
         losses[policy] = [line["loss"] for line in lines if "loss" in line]
     assert len(losses["none"]) == 3
@@ -139,7 +139,9 @@ def test_fine_tuning_takes_a_remat_policy_and_computes_the_same_losses(tmp_path)
 def test_the_fine_tuning_job_runs_its_compiled_steps_when_they_fit(tmp_path, capsys):
     from bert_jax.jobs import finetuning
 
-    result = finetuning.finetune_and_evaluate(finetune_config(fit_memory_gb=100.0), str(tmp_path))
+    result = finetuning.finetune_and_evaluate(
+        job_config.parse(finetune_config(fit_memory_gb=100.0), expect="finetune"), str(tmp_path)
+    )
     out = capsys.readouterr().out
     assert "Fits: " in out and " of 100.00 GB per device" in out
     assert result.step == 4 and 0.0 <= result.eval_metrics["accuracy"] <= 1.0
@@ -149,7 +151,9 @@ def test_the_fine_tuning_job_stops_before_training_when_it_does_not_fit(tmp_path
     from bert_jax.jobs import finetuning
 
     with pytest.raises(fit.DoesNotFitError) as raised:
-        finetuning.finetune_and_evaluate(finetune_config(fit_memory_gb=0.001, fit_max_compiles=1), str(tmp_path))
+        finetuning.finetune_and_evaluate(
+            job_config.parse(finetune_config(fit_memory_gb=0.001, fit_max_compiles=1), expect="finetune"), str(tmp_path)
+        )
     message = str(raised.value)
     assert "total per chip" in message and "remat" in message and "num_microbatches" not in message
     assert not (tmp_path / "checkpoints").exists()

@@ -98,6 +98,7 @@ def test_the_step_loop_reads_devices_only_at_log_and_eval_steps(tmp_path, monkey
     import jax
     import jax._src.array as jax_array
 
+    from bert_jax.jobs import config as job_config
     from bert_jax.jobs import pretraining
 
     sample = shared_path("gutenberg", "pg11-alice-in-wonderland.txt")
@@ -133,7 +134,7 @@ def test_the_step_loop_reads_devices_only_at_log_and_eval_steps(tmp_path, monkey
     # The instrument works: a float() of an array is recorded.
     float(jax.numpy.ones(()))
     assert reads_at == [0]
-    pretraining.train_and_evaluate(config, str(tmp_path))
+    pretraining.train_and_evaluate(job_config.parse(config, expect="pretrain"), str(tmp_path))
     assert dispatched[0] == 13
     assert {5, 10, 13} <= set(reads_at)  # log steps 5, 10, the last step 13; eval at 10 and 13
     assert set(reads_at) <= {0, 5, 10, 13}, sorted(set(reads_at))

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from bert_jax import storage
+from bert_jax.jobs import config as job_config
 from bert_jax.jobs import finetuning, pretraining
 from tests.conftest import REPO_ROOT
 
@@ -50,18 +51,18 @@ def test_the_jobs_refuse_unserved_paths_before_creating_anything(tmp_path, monke
     monkeypatch.setenv("EPATH_USE_TF", "false")
     config = runpy.run_path(str(REPO_ROOT / "experiments" / "bert_tiny.py"))["get_config"]()
     with pytest.raises(storage.UnsupportedPathError, match="workdir=s3://bucket/run"):
-        pretraining.train_and_evaluate(config, "s3://bucket/run")
+        pretraining.train_and_evaluate(job_config.parse(config, expect="pretrain"), "s3://bucket/run")
     config.data.train_files = "s3://bucket/books/*.txt"
     with pytest.raises(storage.UnsupportedPathError, match=r"data\.train_files=s3://bucket/books"):
-        pretraining.train_and_evaluate(config, str(tmp_path / "run"))
+        pretraining.train_and_evaluate(job_config.parse(config, expect="pretrain"), str(tmp_path / "run"))
     config = runpy.run_path(str(REPO_ROOT / "experiments" / "bert_tiny.py"))["get_config"]()
     config.init_from = "s3://bucket/old_run"
     with pytest.raises(storage.UnsupportedPathError, match="init_from=s3://bucket/old_run: s3:// is not served"):
-        pretraining.train_and_evaluate(config, str(tmp_path / "run"))
+        pretraining.train_and_evaluate(job_config.parse(config, expect="pretrain"), str(tmp_path / "run"))
     finetune = runpy.run_path(str(REPO_ROOT / "experiments" / "glue_sst2.py"))["get_config"]()
     finetune.data_dir = str(tmp_path)  # required, and checked before the paths
     with pytest.raises(storage.UnsupportedPathError, match="workdir=s3://bucket/sst2"):
-        finetuning.finetune_and_evaluate(finetune, "s3://bucket/sst2")
+        finetuning.finetune_and_evaluate(job_config.parse(finetune, expect="finetune"), "s3://bucket/sst2")
     assert os.listdir(tmp_path) == []  # no ./s3:/..., no ./run
 
 

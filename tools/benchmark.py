@@ -23,6 +23,7 @@ from ml_collections import config_flags
 from bert_jax import tokenizers
 from bert_jax.data import documents
 from bert_jax.harness import benchmark, op_profile
+from bert_jax.jobs import config as job_config
 from bert_jax.launcher import host_memory, quiet
 
 FLAGS = flags.FLAGS
@@ -81,7 +82,7 @@ def main(argv: list[str]) -> None:
         config_name=os.path.splitext(os.path.basename(config_file))[0],
         profile_dir=FLAGS.profile_dir,
     )
-    result = benchmark.run_benchmark(FLAGS.config, options, progress=_say)
+    result = benchmark.run_benchmark(job_config.parse(FLAGS.config, expect="pretrain"), options, progress=_say)
     if jax.process_index() == 0:
         print(benchmark.format_table(result))
         print(json.dumps(result), flush=True)

@@ -26,9 +26,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    from bert_jax.jobs import config as job_config
     from bert_jax.jobs import finetuning as job
 
-    result = job.finetune_and_evaluate(FLAGS.config, FLAGS.workdir)
+    result = job.finetune_and_evaluate(job_config.parse(FLAGS.config, expect="finetune"), FLAGS.workdir)
     if result.stopped_by is not None:
         raise SystemExit(0)
 

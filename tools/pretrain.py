@@ -51,9 +51,10 @@ def main(argv: list[str]) -> None:
             process_id=FLAGS.process_id,
             heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
         )
+    from bert_jax.jobs import config as job_config
     from bert_jax.jobs import pretraining
 
-    result = pretraining.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    result = pretraining.train_and_evaluate(job_config.parse(FLAGS.config, expect="pretrain"), FLAGS.workdir)
     if result.stopped_by is not None:
         # A clean, resumable stop (preemption): exit 0, the checkpoint is complete.
         raise SystemExit(0)

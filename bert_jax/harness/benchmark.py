@@ -50,7 +50,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
 from bert_jax import sharding
@@ -58,7 +57,6 @@ from bert_jax.data import corpus, pipeline
 from bert_jax.data.masking import MaskingConfig, mask_batch, num_predictions
 from bert_jax.errors import ConfigError
 from bert_jax.harness import op_profile
-from bert_jax.jobs import config as job_config
 from bert_jax.jobs import pretrain_plan, pretraining
 from bert_jax.jobs.config import PretrainConfig
 from bert_jax.launcher import host_memory
@@ -281,7 +279,7 @@ def measure_peak_flops(dtype: str) -> float:
 
 
 def run_benchmark(
-    config: ml_collections.ConfigDict | PretrainConfig,
+    config: PretrainConfig,
     options: BenchmarkOptions | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -295,7 +293,6 @@ def run_benchmark(
     options = options or BenchmarkOptions()
     say = progress or (lambda _: None)
     # The job's own plan (the same checks, before anything compiles; the same model, mesh and steps).
-    config = config if isinstance(config, PretrainConfig) else job_config.parse(config, expect="pretrain")
     job = pretrain_plan.make_plan(config)
     model_config, optimizer_config, mesh = job.model_config, job.optimizer_config, job.mesh
     vocab_size = model_config.vocab_size

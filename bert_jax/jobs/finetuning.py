@@ -22,7 +22,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
 from bert_jax import sharding, storage
@@ -87,12 +86,11 @@ def _eval_batches(split: TaskSplit, global_batch: int) -> Iterator[dict[str, np.
         yield _local(batch, np.arange(global_batch))
 
 
-def finetune_and_evaluate(config: ml_collections.ConfigDict | FinetuneConfig, workdir: str) -> FinetuneResult:
+def finetune_and_evaluate(job: FinetuneConfig, workdir: str) -> FinetuneResult:
     """Runs the fine-tuning job, resuming from the workdir's latest checkpoint when there is one.
 
-    `config`: an experiments/*.py ConfigDict (parsed here, `job_config.parse`) or its parsed `FinetuneConfig`.
+    `job`: the parsed config (`job_config.parse(config_dict, expect="finetune")`: the command line does that).
     """
-    job = config if isinstance(config, FinetuneConfig) else job_config.parse(config, expect="finetune")
     check_data_dir(job, task_of(job))  # the recipes leave data_dir to the user
     with runner.job_workdir(job, workdir, {"vocab_file": job.vocab_file, "data_dir": job.data_dir}) as where:
         if not storage.isdir(job.data_dir):

@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
 from bert_jax import sharding, storage
@@ -148,12 +147,11 @@ def _export(export_dir: str, model_config: configs.BertConfig, params: Any, data
     print(f"Exported the weights of step {step} to {hf_dir} (Hugging Face) and {native_dir} (bert_jax)", flush=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict | PretrainConfig, workdir: str) -> JobResult:
+def train_and_evaluate(job: PretrainConfig, workdir: str) -> JobResult:
     """Runs the pretraining job, resuming from the workdir's latest checkpoint when there is one.
 
-    `config`: an experiments/*.py ConfigDict (parsed here, `job_config.parse`) or its parsed `PretrainConfig`.
+    `job`: the parsed config (`job_config.parse(config_dict, expect="pretrain")`: the command line does that).
     """
-    job = config if isinstance(config, PretrainConfig) else job_config.parse(config, expect="pretrain")
     paths = {
         "data.train_files": job.data.train_files,
         "data.corpus_dir": job.data.corpus_dir,
