@@ -258,13 +258,16 @@ def _train_and_evaluate(config: PretrainConfig, where: runner.Workdir) -> JobRes
                     where.say(f"  not in the source, freshly initialized: {', '.join(start.kept_fresh)}")
             return state
 
-        peak = config.peak_flops_per_device or flops.measure_matmul_peak(model_config.dtype)
         flops_per_sequence = job.flops_per_sequence()
-        count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(job.abstract_state().params))
-        where.say(
-            f"Model {config.model.size}: {count:,} parameters; mesh {dict(mesh.shape)}; global batch "
-            f"{config.global_batch_size}; corpus {corpus_dir}; peak {peak / 1e9:.1f} GFLOP/s per device"
-        )
+        peak = [config.peak_flops_per_device]  # 0: measured once the state is ready (`ready`)
+
+        def ready() -> None:
+            peak[0] = peak[0] or flops.measure_matmul_peak(model_config.dtype)
+            count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(job.abstract_state().params))
+            where.say(
+                f"Model {config.model.size}: {count:,} parameters; mesh {dict(mesh.shape)}; global batch "
+                f"{config.global_batch_size}; corpus {corpus_dir}; peak {peak[0] / 1e9:.1f} GFLOP/s per device"
+            )
 
         def evaluate(state: train.TrainState, step: int) -> dict[str, float]:
             eval_source = corpus.open_corpus(corpus_dir, "validation")
@@ -299,7 +302,7 @@ def _train_and_evaluate(config: PretrainConfig, where: runner.Workdir) -> JobRes
             sequences_per_sec = steps * config.global_batch_size / seconds
             return {
                 "tokens_per_sec": tokens / seconds,
-                "mfu": sequences_per_sec * flops_per_sequence / (peak * len(jax.devices())),
+                "mfu": sequences_per_sec * flops_per_sequence / (peak[0] * len(jax.devices())),
             }
 
         def loop_batches(start_step: int) -> Iterator[step_loop.LoopBatch]:
@@ -324,6 +327,7 @@ def _train_and_evaluate(config: PretrainConfig, where: runner.Workdir) -> JobRes
             tokenizer_files=checkpoint.tokenizer_payload(data.vocab_file or None, data.spm_model or None),
             fresh_state=fresh_state,
             restored=lambda meta: batches.restore(meta["data_state"]),
+            ready=ready,
             input_hint=(
                 f"{batch_workers.describe(num_workers)}: raise data.num_workers (bert-jax-benchmark-data "
                 "--num_workers=N measures the rate on this host)"

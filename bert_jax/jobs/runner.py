@@ -90,6 +90,7 @@ class Task:
     rates(seconds, steps, tokens) -> the throughput values of a log line;
     fresh_state(state) -> the state of a fresh start from the plan's random one (structured or warm start);
     restored(meta) -> called with a restored checkpoint's metadata before the batches start (the input's state);
+    ready() -> called once the state is restored or created, before the first step (e.g. the job's summary line);
     checkpoint_meta -> what every checkpoint records besides the state (the job's config, model config, ...).
     """
 
@@ -101,6 +102,7 @@ class Task:
     tokenizer_files: Mapping[str, str] | None = None
     fresh_state: Callable[[train.TrainState], train.TrainState] = lambda state: state
     restored: Callable[[Mapping[str, Any]], None] = lambda meta: None
+    ready: Callable[[], None] = lambda: None
     input_hint: str = ""
     close: Callable[[], None] = lambda: None
     evaluate_if_nothing_trained: bool = False  # a resumed, finished job still scores its model (fine-tuning)
@@ -142,6 +144,7 @@ def train_job(
 ) -> RunResult:
     """Restores or creates the state, runs the step loop to `task.total_steps` (or a stop request)."""
     state, start_step = restore_or_create(job, plan, checkpointer, task, where)
+    task.ready()
     log = MetricsLog(where.path, where.is_main)
 
     def evaluate(state: train.TrainState, step: int) -> dict[str, float]:
