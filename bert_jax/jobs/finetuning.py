@@ -92,9 +92,10 @@ def finetune_and_evaluate(job: FinetuneConfig, workdir: str) -> FinetuneResult:
     `job`: the parsed config (`job_config.parse(config_dict, expect="finetune")`: the command line does that).
     """
     check_data_dir(job, task_of(job))  # the recipes leave data_dir to the user
+    storage.check_paths({"data_dir": job.data_dir})
+    if not storage.isdir(job.data_dir):  # before the workdir is made
+        raise ConfigError(f"data_dir={job.data_dir} is not a directory; point it at the task's data.")
     with runner.job_workdir(job, workdir, {"vocab_file": job.vocab_file, "data_dir": job.data_dir}) as where:
-        if not storage.isdir(job.data_dir):
-            raise ConfigError(f"data_dir={job.data_dir} is not a directory; point it at the task's data.")
         return _finetune_and_evaluate(job, where)
 
 
