@@ -8,6 +8,7 @@ over a data-parallel mesh) plus the batch rows one chip holds.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import math
 import os
@@ -213,6 +214,37 @@ def test_the_child_dies_with_its_parent(tmp_path):
     if alive:
         os.kill(child, signal.SIGKILL)
     assert not alive, "the child outlived its parent"
+
+
+def test_suggest_fits_keeps_the_rows_around_a_variant_whose_compile_segfaults():
+    """suggest_fits with one variant's compile a real segfault in a child, the others reports of set sizes."""
+    target = aot.Target("v5e:2x2", "v5e:2x2", 1, 4, 1, 16 * 10**9, ())
+    memory = aot.ProgramMemory(arguments=10**9, outputs=0, aliased=0, temporaries=0, code=0)
+    base = aot.CompileReport(
+        "v5e:2x2", "v5e:2x2", 1, 4, 1, "TPU v5 lite", {"data": 4}, 16, 1, 64, "none", "float32", "xla",
+        10**8, 2 * 10**8, 10**6, memory, memory, 16 * 10**9, 1.0, None, 1.0, [], 0,
+    )  # fmt: skip
+    crashing = {"model.remat_policy": "dots"}
+    compiled = []
+
+    def compile_variant(config, target_, make_job):
+        assert target_ is target and make_job is None
+        if config.model.remat_policy == "dots":
+            return aot.run_contained(ctypes.string_at, 0)
+        compiled.append(int(config.num_microbatches))
+        temporaries = (40 if config.num_microbatches == 2 else 4) * 10**9  # 2 microbatches: too big
+        return dataclasses.replace(base, train=dataclasses.replace(memory, temporaries=temporaries))
+
+    rows = aot.suggest_fits(tiny_config(), target, max_compiles=3, want=1, compile_variant=compile_variant)
+    assert [r.change.label for r in rows] == ["2 microbatches", "remat dots", "fsdp 4"]
+    assert rows[1].change.overrides == crashing and rows[1].report is None
+    assert rows[1].crashed == "the TPU compiler crashed (signal 11, SIGSEGV)"
+    assert compiled == [2, 1] and not rows[0].report.fits and rows[2].report.fits  # the rows after the crash
+    assert aot.best_fit(rows) is rows[2]
+    assert aot.format_suggestions(rows).splitlines()[1:] == [
+        "  2 microbatches: does not fit, 41.00 GB per chip (headroom -25.48 GB): --config.num_microbatches=2",
+        "  remat dots: the TPU compiler crashed (signal 11, SIGSEGV)",
+    ]
 
 
 def test_a_crashed_variant_is_its_own_row():
