@@ -7,11 +7,16 @@ over a data-parallel mesh) plus the batch rows one chip holds.
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
+import types
 
 import jax
 import pytest
@@ -143,6 +148,145 @@ def test_a_config_that_does_not_fit_exits_1_and_names_a_change_that_fits():
     fitting = [s for s in line["suggestions"] if s["fits"]]
     assert fitting, result.stdout
     assert "Best fitting change: --config." in result.stdout
+
+
+# The CLI with one variant's compile replaced by a child that really segfaults (`ctypes.string_at(0)` reads address
+# 0), the others compiled as usual (in their children): argv[1] is the crashing variant's microbatch count.
+CRASH_ONE_VARIANT = """
+import ctypes, sys
+from bert_jax.compile import aot
+crashing, sys.argv = int(sys.argv[1]), [sys.argv[0], *sys.argv[2:]]
+real = aot.compile_contained
+def compile_variant(config, target, make_plan):
+    if config.num_microbatches == crashing:
+        return aot.run_contained(ctypes.string_at, 0)
+    return real(config, target, make_plan)
+aot.compile_contained = compile_variant
+from bert_jax_tools.compile import run
+run()
+"""
+
+
+def test_run_contained_returns_the_value_raises_the_error_and_survives_a_segfault():
+    started = time.perf_counter()
+    assert aot.run_contained(divmod, 7, 2) == (3, 1)
+    one_child = time.perf_counter() - started
+    died = aot.run_contained(ctypes.string_at, 0)  # reads address 0: SIGSEGV in the child
+    assert died == aot.ChildDied(signal=signal.SIGSEGV, exitcode=-signal.SIGSEGV)
+    assert died.describe("the TPU compiler") == "the TPU compiler crashed (signal 11, SIGSEGV)"
+    with pytest.raises(ValueError, match="invalid literal") as raised:
+        aot.run_contained(int, "x")
+    assert "In the child process" in raised.value.__notes__[0]
+    print(f"one child: {one_child:.1f} s")
+
+
+def write_pid_and_sleep(path: str) -> None:
+    """A child's work for the test below: says which process it is, then waits to be killed."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(600)
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (one whose exit its new parent has not collected yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_child_dies_with_its_parent(tmp_path):
+    """A parent killed outright (the out-of-memory killer's SIGKILL) takes its compile child with it."""
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "from bert_jax.compile import aot; from tests import test_aot; "
+        f"aot.run_contained(test_aot.write_pid_and_sleep, {str(pid_file)!r})"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT)
+    deadline = time.monotonic() + 300
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    child = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while running(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = running(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, "the child outlived its parent"
+
+
+def test_suggest_fits_keeps_the_rows_around_a_variant_whose_compile_segfaults():
+    """suggest_fits with one variant's compile a real segfault in a child, the others reports of set sizes."""
+    target = aot.Target("v5e:2x2", "v5e:2x2", 1, 4, 1, 16 * 10**9, ())
+    memory = aot.ProgramMemory(arguments=10**9, outputs=0, aliased=0, temporaries=0, code=0)
+    base = aot.CompileReport(
+        "v5e:2x2", "v5e:2x2", 1, 4, 1, "TPU v5 lite", {"data": 4}, 16, 1, 64, "none", "float32", "xla",
+        10**8, 2 * 10**8, 10**6, memory, memory, 16 * 10**9, 1.0, None, 1.0, [], 0,
+    )  # fmt: skip
+    crashing = {"model.remat_policy": "dots"}
+    compiled = []
+
+    def compile_variant(config, target_, make_plan_):
+        assert target_ is target and make_plan_ is make_plan
+        if config.model.fields["remat_policy"] == "dots":
+            return aot.run_contained(ctypes.string_at, 0)
+        compiled.append(int(config.num_microbatches))
+        temporaries = (40 if config.num_microbatches == 2 else 4) * 10**9  # 2 microbatches: too big
+        return dataclasses.replace(base, train=dataclasses.replace(memory, temporaries=temporaries))
+
+    # the failing compile's plan, as the compile tool passes it (this target has no devices to build one on)
+    current = types.SimpleNamespace(
+        model_config=types.SimpleNamespace(remat_policy="none"),
+        num_microbatches=1,
+        global_batch_size=16,
+        splits_batch=True,
+    )
+    rows = aot.suggest_fits(
+        tiny_config(), target, make_plan, current=current, max_compiles=3, want=1, compile_variant=compile_variant
+    )
+    assert [r.change.label for r in rows] == ["2 microbatches", "remat dots", "fsdp 4"]
+    assert rows[1].change.overrides == crashing and rows[1].report is None
+    assert rows[1].crashed == "the TPU compiler crashed (signal 11, SIGSEGV)"
+    assert compiled == [2, 1] and not rows[0].report.fits and rows[2].report.fits  # the rows after the crash
+    assert aot.best_fit(rows) is rows[2]
+    assert aot.format_suggestions(rows).splitlines()[1:] == [
+        "  2 microbatches: does not fit, 41.00 GB per chip (headroom -25.48 GB): --config.num_microbatches=2",
+        "  remat dots: the TPU compiler crashed (signal 11, SIGSEGV)",
+    ]
+
+
+def test_a_crashed_variant_is_its_own_row():
+    change = aot.Change("remat full", {"model.remat_policy": "full"})
+    row = aot.Suggestion(change, None, crashed=aot.ChildDied(11, -11).describe("the TPU compiler"))
+    assert aot.format_suggestions([row]) == "  remat full: the TPU compiler crashed (signal 11, SIGSEGV)"
+    killed = aot.ChildDied(signal.SIGKILL, -signal.SIGKILL).describe("the TPU compiler")
+    assert killed == "the TPU compiler was killed (signal 9, SIGKILL: most likely out of host memory)"
+    assert aot.ChildDied(None, 3).describe("the compiler") == "the compiler exited with status 3 without a result"
+
+
+def test_a_variant_whose_compiler_crashes_leaves_the_other_rows_and_exits_1():
+    pytest.importorskip("libtpu", reason="libtpu is in the test extra (pip install -e '.[test]')")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", CRASH_ONE_VARIANT, "2", f"--config={TINY}", "--topology=v5litepod-4",
+         "--config.global_batch_size=8192", "--config.data.max_seq_length=512",
+         "--config.data.max_predictions_per_seq=80", "--config.initialization.attention=random", "--max_compiles=2"],
+        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "  2 microbatches: the TPU compiler crashed (signal 11, SIGSEGV)" in result.stdout
+    line = json.loads(result.stdout.strip().splitlines()[-1])["compile"]
+    crashed = [s for s in line["suggestions"] if s.get("crashed")]
+    assert crashed == [
+        {"change": {"num_microbatches": 2}, "fits": False, "total_bytes": None,
+         "crashed": "the TPU compiler crashed (signal 11, SIGSEGV)"}
+    ]  # fmt: skip
+    assert [s for s in line["suggestions"] if s["fits"]], result.stdout  # the variant that compiled, and fits
+    assert "Best fitting change: --config.num_microbatches=" in result.stdout
 
 
 def test_an_unknown_topology_exits_2_with_one_line():

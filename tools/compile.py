@@ -7,7 +7,10 @@
 
 A pretraining config (`job = "pretrain"`) compiles `bert-jax-pretrain`'s train and eval steps; a fine-tuning
 config (`job = "finetune"`) compiles `bert-jax-finetune`'s train and prediction steps, without the task's data. Needs libtpu (`pip install -e ".[tpu]"`), not a TPU. Prints a table and one JSON line (`{"compile": ...}`);
-when the program does not fit, compiles up to --max_compiles cheaper variants and prints those that fit.
+when the program does not fit, compiles up to --max_compiles cheaper variants and prints those that fit. Each
+variant compiles in a child process of its own: a compiler crash in one (libtpu's segmentation fault, or the
+host's out-of-memory killer) is that variant's row, "remat full: the TPU compiler crashed (signal 11, SIGSEGV)",
+and the others are still compiled and printed.
 Exit status: 0 fits, 1 does not fit, 2 a config or topology error (one line, before any compile).
 
   bert-jax-compile --config=experiments/bert_base_phase2.py --topology=v5p-8 --largest_batch
@@ -92,8 +95,10 @@ def main(argv: list[str]) -> None:
     line = report.to_json()
     line["suggestions"] = [
         {"change": s.change.overrides, "fits": s.report.fits, "total_bytes": s.report.peak_bytes}
-        for s in suggestions
         if s.report is not None
+        else {"change": s.change.overrides, "fits": False, "total_bytes": None, "crashed": s.crashed}
+        for s in suggestions
+        if s.report is not None or s.crashed
     ]
     print(json.dumps({"compile": line}), flush=True)
     raise SystemExit(EXIT_FITS if report.fits else EXIT_DOES_NOT_FIT)

@@ -10,17 +10,27 @@ and vocabulary padding), lowered with abstract arguments and compiled by libtpu 
 the compiled executables: XLA's per-chip memory (arguments, temporaries, outputs and the part of them aliased to
 the donated state, generated code), XLA's FLOPs per chip next to `flops.py`'s model count, and the collectives
 in the partitioned HLO. `suggest_fits` tries a bounded list of the cheapest changes (remat, microbatches, FSDP)
-when the program does not fit and returns the ones that do.
+when the program does not fit and returns the ones that do; for a TPU slice it compiles each in a child process
+(`run_contained`), so that a compiler crash in one variant becomes that variant's row instead of the end of the
+report.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import math
+import multiprocessing
+import os
+import pickle
 import re
+import signal
+import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
 
 import jax
 
@@ -421,12 +431,140 @@ def candidate_changes(
     return unique
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# A compile in a child process: a crash of the compiler ends the child, not the caller
+
+T = TypeVar("T")
+
+# After the child has sent its result, how long it may take to exit before it is killed (the result is kept).
+CHILD_EXIT_SECONDS = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildDied:
+    """A child process that ended without sending a result: killed by `signal`, or exited with `exitcode`."""
+
+    signal: int | None
+    exitcode: int | None
+
+    def describe(self, what: str) -> str:
+        """A row's words for it, e.g. "the TPU compiler crashed (signal 11, SIGSEGV)" for `what`="the TPU compiler"."""
+        if self.signal is None:
+            return f"{what} exited with status {self.exitcode} without a result"
+        try:
+            name = signal.Signals(self.signal).name
+        except ValueError:
+            name = "unknown signal"
+        if self.signal == signal.SIGKILL:  # what the kernel's out-of-memory killer sends
+            return f"{what} was killed (signal {self.signal}, {name}: most likely out of host memory)"
+        return f"{what} crashed (signal {self.signal}, {name})"
+
+
+def _die_with_parent() -> None:
+    """In the child: the kernel kills it when the parent dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG).
+
+    Else an orphaned compile would go on for minutes with its gigabytes of memory, for a parent that is gone.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl in this C library: the child may outlive a killed parent
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the parent died before the prctl
+        os._exit(1)
+
+
+def _child_main(send: Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    """In the child: `fn(*args)`, and its value or its exception (picklable, with the traceback) to the parent."""
+    _die_with_parent()
+    try:
+        message: tuple[str, Any, str] = ("value", fn(*args), "")
+    except BaseException as e:  # every exception goes to the parent, which raises it there
+        message = ("error", e, traceback.format_exc())
+    try:
+        payload = pickle.dumps(message)
+        pickle.loads(payload)  # an exception whose class does not unpickle would fail in the parent instead
+    except Exception as e:  # replaced by a plain error carrying the same words
+        error = message[1] if message[0] == "error" else e
+        message = ("error", RuntimeError(f"{type(error).__name__}: {error}"), message[2] or traceback.format_exc())
+        payload = pickle.dumps(message)
+    send.send_bytes(payload)
+    send.close()
+
+
+def run_contained(fn: Callable[..., T], *args: Any) -> T | ChildDied:
+    """`fn(*args)` in a fresh child process ("spawn"): its value, or `ChildDied` when the child ends without one.
+
+    A segmentation fault in native code (libtpu's compiler), or the out-of-memory killer, then ends the child and
+    not the caller. An exception `fn` raises is raised here again, with the child's traceback as a note. `fn` and
+    `args` must pickle (`fn` a module-level function); the child imports `fn`'s module afresh, so nothing of
+    this process's state (a JAX backend, libtpu, devices) is in it: `fn` rebuilds what it needs. One child at a
+    time: this waits for it.
+    """
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child_main, args=(send, fn, args), daemon=True)
+    try:
+        child.start()
+        send.close()  # the child's copy stays open: EOF here means the child has gone
+        try:
+            message = pickle.loads(receive.recv_bytes())
+        except EOFError:
+            message = None
+        child.join(None if message is None else CHILD_EXIT_SECONDS)
+    finally:
+        receive.close()
+        if child.is_alive():  # after its result, stuck on its way out; or this process was interrupted
+            child.kill()
+            child.join()
+    if message is None:
+        code = child.exitcode
+        return ChildDied(signal=-code if code is not None and code < 0 else None, exitcode=code)
+    kind, value, child_traceback = message
+    if kind == "error":
+        value.add_note(f"In the child process:\n{child_traceback}")
+        raise value
+    return value
+
+
+def _compile_report_for_slice(config: JobSettings, target: Target, make_plan: PlanFactory) -> CompileReport:
+    """In a child process: `compile_job(...).report` for `target`'s TPU slice, its devices described again."""
+    # The parent process holds libtpu's lockfile (it described the slice too): this process only compiles.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    where = tpu_topology.parse_topology(target.libtpu_name, target.num_slices)
+    target = dataclasses.replace(target, devices=tuple(where.devices()))
+    return compile_job(config, target, make_plan).report
+
+
+def compile_contained(config: JobSettings, target: Target, make_plan: PlanFactory) -> CompileReport | ChildDied:
+    """`compile_job(config, target, make_plan).report` in a child process (`run_contained`), for a TPU slice.
+
+    The report only: compiled executables do not cross processes (none is needed for a slice this host cannot
+    run). `make_plan` must pickle (a module-level function). Config errors raise `ValueError` as in-process.
+    """
+    if not target.libtpu_name:  # a caller's mistake, not a config one: not a ValueError (a "not valid" row)
+        raise TypeError("compile_contained compiles for a TPU slice; compile the job's own devices in-process.")
+    return run_contained(_compile_report_for_slice, config, dataclasses.replace(target, devices=()), make_plan)
+
+
+def compile_in_process(config: JobSettings, target: Target, make_plan: PlanFactory) -> CompiledJob:
+    """`compile_job` itself: the executables kept (the job's own devices, where `fit="auto"` runs them)."""
+    return compile_job(config, target, make_plan)
+
+
+# How `suggest_fits` compiles one variant: a `CompiledJob`, a report alone, or how the compiling process died.
+VariantCompiler = Callable[[JobSettings, Target, PlanFactory], CompiledJob | CompileReport | ChildDied]
+
+
 @dataclasses.dataclass
 class Suggestion:
     change: Change
-    report: CompileReport | None  # None: the change did not compile (error in `error`)
+    report: CompileReport | None  # None: the change did not compile (error in `error`, or `crashed`)
     error: str = ""
     compiled: CompiledJob | None = dataclasses.field(default=None, repr=False)
+    crashed: str = ""  # how the compile's process died, e.g. "the TPU compiler crashed (signal 11, SIGSEGV)"
 
 
 def suggest_fits(
@@ -439,25 +577,42 @@ def suggest_fits(
     max_compiles: int = 6,
     want: int = 3,
     progress: Callable[[str], None] | None = None,
+    compile_variant: VariantCompiler | None = None,
 ) -> list[Suggestion]:
     """Compiles up to `max_compiles` candidate changes (cheapest first) and returns every one tried.
 
     Stops early once `want` of them fit. The caller prints the fitting ones; the others show what was ruled out.
-    Only fitting suggestions keep their compiled job (`compiled`), so a caller can run the one it picks.
+    Only fitting suggestions compiled in this process keep their compiled job (`compiled`), so a caller can run
+    the one it picks.
+
+    `compile_variant` compiles one variant. By default a TPU slice's variants compile one at a time in a child
+    process each (`compile_contained`): libtpu's compiler has crashed with a segmentation fault on one of
+    BERT-large's variants, and a crash then is that variant's row (`Suggestion.crashed`), the other rows kept.
+    The job's own devices (`fit.fit_job`) compile in this process (`compile_in_process`): a child could not hold
+    the devices, and `fit="auto"` runs the compiled steps. For a slice, the job config and `make_plan` must pickle
+    (`bert_jax.jobs.plans.make_plan`, a module-level function, does).
     """
     say = progress or (lambda _: None)
     config = check_slices(config, target.num_slices)
     current = current if current is not None else make_plan(config, list(target.devices))
+    if compile_variant is None:
+        compile_variant = compile_contained if target.libtpu_name else compile_in_process
+    compiler = "the TPU compiler" if target.libtpu_name else "the compiler"
     tried: list[Suggestion] = []
     for change in candidate_changes(config, current, target.chips_per_slice, report)[:max_compiles]:
         say(f"trying {change.label} ({change.flags})")
         try:
-            compiled = compile_job(change.apply(config), target, make_plan)
+            outcome = compile_variant(change.apply(config), target, make_plan)
         except ValueError as e:
             tried.append(Suggestion(change, None, str(e)))
         else:
-            fits = compiled.report.fits
-            tried.append(Suggestion(change, compiled.report, compiled=compiled if fits else None))
+            if isinstance(outcome, ChildDied):
+                tried.append(Suggestion(change, None, crashed=outcome.describe(compiler)))
+            elif isinstance(outcome, CompiledJob):
+                fits = outcome.report.fits
+                tried.append(Suggestion(change, outcome.report, compiled=outcome if fits else None))
+            else:
+                tried.append(Suggestion(change, outcome))
         if sum(1 for s in tried if s.report is not None and s.report.fits) >= want:
             break
     return tried
@@ -556,7 +711,9 @@ def format_suggestions(suggestions: list[Suggestion]) -> str:
     """Lines for the changes tried: those that fit first (with their per-chip bytes), then the rest."""
     lines = []
     for s in sorted(suggestions, key=lambda s: not (s.report is not None and s.report.fits)):
-        if s.report is None:
+        if s.crashed:
+            lines.append(f"  {s.change.label}: {s.crashed}")
+        elif s.report is None:
             lines.append(f"  {s.change.label}: not valid here ({s.error})")
         else:
             verdict = "fits" if s.report.fits else "does not fit"
