@@ -6,12 +6,12 @@
       --config.data_dir=/path/to/conll2003
 
 Run the same command again to resume from the workdir's latest checkpoint. Only this entry point reads flags;
-the job is `bert_jax.jobs.finetuning.finetune_and_evaluate(config, workdir)`.
+the job is `bert_jax.jobs.finetuning.finetune_and_evaluate(job, workdir)` on the parsed config.
 """
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags
 from bert_jax_tools import launch
 from ml_collections import config_flags
 
@@ -22,16 +22,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    from bert_jax.jobs import config as job_config
-    from bert_jax.jobs import finetuning as job
-
-    result = job.finetune_and_evaluate(job_config.parse(FLAGS.config, expect="finetune"), FLAGS.workdir)
-    if result.stopped_by is not None:
-        raise SystemExit(0)
+    launch.start_main(argv)
+    launch.run_job("finetune", FLAGS.config, FLAGS.workdir)
 
 
 def run() -> None:

@@ -58,6 +58,35 @@ def run_job_main(program: str, main: Callable[[list[str]], None]) -> None:
         process_exit.exit_with_error(program, e)
 
 
+def start_main(argv: list[str]) -> None:
+    """What every job's absl main does first: no stray arguments, and library INFO logs (orbax logs every save in
+    detail) off unless --verbosity asks for them, so the job's own progress lines are what the console shows."""
+    from absl import app, flags, logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
+def run_job(kind: str, config: object, workdir: str) -> None:
+    """Parses `config` (the --config ConfigDict) as a `kind` job, runs it in `workdir`; a clean stop (SIGTERM,
+    Ctrl-C, a preemption notice: the checkpoint is complete) exits 0."""
+    from bert_jax.jobs import config as job_config
+
+    job = job_config.parse(config, expect=kind)
+    if kind == "pretrain":
+        from bert_jax.jobs import pretraining
+
+        result = pretraining.train_and_evaluate(job, workdir)
+    else:
+        from bert_jax.jobs import finetuning
+
+        result = finetuning.finetune_and_evaluate(job, workdir)
+    if result.stopped_by is not None:
+        raise SystemExit(0)
+
+
 def _launch(job: str) -> None:
     launch(job)
 

@@ -4,7 +4,7 @@
   bert-jax-pretrain --config=experiments/bert_base_phase1.py --workdir=/mnt/bucket/run --config.num_train_steps=1000
 
 Only this entry point reads flags (it lives in tools/, not in the library); the job itself is
-`bert_jax.jobs.pretraining.train_and_evaluate(config, workdir)`.
+`bert_jax.jobs.pretraining.train_and_evaluate(job, workdir)` on the parsed config (`tools/launch.run_job`).
 Run the same command again to resume: the job continues from the workdir's latest checkpoint. Stopped by
 SIGTERM or Ctrl-C (or a preemption notice on multi-host), it saves a checkpoint of the current step and
 exits with status 0.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import flags
 from bert_jax_tools import launch
 from ml_collections import config_flags
 
@@ -35,11 +35,7 @@ flags.DEFINE_integer(
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        # Library INFO logs (orbax logs every save in detail) would drown the job's own progress lines.
-        logging.set_verbosity(logging.WARNING)
+    launch.start_main(argv)
     import jax
 
     if FLAGS.distributed or FLAGS.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
@@ -51,13 +47,7 @@ def main(argv: list[str]) -> None:
             process_id=FLAGS.process_id,
             heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
         )
-    from bert_jax.jobs import config as job_config
-    from bert_jax.jobs import pretraining
-
-    result = pretraining.train_and_evaluate(job_config.parse(FLAGS.config, expect="pretrain"), FLAGS.workdir)
-    if result.stopped_by is not None:
-        # A clean, resumable stop (preemption): exit 0, the checkpoint is complete.
-        raise SystemExit(0)
+    launch.run_job("pretrain", FLAGS.config, FLAGS.workdir)
 
 
 def run() -> None:
