@@ -32,7 +32,7 @@ import numpy as np
 from jax import lax
 
 from bert_jax import sharding
-from bert_jax.models import attention
+from bert_jax.models import attention, remat
 from bert_jax.models.configs import BertConfig
 from bert_jax.models.dropout import Dropout
 
@@ -53,13 +53,16 @@ def _erf_gelu(x: Array) -> Array:
     return 0.5 * x * (1.0 + lax.erf(x * np.asarray(np.sqrt(0.5), x.dtype)))
 
 
-def _activation(name: str) -> Callable[[Array], Array]:
+def activation(name: str) -> Callable[[Array], Array]:
+    """The activation function transformers' `ACT2FN[name]` is (for the names both model families accept)."""
     if name == "gelu":
         return _erf_gelu
     if name in ("gelu_new", "gelu_pytorch_tanh"):
         return lambda x: jax.nn.gelu(x, approximate=True)
     if name == "relu":
         return jax.nn.relu
+    if name == "silu":
+        return jax.nn.silu
     raise ValueError(f"Unsupported hidden_act {name!r}.")
 
 
@@ -87,7 +90,7 @@ def _layer_norm(config: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
     )
 
 
-def _flat_dot_general(
+def flat_dot_general(
     lhs: Array,
     rhs: Array,
     dimension_numbers: lax.DotDimensionNumbers,
@@ -151,7 +154,7 @@ def dense_layer(
         param_dtype=jnp.float32,
         kernel_init=init,
         bias_init=_zeros(names[-num_out:]),
-        dot_general=_flat_dot_general,
+        dot_general=flat_dot_general,
         name=name,
     )
 
@@ -299,7 +302,7 @@ class BertIntermediate(nn.Module):
     def __call__(self, x: Array) -> Array:
         config = self.config
         x = dense_layer(config, config.intermediate_size, ("embed", "mlp"), "dense")(x)
-        return _activation(config.hidden_act)(x)
+        return activation(config.hidden_act)(x)
 
 
 class BertOutputBlock(nn.Module):
@@ -336,27 +339,10 @@ class BertEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
-        layer = _remat_layer(self.config.remat_policy)
+        layer = remat.remat_layer(BertLayer, self.config.remat_policy, static_argnums=(3,))
         for i in range(self.config.num_hidden_layers):
             x = layer(self.config, name=f"layer_{i}")(x, mask, deterministic)
         return x
-
-
-def _remat_layer(policy: str) -> type[nn.Module]:
-    """`BertLayer`, wrapped in `nn.remat` with the checkpoint policy named by `policy`.
-
-    Rematerialization trades compute for memory: the backward pass recomputes what the policy did not
-    save. Parameter names are unchanged (`nn.remat` keeps the module's scope), so checkpoints and
-    conversions do not depend on the policy.
-    """
-    if policy == "none":
-        return BertLayer
-    policies = {
-        "full": jax.checkpoint_policies.nothing_saveable,
-        "dots": jax.checkpoint_policies.checkpoint_dots,
-        "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    }
-    return nn.remat(BertLayer, policy=policies[policy], static_argnums=(3,))
 
 
 class BertPooler(nn.Module):
@@ -424,7 +410,7 @@ class BertPredictionTransform(nn.Module):
     def __call__(self, x: Array) -> Array:
         config = self.config
         x = dense_layer(config, config.hidden_size, ("embed", "embed_out"), "dense")(x)
-        x = _activation(config.hidden_act)(x)
+        x = activation(config.hidden_act)(x)
         return _layer_norm(config)(x)
 
 
