@@ -27,7 +27,7 @@ from bert_jax.data import batch_workers
 from bert_jax.errors import ConfigError
 from bert_jax.finetune import recipes
 from bert_jax.finetune.tasks import TASK_NAMES, SquadOptions
-from bert_jax.models import configs, structured_init
+from bert_jax.models import families, structured_init
 from bert_jax.sharding import MeshConfig
 from bert_jax.training import optim
 
@@ -39,21 +39,28 @@ DEFAULT_MAX_COMPILES = 6  # changes the fit check compiles at most when a progra
 
 @dataclasses.dataclass(frozen=True)
 class ModelSettings:
-    """`config.model`: a named size (`configs.named_config`) and the `BertConfig` fields set over it."""
+    """`config.model`: a model family ("bert" by default, or "modernbert"), a named size of it, and the family's
+    config fields set over it (`BertConfig`'s or `ModernBertConfig`'s)."""
 
     size: str
     overrides: tuple[tuple[str, Any], ...] = ()  # (field, value) pairs, sorted: hashable and picklable
+    family: str = families.DEFAULT_FAMILY
 
     @property
     def fields(self) -> dict[str, Any]:
         return dict(self.overrides)
 
-    def bert_config(self, **fixed: Any) -> configs.BertConfig:
+    def model_config(self, **fixed: Any) -> families.ModelConfig:
         """The named size with the overrides, and `fixed` (e.g. the vocabulary's size) over both."""
-        return configs.named_config(self.size, **{**self.fields, **fixed})
+        return families.family(self.family).named_config(self.size, **{**self.fields, **fixed})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"size": self.size, **self.fields}
+        head = (
+            {"size": self.size}
+            if self.family == families.DEFAULT_FAMILY
+            else {"family": self.family, "size": self.size}
+        )
+        return {**head, **self.fields}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,12 +227,14 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
 
 
 def _model_settings(section: dict[str, Any]) -> ModelSettings:
+    model_family = families.family(section.pop("family", None) or families.DEFAULT_FAMILY)
     size = section.pop("size", None)
     if size is None:
-        raise ConfigError("The config has no model.size: set one of " + ", ".join(configs.model_sizes()) + ".")
-    _check_known(section, _fields(configs.BertConfig), "model.")
-    settings = ModelSettings(str(size), tuple(sorted((k, v) for k, v in section.items() if v is not None)))
-    settings.bert_config()  # the size exists and every value is valid (BertConfig checks them)
+        raise ConfigError("The config has no model.size: set one of " + ", ".join(model_family.sizes) + ".")
+    _check_known(section, _fields(model_family.config_class), "model.")
+    overrides = tuple(sorted((k, v) for k, v in section.items() if v is not None))
+    settings = ModelSettings(str(size), overrides, model_family.name)
+    settings.model_config()  # the size exists and every value is valid (the family's config checks them)
     return settings
 
 
@@ -295,7 +304,19 @@ def _parse_pretrain(values: dict[str, Any], source: str) -> PretrainConfig:
             f"nsp_loss_weight must be in [0, 100], got {job.nsp_loss_weight}: 1 is BERT's objective (MLM + NSP), "
             "0 trains the masked LM alone."
         )
-    initialization.check_model(model.bert_config(), data.max_seq_length)
+    model_family = families.family(model.family)
+    if not model_family.has_next_sentence_head and job.nsp_loss_weight != 0:
+        raise ConfigError(
+            f"model.family={model.family!r} has no next-sentence head (it is trained by the masked LM alone): "
+            "set nsp_loss_weight=0."
+        )
+    if model.family != families.DEFAULT_FAMILY and not initialization.is_default:
+        raise ConfigError(
+            f"config.initialization is BERT's structured start; model.family={model.family!r} starts from its own "
+            "initialization: remove the initialization section."
+        )
+    if model.family == families.DEFAULT_FAMILY:
+        initialization.check_model(model.model_config(), data.max_seq_length)
     return job
 
 

@@ -27,7 +27,7 @@ from bert_jax import sharding, tokenizers
 from bert_jax.errors import ConfigError
 from bert_jax.finetune.tasks import ConllNer, GlueClassification, Squad, Task, make_task
 from bert_jax.jobs.config import FinetuneConfig, steps_per_epoch
-from bert_jax.models import attention, configs, flops
+from bert_jax.models import attention, configs, families, flops
 from bert_jax.training import checkpoint, optim, train, warm_start
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -41,6 +41,11 @@ def model_and_tokenizer(
     job: FinetuneConfig,
 ) -> tuple[configs.BertConfig, tokenizers.Tokenizer, warm_start.Source | None, dict[str, str]]:
     """The encoder config, the tokenizer, the warm-start source (if any) and the tokenizer files to save."""
+    if job.model.family != families.DEFAULT_FAMILY:
+        raise ConfigError(
+            f"Fine-tuning model.family={job.model.family!r} is not built yet (issue 37, item 4): fine-tune with "
+            "transformers from this job's Hugging Face export (export/hf), or pretrain and fine-tune BERT."
+        )
     source = warm_start.read_source(job.init_from) if job.init_from else None
     payload = checkpoint.tokenizer_payload(job.vocab_file) if job.vocab_file else {}
     if not payload and source is not None:
@@ -56,7 +61,7 @@ def model_and_tokenizer(
     if source is not None:
         model_config = source.config.replace(**job.model.fields)
     else:
-        model_config = job.model.bert_config(vocab_size=tokenizer.vocab_size)
+        model_config = job.model.model_config(vocab_size=tokenizer.vocab_size)
     if model_config.vocab_size != tokenizer.vocab_size:
         raise ConfigError(
             f"The vocabulary has {tokenizer.vocab_size} entries but the model {model_config.vocab_size}; use the "

@@ -41,6 +41,7 @@ from bert_jax.jobs.finetune_plan import (
     steps_per_epoch,
     task_of,
 )
+from bert_jax.models import families
 from bert_jax.training import step_loop, train, warm_start
 
 
@@ -152,7 +153,7 @@ def _finetune_and_evaluate(config: FinetuneConfig, where: runner.Workdir) -> Fin
         rates=lambda seconds, steps, tokens: {"examples_per_sec": steps * config.global_batch_size / seconds},
         checkpoint_meta={
             "job_config": job_config.record(config),
-            "model_config": model_config.to_dict(),
+            "model_config": families.config_to_dict(model_config),
             "task": task.name,
             "labels": getattr(task, "labels", None),
             "max_seq_length": config.max_seq_length,

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import optax
 from jax.sharding import Mesh
@@ -27,8 +28,7 @@ from bert_jax import sharding, tokenizers
 from bert_jax.data import corpus
 from bert_jax.errors import ConfigError
 from bert_jax.jobs.config import PretrainConfig
-from bert_jax.models import attention, configs, flops, structured_init
-from bert_jax.models.bert import BertForPreTraining
+from bert_jax.models import attention, families, flops, structured_init
 from bert_jax.training import optim, train
 from bert_jax.training.plan import BATCH_DTYPES
 
@@ -46,15 +46,19 @@ def vocabulary(job: PretrainConfig) -> tuple[int, dict[str, int]]:
     return tokenizer.vocab_size, dict(tokenizer.special_ids)
 
 
-def model_config(job: PretrainConfig, vocab_size: int) -> configs.BertConfig:
-    """The named model size with the config's overrides and the vocabulary's size."""
+def model_config(
+    job: PretrainConfig, vocab_size: int, special_ids: Mapping[str, int] | None = None
+) -> families.ModelConfig:
+    """The named model size with the config's overrides, the vocabulary's size and (for the families that record
+    them, ModernBERT's pad/cls/sep ids) its special tokens' ids."""
     given = job.model.fields.get("vocab_size", vocab_size)
     if given != vocab_size:
         raise ConfigError(
             f"model.vocab_size={given} does not match the vocabulary ({vocab_size} entries); "
             "drop model.vocab_size (it is taken from the vocab) or use the matching vocab file."
         )
-    return job.model.bert_config(vocab_size=vocab_size)
+    model_family = families.family(job.model.family)
+    return job.model.model_config(vocab_size=vocab_size, **families.tokenizer_fields(model_family, special_ids or {}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +66,13 @@ class PretrainPlan:
     """What the pretraining job compiles and runs, built by `make_plan`."""
 
     config: PretrainConfig
-    model_config: configs.BertConfig  # vocabulary padding already a multiple of the mesh's vocab shards
+    model_config: families.ModelConfig  # vocabulary padding already a multiple of the mesh's vocab shards
     mesh_config: sharding.MeshConfig  # resolved: no -1 left
     optimizer_config: optim.OptimizerConfig
     initialization: structured_init.InitializationConfig  # BERT's own by default (`config.initialization`)
     nsp_loss_weight: float  # the NSP loss's weight in the objective (`config.nsp_loss_weight`; 1 = BERT's)
     mesh: Mesh
-    model: BertForPreTraining
+    model: nn.Module  # the family's pretraining model (`families.Family.pretraining_model`)
     optimizer: optax.GradientTransformation
     schedule: optax.Schedule
     shardings: train.TrainState  # NamedShardings of every state leaf
@@ -145,16 +149,22 @@ def make_plan(job: PretrainConfig, devices: Sequence[Any] | None = None) -> Pret
     """
     devices = list(jax.devices() if devices is None else devices)
     size, special_ids = vocabulary(job)
-    model = model_config(job, size)
+    model = model_config(job, size, special_ids)
     mesh_config = job.mesh
     # The vocabulary rows always split evenly over the mesh: pad to a multiple of the vocab shards too.
     vocab_shards = sharding.vocab_shards(mesh_config, len(devices))
     model = model.replace(vocab_pad_multiple=math.lcm(model.vocab_pad_multiple, vocab_shards))
     sharding.validate_parallelism(model, mesh_config, job.global_batch_size, len(devices))
     attention.check_devices(model.attention_kernel, devices)
-    job.initialization.check_model(model, job.data.max_seq_length)
+    if job.model.family == families.DEFAULT_FAMILY:
+        job.initialization.check_model(model, job.data.max_seq_length)
+    if job.data.max_seq_length > model.max_position_embeddings:
+        raise ConfigError(
+            f"data.max_seq_length={job.data.max_seq_length} exceeds model.max_position_embeddings="
+            f"{model.max_position_embeddings}; shorten the sequences or raise model.max_position_embeddings."
+        )
     mesh = sharding.make_mesh(mesh_config, devices)
-    module = BertForPreTraining(model)
+    module = families.family(job.model.family).pretraining_model(model)
     optimizer = optim.make_optimizer(job.optimizer)
     schedule = optim.learning_rate_schedule(job.optimizer)
     shardings = train.state_shardings(module, optimizer, mesh)

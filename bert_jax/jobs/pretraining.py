@@ -31,7 +31,7 @@ from bert_jax.errors import ConfigError
 from bert_jax.jobs import config as job_config
 from bert_jax.jobs import pretrain_plan, runner
 from bert_jax.jobs.config import PretrainConfig, PretrainData
-from bert_jax.models import configs, convert, flops, structured_init
+from bert_jax.models import convert, families, flops, structured_init
 from bert_jax.training import checkpoint, collapse, step_loop, train, warm_start
 from bert_jax.training.losses import summarize
 
@@ -95,7 +95,7 @@ class JobResult:
     stopped_by: str | None = None  # "SIGTERM", "SIGINT" or "preemption notice" when stopped early
 
 
-def _check_resume_shapes(checkpointer: checkpoint.Checkpointer, model_config: configs.BertConfig) -> int | None:
+def _check_resume_shapes(checkpointer: checkpoint.Checkpointer, model_config: families.ModelConfig) -> int | None:
     """The latest checkpoint's step, after checking its model shape (before the corpus build and compiles)."""
     step = checkpointer.latest_step()
     if step is None:
@@ -126,8 +126,8 @@ def _host_params(params: Any) -> Any:
 EXPORT_COMPLETE_LAST = (convert.HF_CONFIG, convert.NATIVE_CONFIG, "step.txt")
 
 
-def _export(export_dir: str, model_config: configs.BertConfig, params: Any, data: PretrainData, step: int) -> None:
-    """Writes `export/hf` and `export/bert_jax`; an export of an earlier step is renamed aside, not lost.
+def _export(export_dir: str, model_config: families.ModelConfig, params: Any, data: PretrainData, step: int) -> None:
+    """Writes `export/hf` (and for BERT `export/bert_jax`); an export of an earlier step is renamed aside, not lost.
 
     The export is assembled in a local staging directory and published whole (a rename; on object storage an
     upload whose config files and `step.txt` come last, so `from_pretrained` never loads a half export).
@@ -138,13 +138,18 @@ def _export(export_dir: str, model_config: configs.BertConfig, params: Any, data
         print(f"Moved the previous export to {aside}", flush=True)
     vocab = storage.local_copy(data.vocab_file) if data.vocab_file else None
     staging = storage.staging_dir_for(export_dir)
-    convert.to_hf(model_config, params, os.path.join(staging, "hf"), vocab_file=vocab, do_lower_case=data.lowercase)
-    convert.to_native(model_config, params, os.path.join(staging, "bert_jax"), vocab)
+    model_family = families.family_of(model_config)
+    model_config, params = convert.unpad_vocab(model_config, params)
+    hf_dir = os.path.join(staging, "hf")
+    model_family.to_hf(model_config, params, hf_dir, vocab_file=vocab, do_lower_case=data.lowercase)
+    if model_family.name == families.DEFAULT_FAMILY:  # our own format is BERT's; the modern family's is the HF one
+        convert.to_native(model_config, params, os.path.join(staging, "bert_jax"), vocab)
     with open(os.path.join(staging, "step.txt"), "w", encoding="utf-8") as f:
         f.write(f"{step}\n")
     storage.publish_tree(staging, export_dir, last=EXPORT_COMPLETE_LAST)
     hf_dir, native_dir = storage.join(export_dir, "hf"), storage.join(export_dir, "bert_jax")
-    print(f"Exported the weights of step {step} to {hf_dir} (Hugging Face) and {native_dir} (bert_jax)", flush=True)
+    native = f" and {native_dir} (bert_jax)" if model_family.name == families.DEFAULT_FAMILY else ""
+    print(f"Exported the weights of step {step} to {hf_dir} (Hugging Face){native}", flush=True)
 
 
 def train_and_evaluate(job: PretrainConfig, workdir: str) -> JobResult:
@@ -291,7 +296,7 @@ def _train_and_evaluate(config: PretrainConfig, where: runner.Workdir) -> JobRes
             where.say(
                 f"eval at step {step}: loss {results['loss']:.4f} | mlm_acc {results['mlm_accuracy']:.4f}"
                 + ("" if at_mask is None else f" (at [MASK] {at_mask:.4f})")
-                + f" | nsp_acc {results['nsp_accuracy']:.4f}"
+                + ("" if "nsp_accuracy" not in results else f" | nsp_acc {results['nsp_accuracy']:.4f}")
             )
             warning = collapse.collapse_warning(results, step)
             if warning:
@@ -320,7 +325,7 @@ def _train_and_evaluate(config: PretrainConfig, where: runner.Workdir) -> JobRes
             rates=rates,
             checkpoint_meta={
                 "job_config": job_config.record(config),
-                "model_config": model_config.to_dict(),
+                "model_config": families.config_to_dict(model_config),
                 "seed": config.seed,
                 "process_count": jax.process_count(),
             },

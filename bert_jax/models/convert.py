@@ -254,7 +254,8 @@ def _build_params(
 # Hugging Face
 
 
-def _read_hf_state(model_dir: str) -> dict[str, np.ndarray]:
+def read_hf_state(model_dir: str) -> dict[str, np.ndarray]:
+    """The tensors of a Hugging Face directory (`model.safetensors`, else `pytorch_model.bin`, read without torch)."""
     safetensors_path = os.path.join(model_dir, HF_SAFETENSORS)
     bin_path = os.path.join(model_dir, HF_TORCH_BIN)
     if os.path.exists(safetensors_path):
@@ -301,8 +302,15 @@ def from_hf(model_dir: str | os.PathLike[str]) -> tuple[BertConfig, Params]:
         raise ConversionError(f"Hugging Face model directory not found: {model_dir}")
     if not os.path.exists(config_path):
         raise ConversionError(f"{model_dir} has no {HF_CONFIG}; it is not a Hugging Face model directory.")
+    with open(config_path, encoding="utf-8") as f:
+        model_type = json.load(f).get("model_type", "bert")
+    if model_type != "bert":
+        raise ConversionError(
+            f"{model_dir} holds a {model_type!r} model, not BERT; load it with the config's model family "
+            "(model.family) or `bert_jax.models.families.load_pretrained`."
+        )
     config = BertConfig.from_json(config_path)
-    state = _normalize_hf_names(_read_hf_state(model_dir))
+    state = _normalize_hf_names(read_hf_state(model_dir))
     with_heads = "cls.predictions.transform.dense.weight" in state
     table = param_table(config, with_heads=with_heads)
     params = _build_params(config, state, lambda e: e.hf_name, lambda e: e.hf_transposed, model_dir, with_heads)
@@ -322,7 +330,7 @@ def from_hf(model_dir: str | os.PathLike[str]) -> tuple[BertConfig, Params]:
     return config, params
 
 
-def _atomic_output_dir(out_dir: str, overwrite: bool) -> str:
+def atomic_output_dir(out_dir: str, overwrite: bool) -> str:
     """Checks `out_dir` can be written without destroying anything; returns a fresh staging directory."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not a directory; choose another output path.")
@@ -336,7 +344,7 @@ def _atomic_output_dir(out_dir: str, overwrite: bool) -> str:
     return tempfile.mkdtemp(prefix=".bert_jax_export_", dir=parent)
 
 
-def _publish(staging: str, out_dir: str) -> None:
+def publish_dir(staging: str, out_dir: str) -> None:
     """Moves a completely written staging directory into place (the old one is removed only then)."""
     if os.path.isdir(out_dir):
         backup = staging + ".old"
@@ -347,7 +355,8 @@ def _publish(staging: str, out_dir: str) -> None:
         os.rename(staging, out_dir)
 
 
-def _write_tokenizer_files(directory: str, vocab_file: str, do_lower_case: bool, max_length: int) -> None:
+def write_tokenizer_files(directory: str, vocab_file: str, do_lower_case: bool, max_length: int) -> None:
+    """A WordPiece vocabulary as transformers' `BertTokenizer` files (`AutoTokenizer` loads them)."""
     shutil.copyfile(vocab_file, os.path.join(directory, "vocab.txt"))
     tokenizer_config = {
         "tokenizer_class": "BertTokenizer",
@@ -366,15 +375,25 @@ def _write_tokenizer_files(directory: str, vocab_file: str, do_lower_case: bool,
         json.dump(special, f, indent=2)
 
 
+# The params with one row per vocabulary id, in both model families: the (word / token) embedding table that the
+# MLM decoder shares, and the decoder's bias (BERT's `cls/predictions/bias`, the modern family's `decoder_bias`).
+_VOCAB_ROW_SUFFIXES = (
+    ("embeddings", "word_embeddings", "embedding"),
+    ("predictions", "bias"),
+    ("embeddings", "tok_embeddings", "embedding"),
+    ("decoder_bias",),
+)
+
+
 def _is_vocab_row_param(path: tuple[str, ...]) -> bool:
-    """The word embedding table and the MLM output bias: the params with one row per vocabulary id."""
-    return path[-3:] == ("embeddings", "word_embeddings", "embedding") or path[-2:] == ("predictions", "bias")
+    return any(path[-len(suffix) :] == suffix for suffix in _VOCAB_ROW_SUFFIXES)
 
 
-def unpad_vocab(config: BertConfig, params: Params) -> tuple[BertConfig, Params]:
+def unpad_vocab(config: Any, params: Params) -> tuple[Any, Params]:
     """`(config, params)` without the vocabulary padding rows (`vocab_pad_multiple` back to 1).
 
-    Exports go through this, so a Hugging Face directory always has exactly `vocab_size` rows.
+    Exports go through this, so a Hugging Face directory always has exactly `vocab_size` rows. Any model family's
+    config (anything with `vocab_size`, `padded_vocab_size` and `replace`) and params.
     """
     if config.padded_vocab_size == config.vocab_size:
         return config.replace(vocab_pad_multiple=1), params
@@ -383,7 +402,7 @@ def unpad_vocab(config: BertConfig, params: Params) -> tuple[BertConfig, Params]
     return config.replace(vocab_pad_multiple=1), traverse_util.unflatten_dict(flat)
 
 
-def pad_vocab(config: BertConfig, params: Params, multiple: int) -> tuple[BertConfig, Params]:
+def pad_vocab(config: Any, params: Params, multiple: int) -> tuple[Any, Params]:
     """`(config, params)` with the vocabulary rows padded (with zeros) to a multiple of `multiple`.
 
     The inverse of `unpad_vocab`, for loading exported or Hugging Face weights into a model that shards
@@ -434,14 +453,14 @@ def to_hf(
     hf_config = config.to_hf_dict()
     if not with_heads:
         hf_config["architectures"] = ["BertModel"]
-    staging = _atomic_output_dir(out_dir, overwrite)
+    staging = atomic_output_dir(out_dir, overwrite)
     try:
         save_file(tensors, os.path.join(staging, HF_SAFETENSORS), metadata={"format": "pt"})
         with open(os.path.join(staging, HF_CONFIG), "w", encoding="utf-8") as f:
             json.dump(hf_config, f, indent=2, sort_keys=True)
         if vocab_file is not None:
-            _write_tokenizer_files(staging, os.fspath(vocab_file), do_lower_case, config.max_position_embeddings)
-        _publish(staging, out_dir)
+            write_tokenizer_files(staging, os.fspath(vocab_file), do_lower_case, config.max_position_embeddings)
+        publish_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -521,13 +540,13 @@ def to_native(
     out_dir = os.fspath(out_dir)
     config, params = unpad_vocab(config, params)
     tensors = {"/".join(k): np.asarray(v, dtype=np.float32) for k, v in traverse_util.flatten_dict(params).items()}
-    staging = _atomic_output_dir(out_dir, overwrite)
+    staging = atomic_output_dir(out_dir, overwrite)
     try:
         save_file(tensors, os.path.join(staging, NATIVE_PARAMS), metadata={"format": "bert_jax"})
         config.to_json(os.path.join(staging, NATIVE_CONFIG))
         if vocab_file is not None:
             shutil.copyfile(os.fspath(vocab_file), os.path.join(staging, "vocab.txt"))
-        _publish(staging, out_dir)
+        publish_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

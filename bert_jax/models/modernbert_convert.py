@@ -10,20 +10,25 @@ embeddings) or leave it out, as transformers' safetensors files do.
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import os
+import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 from flax import traverse_util
 
-from bert_jax.errors import ConfigError
+from bert_jax.models import convert
 from bert_jax.models.modernbert_config import ModernBertConfig
+
+logger = logging.getLogger(__name__)
 
 Params = dict[str, Any]
 
 
-class ConversionError(ValueError):
-    """A state dict that does not fit the config (a missing or misshapen parameter)."""
+ConversionError = convert.ConversionError  # one error type for every family's conversions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,15 +178,55 @@ def to_hf_state(params: Params, config: ModernBertConfig) -> dict[str, np.ndarra
     return state
 
 
-def pad_vocab(params: Params, config: ModernBertConfig) -> Params:
-    """Params with `config.padded_vocab_size` vocabulary rows (zero rows added: never looked up, masked out)."""
-    rows = config.padded_vocab_size
-    flat = traverse_util.flatten_dict(params)
-    for path in (entry_path_embeddings(), ("decoder_bias",)):
-        if path in flat and flat[path].shape[0] < rows:
-            value = np.asarray(flat[path])
-            widths = [(0, rows - value.shape[0])] + [(0, 0)] * (value.ndim - 1)
-            flat[path] = np.pad(value, widths)
-        elif path in flat and flat[path].shape[0] != rows:
-            raise ConfigError(f"{'/'.join(path)} has {flat[path].shape[0]} rows; the config pads to {rows}.")
-    return traverse_util.unflatten_dict(flat)
+def to_hf(
+    config: ModernBertConfig,
+    params: Params,
+    out_dir: str | os.PathLike[str],
+    vocab_file: str | os.PathLike[str] | None = None,
+    do_lower_case: bool = True,
+    overwrite: bool = False,
+) -> None:
+    """Writes a directory that `transformers.AutoModelForMaskedLM.from_pretrained` loads as ModernBERT.
+
+    `config.json` (model_type "modernbert"), `model.safetensors` (the tied decoder left out, as transformers
+    writes it) and, with `vocab_file`, the tokenizer files. Written beside the target and moved into place
+    when complete, so an existing export is never left half-overwritten.
+    """
+    from safetensors.numpy import save_file
+
+    out_dir = os.fspath(out_dir)
+    hf_config = config.replace(vocab_pad_multiple=1).to_hf_dict()
+    tensors = to_hf_state(params, config)
+    staging = convert.atomic_output_dir(out_dir, overwrite)
+    try:
+        save_file(tensors, os.path.join(staging, convert.HF_SAFETENSORS), metadata={"format": "pt"})
+        with open(os.path.join(staging, convert.HF_CONFIG), "w", encoding="utf-8") as f:
+            json.dump(hf_config, f, indent=2, sort_keys=True)
+        if vocab_file is not None:
+            convert.write_tokenizer_files(staging, os.fspath(vocab_file), do_lower_case, config.max_position_embeddings)
+        convert.publish_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def from_hf(model_dir: str | os.PathLike[str]) -> tuple[ModernBertConfig, Params]:
+    """Loads a transformers ModernBERT directory (answerdotai/ModernBERT-base's layout): `(config, params)`.
+
+    A masked-LM checkpoint gives the whole model; an encoder-only or task-model checkpoint gives `{"model": ...}`
+    (its own head, if any, is reported and skipped).
+    """
+    model_dir = os.fspath(model_dir)
+    config_path = os.path.join(model_dir, convert.HF_CONFIG)
+    if not os.path.isdir(model_dir) or not os.path.exists(config_path):
+        raise ConversionError(f"{model_dir} has no {convert.HF_CONFIG}; it is not a Hugging Face model directory.")
+    config = ModernBertConfig.from_json(config_path)
+    state = _strip_prefix(convert.read_hf_state(model_dir))
+    # A task model (sequence classification, ...) has a `head` too, but never the MLM decoder's bias.
+    with_head = "head.dense.weight" in state and ("decoder.bias" in state or not config.decoder_bias)
+    params = from_hf_state(state, config, encoder_only=not with_head)
+    used = {entry.hf for entry in param_table(config)} | {"decoder.weight"}
+    unused = sorted(name for name in state if name not in used)
+    if unused:
+        logger.warning("%s: ignoring %d tensor(s) of another head: %s", model_dir, len(unused), ", ".join(unused[:10]))
+    return config, params

@@ -45,7 +45,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
 from bert_jax import storage
-from bert_jax.models.configs import BertConfig
+from bert_jax.models import families
 
 logger = logging.getLogger(__name__)
 
@@ -105,16 +105,20 @@ def write_tokenizer_files(payload: Mapping[str, str], directory: str) -> dict[st
     return paths
 
 
-def model_config_from_meta(meta: Mapping[str, Any]) -> BertConfig:
-    return BertConfig.from_dict(meta["model_config"])
+def model_config_from_meta(meta: Mapping[str, Any]) -> families.ModelConfig:
+    """The model config a checkpoint was written with (its family named in it; none: BERT)."""
+    return families.config_from_dict(meta["model_config"])
 
 
-def shape_differences(saved: BertConfig, current: BertConfig) -> list[str]:
-    """`field: saved -> current` for every shape-deciding field that differs."""
+def shape_differences(saved: families.ModelConfig, current: families.ModelConfig) -> list[str]:
+    """`field: saved -> current` for every shape-deciding field that differs (and the family itself)."""
+    saved_family, current_family = families.family_of(saved).name, families.family_of(current).name
+    if saved_family != current_family:
+        return [f"model.family: checkpoint {saved_family} vs config {current_family}"]
     return [
         f"{name}: checkpoint {getattr(saved, name)} vs config {getattr(current, name)}"
         for name in SHAPE_FIELDS
-        if getattr(saved, name) != getattr(current, name)
+        if hasattr(saved, name) and getattr(saved, name) != getattr(current, name)
     ]
 
 
@@ -341,7 +345,7 @@ class Checkpointer:
     # Restoring
 
     def restore(
-        self, abstract_params: Any, abstract_opt_state: Any | None, model_config: BertConfig | None = None
+        self, abstract_params: Any, abstract_opt_state: Any | None, model_config: families.ModelConfig | None = None
     ) -> Restored | None:
         """The newest readable checkpoint, its arrays placed as the abstract targets' shardings say.
 

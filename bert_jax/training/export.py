@@ -21,8 +21,8 @@ import tempfile
 import jax
 
 from bert_jax import storage
-from bert_jax.models import convert
-from bert_jax.models.bert import BertForPreTraining, init_params
+from bert_jax.models import convert, families
+from bert_jax.models.bert import init_params
 from bert_jax.training import checkpoint
 
 FORMATS = ("hf", "bert_jax")
@@ -64,7 +64,8 @@ def export_checkpoint(
         meta = ckpt.read_meta(step)
         # exports run anywhere: XLA's attention, whatever kernel the training run used (bert_jax/models/attention.py)
         config = checkpoint.model_config_from_meta(meta).replace(attention_kernel="xla")
-        shapes = jax.eval_shape(lambda: init_params(BertForPreTraining(config), jax.random.key(0)))
+        model_family = families.family_of(config)
+        shapes = jax.eval_shape(lambda: init_params(model_family.pretraining_model(config), jax.random.key(0)))
         restored = ckpt.restore_params(step, checkpoint.abstract_like(shapes, checkpoint.host_shardings(shapes)))
         params = jax.device_get(restored)
         tokenizer = ckpt.read_tokenizer(step)
@@ -77,7 +78,12 @@ def export_checkpoint(
         files = checkpoint.write_tokenizer_files(tokenizer, scratch)
         vocab = files.get("vocab_file")
         if fmt == "hf":
-            convert.to_hf(config, params, target, vocab_file=vocab, do_lower_case=lowercase, overwrite=overwrite)
+            config, params = convert.unpad_vocab(config, params)
+            model_family.to_hf(config, params, target, vocab_file=vocab, do_lower_case=lowercase, overwrite=overwrite)
+        elif model_family.name != families.DEFAULT_FAMILY:
+            raise checkpoint.CheckpointError(
+                f"The {model_family.name} family exports to Hugging Face's format only: use the hf format."
+            )
         else:
             convert.to_native(config, params, target, vocab, overwrite=overwrite)
             if "spm_model" in files:

@@ -147,7 +147,7 @@ def next_sentence_terms(nsp_logits: Array, labels: Array, example_weights: Array
 
 def pretraining_terms(
     mlm_logits: Array,
-    nsp_logits: Array,
+    nsp_logits: Array | None,
     batch: Mapping[str, Array],
     mlm_terms: MaskedLmTerms = masked_lm_terms,
     mask_id: int | None = None,
@@ -165,10 +165,10 @@ def pretraining_terms(
     if mask_id is not None:
         inputs = jnp.take_along_axis(batch["input_ids"], batch["masked_lm_positions"].astype(jnp.int32), axis=1)
         mlm_args.append(mlm_weights * (inputs == mask_id))
-    return {
-        **mlm_terms(*mlm_args),
-        **next_sentence_terms(nsp_logits, batch["next_sentence_labels"], example_weights),
-    }
+    terms = mlm_terms(*mlm_args)
+    if nsp_logits is None:  # a model family without a next-sentence head
+        return terms
+    return {**terms, **next_sentence_terms(nsp_logits, batch["next_sentence_labels"], example_weights)}
 
 
 def summarize(terms: Mapping[str, Array], nsp_loss_weight: float = 1.0) -> dict[str, Array]:
@@ -177,16 +177,14 @@ def summarize(terms: Mapping[str, Array], nsp_loss_weight: float = 1.0) -> dict[
     that got the most frequent answer (mlm_top_prediction_share_at_mask) and the accuracy that always answering
     the most frequent target would have had (mlm_majority_accuracy_at_mask): see `bert_jax.training.collapse`."""
     mlm_count = jnp.maximum(terms["mlm_count"], 1e-5)  # the original's denominator guard
-    nsp_count = jnp.maximum(terms["nsp_count"], 1e-5)
     mlm_loss = terms["mlm_loss_sum"] / mlm_count
-    nsp_loss = terms["nsp_loss_sum"] / nsp_count
-    means = {
-        "loss": mlm_loss + nsp_loss_weight * nsp_loss,
-        "mlm_loss": mlm_loss,
-        "mlm_accuracy": terms["mlm_correct_sum"] / mlm_count,
-        "nsp_loss": nsp_loss,
-        "nsp_accuracy": terms["nsp_correct_sum"] / nsp_count,
-    }
+    means = {"loss": mlm_loss, "mlm_loss": mlm_loss, "mlm_accuracy": terms["mlm_correct_sum"] / mlm_count}
+    if "nsp_count" in terms:  # absent for a model without a next-sentence head
+        nsp_count = jnp.maximum(terms["nsp_count"], 1e-5)
+        nsp_loss = terms["nsp_loss_sum"] / nsp_count
+        means["loss"] = mlm_loss + nsp_loss_weight * nsp_loss
+        means["nsp_loss"] = nsp_loss
+        means["nsp_accuracy"] = terms["nsp_correct_sum"] / nsp_count
     if "mlm_mask_count" in terms:
         mask_count = jnp.maximum(terms["mlm_mask_count"], 1e-5)
         means["mlm_accuracy_at_mask"] = terms["mlm_mask_correct_sum"] / mask_count
@@ -198,7 +196,7 @@ def summarize(terms: Mapping[str, Array], nsp_loss_weight: float = 1.0) -> dict[
 
 def pretraining_loss(
     mlm_logits: Array,
-    nsp_logits: Array,
+    nsp_logits: Array | None,
     batch: Mapping[str, Array],
     mlm_terms: MaskedLmTerms = masked_lm_terms,
     nsp_loss_weight: float = 1.0,

@@ -22,7 +22,6 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bert_jax import sharding
-from bert_jax.models.bert import BertForPreTraining
 from bert_jax.training import losses, optim
 
 Batch = Mapping[str, jax.Array]
@@ -46,7 +45,7 @@ class TrainState:
     opt_state: Any
 
 
-def _forward(model: BertForPreTraining, params: Any, batch: Batch, deterministic: bool, rng: jax.Array | None):
+def _forward(model: nn.Module, params: Any, batch: Batch, deterministic: bool, rng: jax.Array | None):
     rngs = None if deterministic else {"dropout": rng}
     return model.apply(
         {"params": params},
@@ -59,7 +58,7 @@ def _forward(model: BertForPreTraining, params: Any, batch: Batch, deterministic
     )
 
 
-def init_fn(model: BertForPreTraining, optimizer: optax.GradientTransformation, seq_length: int = 8) -> Callable:
+def init_fn(model: nn.Module, optimizer: optax.GradientTransformation, seq_length: int = 8) -> Callable:
     """`rng -> TrainState` (params from the model's initializers, fresh optimizer state)."""
 
     def init(rng: jax.Array) -> TrainState:
@@ -71,7 +70,7 @@ def init_fn(model: BertForPreTraining, optimizer: optax.GradientTransformation, 
 
 
 def state_shardings(
-    model: BertForPreTraining, optimizer: optax.GradientTransformation, mesh: Mesh, rules: Any = None
+    model: nn.Module, optimizer: optax.GradientTransformation, mesh: Mesh, rules: Any = None
 ) -> TrainState:
     """NamedShardings for every leaf of the train state.
 
@@ -105,7 +104,7 @@ def _dict_keys(path: Any) -> tuple[str, ...]:
 
 
 def abstract_train_state(
-    model: BertForPreTraining, optimizer: optax.GradientTransformation, shardings: TrainState, seed: int
+    model: nn.Module, optimizer: optax.GradientTransformation, shardings: TrainState, seed: int
 ) -> TrainState:
     """The train state as `ShapeDtypeStruct`s carrying `shardings` (nothing allocated): for lowering steps."""
     shapes = jax.eval_shape(init_fn(model, optimizer), jax.random.key(seed))
@@ -115,7 +114,7 @@ def abstract_train_state(
 
 
 def create_train_state(
-    model: BertForPreTraining,
+    model: nn.Module,
     optimizer: optax.GradientTransformation,
     rng: jax.Array,
     shardings: TrainState | None = None,
@@ -194,7 +193,7 @@ def make_step(
 
 
 def make_train_step(
-    model: BertForPreTraining,
+    model: nn.Module,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     *,
@@ -219,7 +218,7 @@ def make_train_step(
 
 
 def make_eval_step(
-    model: BertForPreTraining, mesh: Mesh | None = None, mask_id: int | None = None
+    model: nn.Module, mesh: Mesh | None = None, mask_id: int | None = None
 ) -> Callable[[Any, Batch], Metrics]:
     """`(params, batch) -> sums` (see `losses.pretraining_terms`); add them over batches, then `summarize`.
 

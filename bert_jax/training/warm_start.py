@@ -24,8 +24,8 @@ import numpy as np
 from flax import traverse_util
 
 from bert_jax import storage
-from bert_jax.models import convert
-from bert_jax.models.bert import BertForPreTraining, init_params
+from bert_jax.models import convert, families
+from bert_jax.models.bert import init_params
 from bert_jax.models.configs import BertConfig
 from bert_jax.training import checkpoint
 
@@ -59,7 +59,7 @@ def _checkpoint_location(path: str) -> tuple[str, int | None] | None:
     return None
 
 
-def _from_checkpoint(directory: str, step: int | None) -> tuple[BertConfig, Any, dict[str, str]]:
+def _from_checkpoint(directory: str, step: int | None) -> tuple[families.ModelConfig, Any, dict[str, str]]:
     # Read-only: another job's unfinished saves there are not ours to remove (that job may still be writing).
     ckpt = checkpoint.Checkpointer(directory, save_every_steps=1, async_save=False, remove_unfinished=False)
     try:
@@ -67,7 +67,8 @@ def _from_checkpoint(directory: str, step: int | None) -> tuple[BertConfig, Any,
         if step is None:
             raise WarmStartError(f"{directory} holds no complete checkpoint to initialize from.")
         config = checkpoint.model_config_from_meta(ckpt.read_meta(step))
-        shapes = jax.eval_shape(lambda: init_params(BertForPreTraining(config), jax.random.key(0)))
+        model = families.family_of(config).pretraining_model(config)
+        shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
         params = ckpt.restore_params(step, checkpoint.abstract_like(shapes, checkpoint.host_shardings(shapes)))
         return config, jax.device_get(params), ckpt.read_tokenizer(step)
     finally:
@@ -79,8 +80,8 @@ class Source:
     """Weights to start from: the source's model config and params (vocabulary unpadded), and its tokenizer."""
 
     path: str
-    config: BertConfig
-    params: Any  # host arrays; {"bert": ..., maybe "cls": ...}
+    config: families.ModelConfig
+    params: Any  # host arrays; BERT: {"bert": ..., maybe "cls": ...}; the modern family: {"model": ..., maybe the head}
     tokenizer_files: dict[str, str]  # `checkpoint.tokenizer_payload` form; empty when the source has none
 
 
@@ -97,7 +98,7 @@ def read_source(path: str) -> Source:
             local = path
             if storage.is_remote(path):
                 local = storage.local_tree(path) if storage.isdir(path) else storage.local_copy(path)
-            config, params = convert.load_pretrained(local)
+            config, params = families.load_pretrained(local)
             directory = local if os.path.isdir(local) else os.path.dirname(local)
             vocab = os.path.join(directory, "vocab.txt")
             if os.path.exists(vocab):
@@ -108,18 +109,26 @@ def read_source(path: str) -> Source:
     # The attention kernel is a choice of the run that wrote the weights (a TPU kernel may not run here, and it
     # forbids attention dropout): the job that loads them decides its own.
     config = config.replace(attention_kernel="xla")
-    if "bert" not in params:  # a BertModel checkpoint (no heads): its tree is the encoder's
+    if isinstance(config, BertConfig) and "bert" not in params:  # a BertModel checkpoint (no heads): the encoder's
         params = {"bert": params}
     return Source(storage.absolute(path), config, params, tokenizer)
 
 
-def merge(source: Source, model_config: BertConfig, fresh_params: Any) -> WarmStart:
+def merge(source: Source, model_config: families.ModelConfig, fresh_params: Any) -> WarmStart:
     """The job's params with every leaf the source has replaced by the source's value."""
     path = source.path
+    source_family, job_family = families.family_of(source.config).name, families.family_of(model_config).name
+    if source_family != job_family:
+        raise WarmStartError(
+            f"init_from={path} is a {source_family} model and this job trains model.family={job_family!r}; "
+            f"set model.family={source_family!r} (and its size) or start from a {job_family} model."
+        )
     differences = [
         f"{name}: source {getattr(source.config, name)} vs config {getattr(model_config, name)}"
         for name in checkpoint.SHAPE_FIELDS
-        if name != "padded_vocab_size" and getattr(source.config, name) != getattr(model_config, name)
+        if name != "padded_vocab_size"
+        and hasattr(model_config, name)
+        and getattr(source.config, name) != getattr(model_config, name)
     ]
     if differences:
         raise WarmStartError(
@@ -145,6 +154,6 @@ def merge(source: Source, model_config: BertConfig, fresh_params: Any) -> WarmSt
     return WarmStart(traverse_util.unflatten_dict(merged), path, kept_fresh, ignored)
 
 
-def load(path: str, model_config: BertConfig, fresh_params: Any) -> WarmStart:
+def load(path: str, model_config: families.ModelConfig, fresh_params: Any) -> WarmStart:
     """`merge(read_source(path), ...)`: the job's params, initialized from `path` wherever it has them."""
     return merge(read_source(path), model_config, fresh_params)
