@@ -253,6 +253,8 @@ class BertSelfAttention(nn.Module):
             keep = mask[:, 0, 0, :]  # the key-padding mask, [B, T]
             interpret = config.attention_kernel == "splash_interpret"
             return attention.splash_attention(query, key, value, keep, interpret=interpret)
+        if config.attention_kernel == "cudnn":  # the config guarantees rate == 0 and a bfloat16 / float16 dtype
+            return attention.cudnn_attention(query, key, value, mask[:, 0, 0, :])
         low_precision = jnp.dtype(config.dtype) != jnp.float32
         if deterministic or (rate == 0.0 and not low_precision):
             # One fused op (XLA's): no [B, heads, T, T] probabilities kept in float32 for a dropout.

@@ -17,7 +17,7 @@ from bert_jax.errors import ConfigError
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-ATTENTION_KERNELS = ("xla", "splash", "splash_interpret")  # see attention.py
+ATTENTION_KERNELS = ("xla", "splash", "splash_interpret", "cudnn")  # see attention.py
 
 # Keys that Hugging Face / the original code write into a config but which carry no information
 # for this model (or only the value we already assume). Anything else unknown is an error.
@@ -69,7 +69,9 @@ class BertConfig:
       recomputation; "full": nothing, the layer is recomputed; "dots": matmul outputs;
       "dots_no_batch": matmul outputs without batch dimensions, i.e. weight-gradient inputs).
     - `attention_kernel`: "xla" (every platform), "splash" (Pallas's flash-attention kernel, TPU only, no
-      attention dropout) or "splash_interpret" (that kernel interpreted, any platform, slow): `attention.py`.
+      attention dropout), "splash_interpret" (that kernel interpreted, any platform, slow) or "cudnn"
+      (cuDNN's flash attention, NVIDIA GPUs only, no attention dropout, dtype bfloat16 or float16):
+      `attention.py`.
     """
 
     vocab_size: int = 30522
@@ -131,6 +133,11 @@ class BertConfig:
             raise ConfigError(
                 f"attention_kernel={self.attention_kernel!r} has no dropout on the attention probabilities: set "
                 f"attention_probs_dropout_prob=0.0 (it is {self.attention_probs_dropout_prob}), or use "
+                "attention_kernel='xla'."
+            )
+        if self.attention_kernel == "cudnn" and self.dtype == "float32":
+            raise ConfigError(
+                "attention_kernel='cudnn' has no float32 kernel: set dtype='bfloat16' (or 'float16'), or use "
                 "attention_kernel='xla'."
             )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
