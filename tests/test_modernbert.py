@@ -257,3 +257,25 @@ def test_remat_changes_nothing_computed(policy):
     rematted = jax.grad(loss)(params, config.replace(remat_policy=policy))
     for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(rematted), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_splash_local_and_global_layers_equal_xla_in_the_interpreter():
+    """The whole model with Pallas's splash kernel (interpreted on this CPU), local layers through its sliding-window
+    mask: the same logits and gradients as XLA's attention with explicit masks."""
+    fields = CONFIGS["modern"]
+    model = _hf_model(fields)
+    config, params = _ours(fields, model)
+    config = config.replace(max_position_embeddings=256)  # no parameter depends on it
+    ids, mask = _batch(fields["vocab_size"], 2, 150)  # over one 128-token block of the kernel; padded rows
+
+    def loss(p, c):
+        logits = ModernBertForMaskedLM(c).apply({"params": p}, ids, mask).mlm_logits
+        return jnp.sum(jnp.where(mask[..., None] > 0, logits, 0.0)[:, :, :7] ** 2), logits
+
+    (_, expected), grads_xla = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(params, config)
+    splash = config.replace(attention_kernel="splash_interpret")
+    (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(params, splash)
+    real = mask.astype(bool)
+    assert max_relative_error(np.asarray(logits)[real], np.asarray(expected)[real]) < 1e-4
+    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_xla), strict=True):
+        assert max_relative_error(a, b) < 1e-4

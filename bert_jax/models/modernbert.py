@@ -143,16 +143,6 @@ class ModernBertEmbeddings(nn.Module):
         return sharding.constrain_activation(x, HIDDEN_AXES)
 
 
-def _attention_mask(keep: Array, window: int | None) -> Array:
-    """[B, 1, T, T] (local) or [B, 1, 1, T] (global) bool: the real keys each query may see."""
-    mask = keep[:, None, None, :]
-    if window is None:
-        return mask
-    index = jnp.arange(keep.shape[1])
-    band = jnp.abs(index[:, None] - index[None, :]) <= window // 2
-    return mask & band[None, None]
-
-
 def _attend(
     config: ModernBertConfig,
     query: Array,
@@ -167,7 +157,9 @@ def _attend(
     if config.attention_kernel in attention.SPLASH_KERNELS:  # the config guarantees no attention dropout
         interpret = config.attention_kernel == "splash_interpret"
         return attention.splash_attention(query, key, value, keep, window=window, interpret=interpret)
-    mask = _attention_mask(keep, window)
+    if config.attention_kernel == "cudnn":  # the config guarantees no attention dropout and a 16-bit dtype
+        return attention.cudnn_attention(query, key, value, keep, window=window)
+    mask = attention.attention_mask(keep, window)
     rate = config.attention_dropout
     low_precision = jnp.dtype(config.dtype) != jnp.float32
     if deterministic or (rate == 0.0 and not low_precision):

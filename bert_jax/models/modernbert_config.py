@@ -169,6 +169,11 @@ class ModernBertConfig:
                 f"ModernBertConfig.attention_kernel={self.attention_kernel!r} is not supported; use one of "
                 f"{', '.join(ATTENTION_KERNELS)}."
             )
+        if self.attention_kernel == "cudnn" and self.dtype == "float32":
+            raise ConfigError(
+                "attention_kernel='cudnn' has no float32 kernel: set dtype='bfloat16' (or 'float16'), or use "
+                "attention_kernel='xla'."
+            )
         if self.attention_kernel != "xla" and self.attention_dropout != 0.0:
             raise ConfigError(
                 f"attention_kernel={self.attention_kernel!r} has no dropout on the attention probabilities: set "
