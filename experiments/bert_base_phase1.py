@@ -115,10 +115,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.power = 1.0
     config.optimizer.end_learning_rate = 1e-5  # = 1e-4 * (1 - 900k / 1M): see "One schedule over both phases"
     config.optimizer.decay_from_warmup_end = False
+    config.optimizer.decay_steps = 0  # schedule="wsd" only: its final decay's length
+    config.optimizer.decay_shape = "linear"  # schedule="wsd" only: or "one_minus_sqrt"
     config.optimizer.b1 = 0.9
     config.optimizer.b2 = 0.999
     config.optimizer.eps = 1e-6
     config.optimizer.weight_decay = 0.01
+    config.optimizer.fully_decoupled_weight_decay = False  # True: decay by wd * lr(step) / peak (ModernBERT's)
     config.optimizer.bias_correction = False
     config.optimizer.clip_global_norm = 1.0
 

@@ -1,4 +1,4 @@
-"""Optimizers for BERT pretraining: AdamW and LAMB, the warmup + decay schedule, decay masks, accumulation.
+"""Optimizers for BERT pretraining: AdamW, LAMB and StableAdamW, the learning-rate schedules, decay masks, accumulation.
 
 Everything is configured by one frozen `OptimizerConfig` (validated at construction) and built from optax
 primitives, so the result is a plain `optax.GradientTransformation`:
@@ -28,6 +28,37 @@ decay, so biases and LayerNorm parameters take a plain Adam step. This is what t
 do: the MLPerf/TF-Addons LAMB (`exclude_from_layer_adaptation` defaults to the weight-decay exclusions) and
 NVIDIA's apex FusedLAMB (no trust ratio for parameter groups without weight decay, its bias/LayerNorm group).
 
+StableAdamW (Wortsman et al. 2023, "Stable and low-precision training for large-scale vision-language models";
+`optimi.StableAdamW`; the optimizer of ModernBERT's recipe) is AdamW whose learning rate is clipped per
+parameter tensor when the gradient outgrows its second-moment estimate (a loss spike):
+
+    m_hat, v_hat = bias-corrected moments (as AdamW);  RMS = sqrt(mean over the tensor of g^2 / max(v_hat, eps^2))
+    eta = lr(step) / max(1, RMS);  param -= eta * (m_hat / (sqrt(v_hat) + eps) + wd * param (masked))
+
+Exact choices, all as the paper and optimi: the moments are always bias-corrected (the paper's debiased betas
+give the same m_hat and v_hat; `bias_correction=False` is rejected), eps enters twice (squared as the floor of
+v_hat inside the RMS, and added to sqrt(v_hat) as in Adam), `g` is the gradient this step uses (after the global-norm
+clipping when that is configured: ModernBERT sets none, `clip_global_norm=None`), and the clipped `eta` scales the
+weight decay too. The state is AdamW's (the same tree: count, raw first and second moments shaped like the params,
+the schedule's count), so it shards, checkpoints and restores exactly as AdamW's.
+
+Weight decay scale. By default (`fully_decoupled_weight_decay=False`) every optimizer decays by `lr(step) * wd`
+per update (AdamW's decoupled weight decay, optimi's `decouple_lr=False`), so `weight_decay` means the same whatever
+`name` says. `fully_decoupled_weight_decay=True` (adamw and stable_adamw) decays by `lr(step) / learning_rate * wd`
+instead: the rate follows the schedule's shape but not the peak learning rate (AdamW as Loshchilov & Hutter wrote
+it, the decay scaled by the schedule multiplier alone; optimi's `decouple_lr=True` with `max_lr` the peak;
+Composer's DecoupledAdamW). ModernBERT's recipe is that variant (its `decoupled_stableadamw`: lr 8e-4, betas
+(0.9, 0.98), eps 1e-6, weight_decay 1e-5, no decay on biases and norms). It is not the default because it changes
+what `weight_decay` means: the original's 0.01 would then shrink the decayed weights by 1% every update.
+
+Schedules. "linear" and "polynomial" are the original's warmup + decay (below). "wsd" is warmup-stable-decay
+(Zhai et al. 2022; Hu et al. 2024; Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed
+Training Durations"): linear warmup to the peak, constant, then a decay over the last `decay_steps` updates to
+`end_learning_rate`, either linear (`decay_shape="linear"`, the default, as ModernBERT's `warmup_stable_decay`) or
+`end + (peak - end) * (1 - sqrt((step - decay_start) / decay_steps))` (`"one_minus_sqrt"`: Hägele et al.'s
+(1-sqrt) cooldown, which they found better than linear, and ModernBERT's `one_minus_sqrt` decay). The rate before
+the decay does not depend on the run's length (Hägele et al.'s point: one run at the peak serves several lengths).
+
 The learning rate at update `step` (0 for the first update, as the original's `global_step`) is
 `learning_rate_schedule(config)(step)`; `accumulate_gradients` averages gradients over microbatches inside one
 jitted step with `jax.lax.scan`.
@@ -54,8 +85,9 @@ Batch = Any
 # `jax.value_and_grad(loss_fn, has_aux=True)` wrapped to take the rng as its third argument.
 LossAndGradFn = Callable[[PyTree, Batch, jax.Array | None], tuple[PyTree, PyTree]]
 
-OPTIMIZERS = ("adamw", "lamb")
-SCHEDULES = ("linear", "polynomial")
+OPTIMIZERS = ("adamw", "lamb", "stable_adamw")
+SCHEDULES = ("linear", "polynomial", "wsd")
+DECAY_SHAPES = ("linear", "one_minus_sqrt")  # the "wsd" schedule's decay
 REDUCTIONS = ("mean", "sum")
 
 # The original's exclude_from_weight_decay=["LayerNorm", "layer_norm", "bias"], as regular expressions that
@@ -69,18 +101,25 @@ class OptimizerConfig:
     """Optimizer and learning-rate schedule hyperparameters (defaults: the original BERT recipe, AdamW).
 
     Attributes:
-      name: "adamw" or "lamb".
+      name: "adamw", "lamb" or "stable_adamw" (AdamW with per-tensor update clipping, ModernBERT's optimizer).
       learning_rate: the peak learning rate, reached at the end of warmup.
       warmup_steps: updates of linear warmup from 0 to the peak (0: no warmup).
       total_steps: the update at which the decay reaches `end_learning_rate` (it stays there afterwards).
-      schedule: "linear" or "polynomial" decay (`power` is used by "polynomial" only).
+      schedule: "linear" or "polynomial" decay (`power` is used by "polynomial" only), or "wsd": warmup, the peak
+        held, then the decay over the last `decay_steps` updates.
       power: exponent of the polynomial decay.
       end_learning_rate: the learning rate at and after `total_steps`.
       decay_from_warmup_end: False (the original): the decay runs over steps [0, total_steps] and warmup replaces
         its first `warmup_steps` values, so the rate right after warmup is `peak * (1 - warmup/total)`. True: the
         decay starts from the peak at the end of warmup (Hugging Face's `get_linear_schedule_with_warmup`).
-      b1, b2, eps: Adam's moment decay rates and the epsilon added to `sqrt(v)`.
+        Only for "linear" and "polynomial".
+      decay_steps: "wsd" only (required there, >= 1): the decay's length, the last updates before `total_steps`.
+      decay_shape: "wsd" only: "linear" (default) or "one_minus_sqrt" (Hägele et al. 2024's cooldown).
+      b1, b2, eps: Adam's moment decay rates and the epsilon added to `sqrt(v)` (StableAdamW also floors `v` at
+        `eps^2` in its clipping ratio, so it needs eps > 0).
       weight_decay: decoupled weight decay rate (not applied to biases and LayerNorm parameters).
+      fully_decoupled_weight_decay: False (default): decay by `lr(step) * weight_decay` per update. True (adamw,
+        stable_adamw): by `lr(step) / learning_rate * weight_decay`, ModernBERT's recipe (see the module docstring).
       bias_correction: divide the Adam moments by `1 - b^t`. False reproduces the original BERT optimizer.
       clip_global_norm: clip the gradients to this global norm before the update (None: no clipping).
     """
@@ -93,10 +132,13 @@ class OptimizerConfig:
     power: float = 1.0
     end_learning_rate: float = 0.0
     decay_from_warmup_end: bool = False
+    decay_steps: int = 0
+    decay_shape: str = "linear"
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-6
     weight_decay: float = 0.01
+    fully_decoupled_weight_decay: bool = False
     bias_correction: bool = True
     clip_global_norm: float | None = 1.0
 
@@ -104,6 +146,7 @@ class OptimizerConfig:
         self._check_choices()
         self._check_steps()
         self._check_rates()
+        self._check_combinations()
 
     def _check_choices(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -112,12 +155,16 @@ class OptimizerConfig:
             raise ConfigError(
                 f"OptimizerConfig.schedule={self.schedule!r} is unknown; use one of {', '.join(SCHEDULES)}."
             )
-        for name in ("bias_correction", "decay_from_warmup_end"):
+        if self.decay_shape not in DECAY_SHAPES:
+            raise ConfigError(
+                f"OptimizerConfig.decay_shape={self.decay_shape!r} is unknown; use one of {', '.join(DECAY_SHAPES)}."
+            )
+        for name in ("bias_correction", "decay_from_warmup_end", "fully_decoupled_weight_decay"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"OptimizerConfig.{name} must be True or False, got {getattr(self, name)!r}.")
 
     def _check_steps(self) -> None:
-        for name, minimum in (("warmup_steps", 0), ("total_steps", 1)):
+        for name, minimum in (("warmup_steps", 0), ("total_steps", 1), ("decay_steps", 0)):
             value = getattr(self, name)
             if not _is_int(value) or value < minimum:
                 raise ConfigError(f"OptimizerConfig.{name} must be an integer >= {minimum}, got {value!r}.")
@@ -125,6 +172,16 @@ class OptimizerConfig:
             raise ConfigError(
                 f"OptimizerConfig.warmup_steps ({self.warmup_steps}) exceeds total_steps ({self.total_steps}); "
                 "warmup must end at or before the last step."
+            )
+        if self.schedule == "wsd" and self.decay_steps < 1:
+            raise ConfigError(
+                "OptimizerConfig.schedule='wsd' needs decay_steps >= 1 (the final decay's length, e.g. 10% of "
+                f"total_steps), got {self.decay_steps}."
+            )
+        if self.warmup_steps + self.decay_steps > self.total_steps:
+            raise ConfigError(
+                f"OptimizerConfig.warmup_steps ({self.warmup_steps}) + decay_steps ({self.decay_steps}) exceed "
+                f"total_steps ({self.total_steps}); shorten the warmup or the decay, or raise total_steps."
             )
 
     def _check_rates(self) -> None:
@@ -151,6 +208,28 @@ class OptimizerConfig:
             f"clip_global_norm must be None (no clipping) or a number > 0, got {clip!r}.",
         )
 
+    def _check_combinations(self) -> None:
+        """Settings that only mean something for some optimizers or schedules: an unused one is an error."""
+        wsd = self.schedule == "wsd"
+        _require(wsd or self.decay_steps == 0, "decay_steps only applies to schedule='wsd'; leave it 0.")
+        _require(wsd or self.decay_shape == "linear", "decay_shape only applies to schedule='wsd'; leave it 'linear'.")
+        _require(
+            not (wsd and self.decay_from_warmup_end),
+            "decay_from_warmup_end does not apply to schedule='wsd' (it decays over its last decay_steps); set False.",
+        )
+        _require(
+            self.name != "lamb" or not self.fully_decoupled_weight_decay,
+            "fully_decoupled_weight_decay is for adamw and stable_adamw (LAMB's trust ratio rescales the decay); "
+            "set False.",
+        )
+        if self.name == "stable_adamw":
+            _require(
+                self.bias_correction,
+                "bias_correction=False is not StableAdamW (its clipping compares g^2 to the bias-corrected v); "
+                "set True.",
+            )
+            _require(self.eps > 0, f"eps must be > 0 for stable_adamw (v is floored at eps^2), got {self.eps!r}.")
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
@@ -170,14 +249,16 @@ def _require(condition: bool, message: str) -> None:
 
 
 def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
-    """The learning rate at each update step: linear warmup from 0, then linear or polynomial decay.
+    """The learning rate at each update step: linear warmup from 0, then linear or polynomial decay (or "wsd").
 
     During warmup (`step < warmup_steps`) the rate is `peak * step / warmup_steps`. Otherwise it is the
     original's `polynomial_decay`: `(peak - end) * (1 - t)^power + end` with `t` the fraction of the decay span
     done, clipped to [0, 1] so that the rate stays at `end_learning_rate` past `total_steps`. The decay span is
     [0, total_steps] (the original) or [warmup_steps, total_steps] with `decay_from_warmup_end`.
-    The returned function is traceable (works on a step array inside jit).
+    `schedule="wsd"` is `wsd_schedule`. The returned function is traceable (works on a step array inside jit).
     """
+    if config.schedule == "wsd":
+        return wsd_schedule(config)
     peak, end, power = config.learning_rate, config.end_learning_rate, config.power
     warmup, total = float(config.warmup_steps), float(config.total_steps)
     decay_span = total - (warmup if config.decay_from_warmup_end else 0.0)
@@ -191,6 +272,30 @@ def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
         else:  # warmup ends at total_steps: nothing left to decay
             remaining = jnp.zeros_like(step)
         decayed = (peak - end) * remaining**power + end
+        if warmup == 0:
+            return decayed
+        return jnp.where(step < warmup, peak * step / warmup, decayed)
+
+    return schedule
+
+
+def wsd_schedule(config: OptimizerConfig) -> optax.Schedule:
+    """Warmup-stable-decay: `peak * step / warmup_steps` during warmup, then `peak` until the decay starts at
+    `total_steps - decay_steps`, then `end + (peak - end) * r` down to `end_learning_rate` at `total_steps` (and after).
+
+    `r` is the fraction of the decay left, `(total_steps - step) / decay_steps` clipped to [0, 1], for the "linear"
+    shape; for "one_minus_sqrt" it is `1 - sqrt(1 - that fraction)` (Hägele et al. 2024), computed as
+    `left / (1 + sqrt(1 - left))` so that float32 keeps its digits near the end, where both terms are close to 1.
+    """
+    peak, end = config.learning_rate, config.end_learning_rate
+    warmup, total, decay = float(config.warmup_steps), float(config.total_steps), float(config.decay_steps)
+    one_minus_sqrt = config.decay_shape == "one_minus_sqrt"
+
+    def schedule(step: optax.ScalarOrSchedule) -> jax.Array:
+        step = jnp.asarray(step, jnp.float32)
+        left = jnp.clip((total - step) / decay, 0.0, 1.0)  # 1 up to the decay's start, 0 from total_steps on
+        remaining = left / (1.0 + jnp.sqrt(1.0 - left)) if one_minus_sqrt else left
+        decayed = (peak - end) * remaining + end
         if warmup == 0:
             return decayed
         return jnp.where(step < warmup, peak * step / warmup, decayed)
@@ -291,20 +396,41 @@ def make_optimizer(config: OptimizerConfig, params_or_mask: PyTree | None = None
 
     Returns:
       A `GradientTransformation`; its `update` needs `params` (weight decay and the trust ratio read them).
+      AdamW and StableAdamW share one state layout (the AdamW chain's), so either restores the other's checkpoint.
     """
     mask = _resolve_mask(params_or_mask)
     parts = []
     if config.clip_global_norm is not None:
         parts.append(optax.clip_by_global_norm(config.clip_global_norm))
     parts.append(scale_by_adam(config.b1, config.b2, config.eps, config.bias_correction))
-    parts.append(optax.add_decayed_weights(config.weight_decay, mask=mask))
+    parts.append(optax.add_decayed_weights(_decay_rate(config), mask=mask))
     if config.name == "lamb":
         parts.append(optax.masked(optax.scale_by_trust_ratio(), mask))
     parts.append(optax.scale_by_learning_rate(learning_rate_schedule(config)))
     chain = optax.chain(*parts)
-    if config.name == "adamw":
+    if config.name in ("adamw", "stable_adamw"):
         return optax.GradientTransformation(chain.init, _fused_adamw_update(config, mask))
     return chain
+
+
+def _decay_rate(config: OptimizerConfig) -> float:
+    """The weight decay rate that multiplies `lr(step)`: `weight_decay`, or `weight_decay / learning_rate` when
+    fully decoupled (so that the decay per update is `weight_decay * lr(step) / peak`)."""
+    if config.fully_decoupled_weight_decay:
+        return config.weight_decay / config.learning_rate
+    return config.weight_decay
+
+
+def update_clipping_divisor(g: jax.Array, v_hat: jax.Array, eps: float) -> jax.Array:
+    """StableAdamW's divisor of one tensor's learning rate: `max(1, sqrt(mean(g^2 / max(v_hat, eps^2))))`.
+
+    `v_hat` is the bias-corrected second moment including this step's `g`. The ratio is 1 for a gradient as
+    large as its running RMS; a spike far above it (the moment has not caught up) gives a divisor > 1 that brings
+    the tensor's step back towards the size a steady gradient would take. Computed in float32.
+    """
+    g = g.astype(jnp.float32)
+    ratio = (g * g) / jnp.maximum(v_hat.astype(jnp.float32), jnp.float32(eps**2))
+    return jnp.maximum(1.0, jnp.sqrt(jnp.mean(ratio)))
 
 
 def _fused_adamw_update(config: OptimizerConfig, mask: PyTree | Callable[[PyTree], PyTree]) -> optax.TransformUpdateFn:
@@ -317,13 +443,18 @@ def _fused_adamw_update(config: OptimizerConfig, mask: PyTree | Callable[[PyTree
     scalar factor. The result is the chain's to float32 rounding (the clipped gradient is `g * (max / norm)`
     instead of `(g / norm) * max`), and the state is the chain's own (built by its `init`, only the two step counts and the
     moments change), so checkpoints are the same either way.
+
+    `stable_adamw` is the same pass with the step of each tensor divided by `update_clipping_divisor` (a
+    reduction over that tensor, so one more read of its gradient and second moment); the decay term is divided too.
     """
     schedule = learning_rate_schedule(config)
-    b1, b2, eps, decay, max_norm = config.b1, config.b2, config.eps, config.weight_decay, config.clip_global_norm
+    b1, b2, eps, max_norm = config.b1, config.b2, config.eps, config.clip_global_norm
+    decay, stable = _decay_rate(config), config.name == "stable_adamw"
+    display_name = "StableAdamW" if stable else "AdamW"
 
     def update(updates: PyTree, state: Any, params: PyTree | None = None) -> tuple[PyTree, Any]:
         if params is None:
-            raise ValueError("AdamW's update needs params (the weight decay reads them).")
+            raise ValueError(f"{display_name}'s update needs params (the weight decay reads them).")
         adam_index = next(i for i, part in enumerate(state) if isinstance(part, optax.ScaleByAdamState))
         schedule_index = next(i for i, part in enumerate(state) if isinstance(part, optax.ScaleByScheduleState))
         adam, schedule_state = state[adam_index], state[schedule_index]
@@ -348,7 +479,8 @@ def _fused_adamw_update(config: OptimizerConfig, mask: PyTree | Callable[[PyTree
             u = ((m / c1) / (jnp.sqrt(v / c2) + eps)).astype(g.dtype)
             if is_decayed and decay:
                 u = u + decay * p
-            return jnp.asarray(step_size, u.dtype) * u, m, v
+            leaf_step = step_size / update_clipping_divisor(g, v / c2, eps) if stable else step_size
+            return jnp.asarray(leaf_step, u.dtype) * u, m, v
 
         treedef = jax.tree.structure(updates)
         results = treedef.flatten_up_to(jax.tree.map(leaf, updates, adam.mu, adam.nu, params, decayed))
