@@ -279,3 +279,18 @@ def test_splash_local_and_global_layers_equal_xla_in_the_interpreter():
     assert max_relative_error(np.asarray(logits)[real], np.asarray(expected)[real]) < 1e-4
     for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_xla), strict=True):
         assert max_relative_error(a, b) < 1e-4
+
+
+def test_weight_decay_skips_the_norms_and_biases_of_the_modern_family():
+    """As ModernBERT's recipe: every norm and bias is left out of weight decay, every matrix decayed."""
+    from flax import linen as nn
+
+    from bert_jax.training import optim
+
+    config = ModernBertConfig(**CONFIGS["biases"], **SPECIAL)
+    params = nn.meta.unbox(ModernBertForMaskedLM(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
+    mask = jax.tree_util.tree_flatten_with_path(optim.weight_decay_mask(params["params"]))[0]
+    for path, decayed in mask:
+        names = [str(getattr(key, "key", key)) for key in path]
+        one_dimensional = names[-1] in ("scale", "bias", "decoder_bias")
+        assert decayed == (not one_dimensional), "/".join(names)

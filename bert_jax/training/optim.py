@@ -93,7 +93,10 @@ REDUCTIONS = ("mean", "sum")
 # The original's exclude_from_weight_decay=["LayerNorm", "layer_norm", "bias"], as regular expressions that
 # must match one whole path component (case-insensitive): a parameter named "bias", or anything under a module
 # whose name contains "LayerNorm" / "layer_norm" (Flax's LayerNorm params are `scale` and `bias`).
-DEFAULT_DECAY_EXCLUDE = (r"bias", r".*layer_?norm.*")
+# The modern family's names follow the same rule: its norms are modules named `norm`, `attn_norm`, `mlp_norm`,
+# `final_norm` (hence `.*norm`) and its MLM decoder's bias is `decoder_bias` (hence `.*_bias`); ModernBERT's recipe
+# likewise decays neither norms nor biases. No BERT parameter's path changes class by these two.
+DEFAULT_DECAY_EXCLUDE = (r"bias", r".*layer_?norm.*", r".*norm", r".*_bias")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
