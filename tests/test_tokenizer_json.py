@@ -1,4 +1,5 @@
-"""Hugging Face tokenizer.json files (`HuggingFaceTokenizer`): ids, special tokens, word starts, errors.
+"""Hugging Face tokenizer.json files (`HuggingFaceTokenizer`): ids, special tokens, word starts, errors, configs, and
+pretraining on one end to end (corpus, whole-word masking, checkpoint, export, fine-tuning's tokenizer from it).
 
 Every tokenizer.json is made here with the `tokenizers` library (nothing is downloaded):
   * a byte-level BPE trained on WikiText-2 lines, its special tokens added after the vocabulary with a
@@ -10,15 +11,24 @@ Every tokenizer.json is made here with the `tokenizers` library (nothing is down
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import pickle
+import runpy
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from bert_jax import tokenizers
+from bert_jax.errors import ConfigError
+from bert_jax.jobs import config as job_config
 from bert_jax.tokenizers import HuggingFaceTokenizer, TokenizerError, WordPieceTokenizer, load_tokenizer
-from tests.conftest import shared_path
+from bert_jax.training import checkpoint
+from tests.conftest import REPO_ROOT, shared_path
 
 BPE_SPECIALS = ("[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]")
 BPE_VOCAB = 2000
@@ -262,3 +272,218 @@ def test_bpe_word_starts_are_the_pre_tokenizers_words(bpe_file):
         assert all(start for piece, start in zip(pieces, starts, strict=True) if piece.startswith("Ġ")), text
         checked += sum(not start for start in starts)
     assert checked > 1000  # plenty of continuation pieces
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Configs and saved tokenizers.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _tiny_config():
+    return runpy.run_path(str(REPO_ROOT / "experiments" / "bert_tiny.py"))["get_config"]()
+
+
+def test_exactly_one_tokenizer(bpe_file, bert_vocab):
+    with pytest.raises(TokenizerError, match=r"exactly one of .*got vocab_file and tokenizer_file"):
+        load_tokenizer(vocab_file=bert_vocab, tokenizer_file=bpe_file)
+    with pytest.raises(TokenizerError, match=r"exactly one of .*tokenizer_file.*got none"):
+        load_tokenizer()
+    assert isinstance(load_tokenizer(tokenizer_file=str(bpe_file)), HuggingFaceTokenizer)
+
+    config = _tiny_config()
+    config.data.tokenizer_file = str(bpe_file)  # the demo sets vocab_file
+    with pytest.raises(ConfigError, match=r"data\.vocab_file and data\.tokenizer_file are both set.*") as raised:
+        job_config.parse(config, expect="pretrain")
+    assert "--config.data.vocab_file=''" in str(raised.value) and "\n" not in str(raised.value)
+    config.data.vocab_file = ""
+    job = job_config.parse(config, expect="pretrain")
+    assert job.data.tokenizer_file == str(bpe_file)
+    config.data.tokenizer_file = ""
+    with pytest.raises(ConfigError, match=r"No tokenizer: set data\.vocab_file .* data\.tokenizer_file"):
+        job_config.parse(config, expect="pretrain")
+    config.data.corpus_dir = "/some/corpus"  # a built corpus knows its vocabulary
+    assert job_config.parse(config, expect="pretrain").data.corpus_dir == "/some/corpus"
+
+    finetune = runpy.run_path(str(REPO_ROOT / "experiments" / "glue_sst2.py"))["get_config"]()
+    finetune.vocab_file, finetune.tokenizer_file = str(bert_vocab), str(bpe_file)
+    with pytest.raises(ConfigError, match=r"vocab_file and tokenizer_file are both set") as raised:
+        job_config.parse(finetune, expect="finetune")
+    assert "\n" not in str(raised.value)
+
+
+def test_a_tokenizer_json_on_gs(gcs, bpe_file, tmp_path):
+    """Read as the other tokenizer files are: a verified copy in the host cache, and into the checkpoint payload."""
+    from bert_jax import storage
+
+    bucket = gcs.create_bucket(f"t-tokenizer-json-{time.time_ns() % 10**8}")
+    remote = f"{bucket}/tokenizers/tokenizer.json"
+    storage.upload_file(str(bpe_file), remote)
+    tokenizer = load_tokenizer(tokenizer_file=remote)
+    assert isinstance(tokenizer, HuggingFaceTokenizer)
+    assert tokenizer.encode("The unbelievable cat") == HuggingFaceTokenizer(bpe_file).encode("The unbelievable cat")
+    assert checkpoint.tokenizer_payload(tokenizer_file=remote) == {"tokenizer.json": bpe_file.read_text("utf-8")}
+
+
+def test_checkpoint_payload_round_trip(bpe_file, tmp_path):
+    payload = checkpoint.tokenizer_payload(tokenizer_file=str(bpe_file))
+    assert set(payload) == {"tokenizer.json"}
+    json.dumps(payload)  # what the checkpoint's JSON item holds
+    restored = checkpoint.load_payload_tokenizer(payload, str(tmp_path))
+    assert isinstance(restored, HuggingFaceTokenizer)
+    text = "The unbelievable cat"
+    assert restored.encode_with_word_starts(text) == HuggingFaceTokenizer(bpe_file).encode_with_word_starts(text)
+    with pytest.raises(checkpoint.CheckpointError, match="No tokenizer among the saved files"):
+        checkpoint.load_payload_tokenizer({}, str(tmp_path))
+
+
+def _build_corpus_cli(*flags: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "bert_jax_tools.build_corpus", *flags]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300)
+
+
+def test_build_corpus_cli_takes_a_tokenizer_file(bpe_file, bert_vocab, tmp_path):
+    from bert_jax.data import corpus
+
+    sample = shared_path("bert_sample", "sample_text.txt")
+    common = [f"--input_files={sample}", "--max_seq_length=64", "--num_shards=1", "--eval_fraction=0"]
+    built = _build_corpus_cli(*common, f"--tokenizer_file={bpe_file}", f"--output_dir={tmp_path / 'c'}")
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert "Read 1 file(s): 3 documents, 31 sentences." in built.stdout
+    (dataset,) = corpus.find_dataset_dirs(tmp_path / "c")
+    metadata = corpus.corpus_metadata(dataset)
+    tokenizer = HuggingFaceTokenizer(bpe_file)
+    assert int(metadata["vocab_size"]) == tokenizer.vocab_size
+    assert {k: int(v) for k, v in metadata["special_ids"].items()} == dict(tokenizer.special_ids)
+    both = _build_corpus_cli(
+        *common, f"--tokenizer_file={bpe_file}", f"--vocab_file={bert_vocab}", f"--output_dir={tmp_path / 'd'}"
+    )
+    assert both.returncode != 0 and "Traceback" not in both.stderr
+    last = both.stderr.strip().splitlines()[-1]
+    assert last.startswith("bert-jax-build-corpus: error: pass exactly one of vocab_file"), last
+    assert "got vocab_file and tokenizer_file" in last
+
+
+# ----------------------------------------------------------------------------------------------------------
+# End to end: corpus, pretraining with whole-word masking, checkpoint, export, fine-tuning's tokenizer.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _words(tokens: np.ndarray, word_starts: np.ndarray, length: int, specials: set[int]) -> list[list[int]]:
+    """The positions of each word of one row, as masking sees them (a special token ends a word)."""
+    words: list[list[int]] = []
+    previous_special = True
+    for position in range(length):
+        if int(tokens[position]) in specials:
+            previous_special = True
+            continue
+        if word_starts[position] or previous_special:
+            words.append([])
+        words[-1].append(position)
+        previous_special = False
+    return words
+
+
+def test_pretraining_on_a_tokenizer_json_masks_whole_words_and_carries_it_to_fine_tuning(
+    bpe_file, tmp_path, monkeypatch
+):
+    from bert_jax.data import corpus, pipeline
+    from bert_jax.jobs import finetune_plan, pretraining
+    from bert_jax.training import export
+
+    lines = wikitext_lines(1500)
+    text = tmp_path / "wiki.txt"
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tokenizer = HuggingFaceTokenizer(bpe_file)
+
+    masked_batches = []
+    original_mask_batch = pipeline.mask_batch
+
+    def recording_mask_batch(tokens, word_starts, example_ids, config, **kwargs):
+        out = original_mask_batch(tokens, word_starts, example_ids, config, **kwargs)
+        masked_batches.append((tokens.copy(), word_starts.copy(), kwargs["lengths"].copy(), config, out))
+        return out
+
+    monkeypatch.setattr(pipeline, "mask_batch", recording_mask_batch)
+    config = _tiny_config()
+    config.data.train_files = str(text)
+    config.data.vocab_file = ""
+    config.data.tokenizer_file = str(bpe_file)
+    config.data.whole_word = True
+    config.data.num_workers = 0
+    config.data.eval_fraction = 0.05
+    config.num_train_steps, config.global_batch_size = 3, 8
+    config.log_every_steps, config.eval_every_steps, config.eval_batches = 1, 3, 1
+    config.peak_flops_per_device = 1e11
+    config.optimizer.warmup_steps = 1
+    workdir = tmp_path / "run"
+    result = pretraining.train_and_evaluate(job_config.parse(config, expect="pretrain"), str(workdir))
+    assert result.step == 3 and np.isfinite(result.eval_metrics["loss"])
+
+    # The corpus: built with the tokenizer.json (its vocabulary and special ids), the file kept beside it.
+    (corpus_dir,) = corpus.find_dataset_dirs(workdir / "corpus")
+    metadata = corpus.corpus_metadata(corpus_dir)
+    assert int(metadata["vocab_size"]) == tokenizer.vocab_size == BPE_VOCAB + 5
+    assert {k: int(v) for k, v in metadata["special_ids"].items()} == dict(tokenizer.special_ids)
+    assert (pathlib.Path(corpus_dir) / "tokenizer.json").read_bytes() == bpe_file.read_bytes()
+
+    # Whole-word masking on the batches the job trained and evaluated on: a word is masked whole or not at all.
+    assert masked_batches
+    specials = {tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id}
+    multi_piece_words_masked = 0
+    for tokens, word_starts, lengths, masking, out in masked_batches:
+        assert (
+            masking.whole_word and masking.mask_id == tokenizer.mask_id and masking.vocab_size == tokenizer.vocab_size
+        )
+        for row in range(len(tokens)):
+            pieces = tokenizer.convert_ids_to_tokens(tokens[row, : lengths[row]])
+            # The stored flags are the tokenizer's: every "Ġ" piece starts a word.
+            assert all(word_starts[row, k] for k, piece in enumerate(pieces) if piece.startswith("Ġ"))
+            masked = set(out["masked_lm_positions"][row][out["masked_lm_weights"][row] > 0].tolist())
+            assert masked
+            for word in _words(tokens[row], word_starts[row], lengths[row], specials):
+                hit = masked & set(word)
+                assert not hit or hit == set(word), (pieces, word, sorted(masked))
+                multi_piece_words_masked += bool(hit) and len(word) > 1
+    assert multi_piece_words_masked > 10  # the check covered words of several pieces
+
+    # Checkpoint and exports carry the tokenizer.json.
+    directory = checkpoint.checkpoint_dir(str(workdir))
+    ckpt = checkpoint.Checkpointer(directory, save_every_steps=1, async_save=False, remove_unfinished=False)
+    try:
+        assert ckpt.read_tokenizer(3) == {"tokenizer.json": bpe_file.read_text(encoding="utf-8")}
+    finally:
+        ckpt.close()
+    hf_dir, native_dir = workdir / "export" / "hf", workdir / "export" / "bert_jax"
+    for directory in (hf_dir, native_dir):
+        assert (directory / "tokenizer.json").read_bytes() == bpe_file.read_bytes()
+        assert not (directory / "vocab.txt").exists()
+    hf_config = json.loads((hf_dir / "config.json").read_text())
+    assert hf_config["vocab_size"] == tokenizer.vocab_size and hf_config["pad_token_id"] == tokenizer.pad_id
+    tokenizer_config = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tokenizer_config["mask_token"] == "[MASK]" and tokenizer_config["pad_token"] == "[PAD]"
+    exported = tmp_path / "exported"
+    export.export_checkpoint(str(workdir), str(exported), fmt="hf")
+    assert (exported / "tokenizer.json").read_bytes() == bpe_file.read_bytes()
+
+    # Fine-tuning finds it: from the export, from the workdir's checkpoint, and as its own setting.
+    sentence = "The unbelievable cat sat on the mat."
+    for init_from in (native_dir, hf_dir, workdir):
+        finetune = runpy.run_path(str(REPO_ROOT / "experiments" / "glue_sst2.py"))["get_config"]()
+        finetune.init_from = str(init_from)
+        model_config, found, _, payload = finetune_plan.model_and_tokenizer(job_config.parse(finetune))
+        assert isinstance(found, HuggingFaceTokenizer), init_from
+        assert set(payload) == {"tokenizer.json"}
+        assert model_config.vocab_size == found.vocab_size == tokenizer.vocab_size
+        assert found.encode(sentence) == tokenizer.encode(sentence)
+    finetune = runpy.run_path(str(REPO_ROOT / "experiments" / "glue_sst2.py"))["get_config"]()
+    finetune.tokenizer_file, finetune.model.size = str(bpe_file), "tiny"
+    model_config, found, _, _ = finetune_plan.model_and_tokenizer(job_config.parse(finetune))
+    assert isinstance(found, HuggingFaceTokenizer) and model_config.vocab_size == tokenizer.vocab_size
+
+    # transformers reads the exported tokenizer as ours does.
+    transformers = pytest.importorskip("transformers")
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    assert hf_tokenizer(sentence, add_special_tokens=False)["input_ids"] == tokenizer.encode(sentence)
+    assert hf_tokenizer.mask_token_id == tokenizer.mask_id and hf_tokenizer.pad_token_id == tokenizer.pad_id
