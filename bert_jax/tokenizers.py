@@ -1,4 +1,5 @@
-"""Tokenizers: one small interface, BERT's WordPiece (exactly), SentencePiece, and vocabulary training.
+"""Tokenizers: one small interface, BERT's WordPiece (exactly), SentencePiece, Hugging Face tokenizer.json, and
+vocabulary training.
 
 Everything downstream (pretraining data, masking, fine-tuning, embedding) sees only `Tokenizer`: `encode`
 (ids, no special tokens added), `encode_with_word_starts` (ids plus a flag for each piece that begins a
@@ -23,6 +24,12 @@ Literal special-token strings in the text ("[MASK]", "[SEP]", ...) become their 
 
 SentencePiece (`SentencePieceTokenizer`) wraps a `sentencepiece` model; see its docstring for how the
 special tokens map onto the model's pieces.
+
+A Hugging Face tokenizer.json (`HuggingFaceTokenizer`: ModernBERT's byte-level BPE, GPT-2/RoBERTa-style BPEs,
+WordPiece, Unigram; whatever the `tokenizers` library loads) runs through the library's public API; see its
+docstring for the special tokens ([CLS] or <s>, ...) and for the word starts of whole-word masking.
+
+`load_tokenizer(vocab_file=..., spm_model=..., tokenizer_file=...)` picks the kind (exactly one is given).
 
 `train_wordpiece` / `train_sentencepiece` build a new vocabulary from text files, special tokens first;
 `tools/train_vocab.py` (bert-jax-train-vocab) is their command line.
@@ -331,8 +338,8 @@ def _reject_json(text: str, path: PathLike) -> None:
     except ValueError:
         return
     raise TokenizerError(
-        f"{path} is a JSON file, not a WordPiece vocab.txt (one token per line). For a Hugging Face model pass "
-        "the vocab.txt that sits next to its tokenizer.json."
+        f"{path} is a JSON file, not a WordPiece vocab.txt (one token per line). A Hugging Face tokenizer.json "
+        "goes in tokenizer_file (--tokenizer_file) instead."
     )
 
 
@@ -652,25 +659,230 @@ def _spm_special_ids(processor: sentencepiece.SentencePieceProcessor, model_file
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Hugging Face tokenizer.json.
+# ----------------------------------------------------------------------------------------------------------
+
+# The names a tokenizer.json may give each special token, BERT's first: ModernBERT's uses BERT's own strings,
+# RoBERTa-style byte-level BPEs the angle-bracket ones.
+HF_SPECIAL_NAMES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        PAD: (PAD, "<pad>"),
+        UNK: (UNK, "<unk>"),
+        CLS: (CLS, "<s>"),
+        SEP: (SEP, "</s>"),
+        MASK: (MASK, "<mask>"),
+    }
+)
+
+
+class HuggingFaceTokenizer(Tokenizer):
+    """A Hugging Face `tokenizer.json` (any model the `tokenizers` library loads: byte-level BPE as in
+    ModernBERT or GPT-2, WordPiece, Unigram, WordLevel) behind the `Tokenizer` interface.
+
+    The file's whole pipeline applies (normalizer, pre-tokenizer, model), through the library's public API
+    (`tokenizers.Tokenizer.from_str`, `encode_batch(..., add_special_tokens=False)`), so ids are the library's
+    `Tokenizer.encode(text, add_special_tokens=False).ids`. Not applied:
+      * the post-processor's special tokens: `encode` gives the bare tokens, as every `Tokenizer` here does (the
+        pretraining and fine-tuning code put [CLS]/[SEP] where they belong, by id);
+      * any truncation or padding the file configures (a corpus must never be cut silently): both are switched off.
+    There is no `lowercase` switch: the file's normalizer decides casing and accents (an uncased model's lowercases),
+    and no lowercasing of ours is added; the `lowercase` of `load_tokenizer` and of the configs is ignored for it.
+
+    Special tokens are looked up by name in the vocabulary, added tokens included (`HF_SPECIAL_NAMES`): [PAD] or
+    <pad>, [UNK] or <unk>, [CLS] or <s>, [SEP] or </s>, [MASK] or <mask>, BERT's name first. [UNK] falls back to
+    the model's own unknown token (`unk_token` / `unk_id` in the file) under another name. A file lacking any of
+    them is rejected with one line naming the missing ones.
+
+    `vocab_size` is the full id space, added tokens included (`get_vocab_size(with_added_tokens=True)`; larger
+    only if some id lies beyond that count), which is the model's embedding rows.
+
+    Word starts (for whole-word masking). A piece begins a word when
+      * it is the first piece, or the pre-tokenizer put it in another word than the piece before (the
+        encoding's `word_ids`), or
+      * its character offsets put it at a word boundary of the text: it shares no character with the pieces
+        before it and begins at whitespace (a "Ġ" or "▁" piece holds its word's space), or right after
+        whitespace that no piece holds (pre-tokenizers that drop the spaces). Whitespace is `is_whitespace`'s
+        (space, tab, newline, return, Unicode space separators), not the control characters normalizers delete.
+    Word ids are the library's model-independent notion of a word, the pieces the pre-tokenizer splits the text
+    into before the model runs: BERT's pre-tokenizer gives BERT's words (punctuation apart), so a WordPiece
+    tokenizer.json flags exactly what `WordPieceTokenizer` does; the byte-level pre-tokenizer gives GPT-2's words
+    (" cat", ".", "'s", " 2019"), so every "Ġ"-prefixed piece starts a word and the pieces after it in the same
+    word do not; Metaspace gives SentencePiece's "▁" words. The offset rule covers a file without a pre-tokenizer
+    (whose text is a single "word") and never splits a word a pre-tokenizer made: a piece inside a word neither
+    begins at whitespace nor follows a space that no piece holds (after a lone "Ġ" piece, "Ã" of " é" continues
+    the word). Byte-level pieces holding parts of one multi-byte character share it, so masking never splits
+    them. A special token spelled out in the text is a word of its own. (Offsets index the original text, so a
+    normalizer does not change the rule; a WordPiece file's flags equal `WordPieceTokenizer`'s, tested.)
+    """
+
+    def __init__(self, tokenizer_file: PathLike) -> None:
+        self.tokenizer_file = pathlib.Path(tokenizer_file)
+        data = _read_bytes(tokenizer_file, "tokenizer.json")
+        self._tokenizer = _load_tokenizer_json(data, tokenizer_file)
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        self._vocab = self._tokenizer.get_vocab(with_added_tokens=True)
+        if not self._vocab:
+            raise TokenizerError(f"{tokenizer_file} has an empty vocabulary.")
+        self._vocab_size = max(self._tokenizer.get_vocab_size(with_added_tokens=True), max(self._vocab.values()) + 1)
+        self._tokens: list[str | None] = [None] * self._vocab_size
+        for token, i in self._vocab.items():
+            self._tokens[i] = token
+        self._special_ids = _hf_special_ids(self._vocab, data, tokenizer_file)
+
+    def __repr__(self) -> str:
+        return f"HuggingFaceTokenizer({str(self.tokenizer_file)!r})"
+
+    @property
+    def tokenizer(self) -> FastTokenizer:
+        """The underlying `tokenizers.Tokenizer` (truncation and padding off)."""
+        return self._tokenizer
+
+    @property
+    def vocab(self) -> Mapping[str, int]:
+        return MappingProxyType(self._vocab)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def special_ids(self) -> Mapping[str, int]:
+        return MappingProxyType(self._special_ids)
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        """The file's own string for each special token ([CLS] -> "<s>" in a RoBERTa-style file)."""
+        return {role: self._tokens[i] or role for role, i in self._special_ids.items()}
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        texts = self._texts(texts)
+        return [encoding.ids for encoding in _run_batch(self._tokenizer, texts, with_word_starts=False)]
+
+    def encode_batch_with_word_starts(self, texts: Sequence[str]) -> list[tuple[list[int], list[bool]]]:
+        texts = self._texts(texts)
+        encodings = _run_batch(self._tokenizer, texts, with_word_starts=True)
+        return [
+            (e.ids, _offset_word_starts(text, e.word_ids, e.offsets)) for text, e in zip(texts, encodings, strict=True)
+        ]
+
+    @staticmethod
+    def _texts(texts: Sequence[str]) -> list[str]:
+        if isinstance(texts, str):
+            raise TokenizerError("encode_batch takes a sequence of texts, not one string; use encode for one text.")
+        return list(texts)
+
+    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
+        tokens = []
+        for i in self._checked_ids(ids):
+            token = self._tokens[i]
+            if token is None:
+                raise TokenizerError(f"id {i} has no token in {self.tokenizer_file} (a gap in its ids).")
+            tokens.append(token)
+        return tokens
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """The file's own decoder (byte-level BPE gives back the text's spaces; WordPiece glues "##" pieces)."""
+        return self._tokenizer.decode(self._checked_ids(ids), skip_special_tokens=skip_special_tokens)
+
+
+def _offset_word_starts(text: str, word_ids: Sequence[int | None], offsets: Sequence[tuple[int, int]]) -> list[bool]:
+    """The word-start flags of one encoding (the rule is in `HuggingFaceTokenizer`'s docstring)."""
+    starts: list[bool] = []
+    previous_word: int | None = None
+    previous_end = 0
+    for k, (word, (start, end)) in enumerate(zip(word_ids, offsets, strict=True)):
+        begins = k == 0 or word is None or word != previous_word
+        if not begins and previous_end <= start < len(text):
+            begins = is_whitespace(text[start]) or (start > previous_end and is_whitespace(text[start - 1]))
+        starts.append(begins)
+        previous_word = word
+        previous_end = max(previous_end, end)
+    return starts
+
+
+def _load_tokenizer_json(data: bytes, path: PathLike) -> FastTokenizer:
+    """Parses a tokenizer.json, explaining the usual mistakes (a vocab.txt, a SentencePiece model, another JSON)."""
+    try:
+        return FastTokenizer.from_str(data.decode("utf-8-sig"))
+    except Exception as e:
+        if _looks_like_sentencepiece(data):
+            hint = " It is a SentencePiece model: pass it as spm_model instead."
+        elif b"\x00" not in data[:4096] and (data.startswith(b"[PAD]") or b"\n[CLS]\n" in data):
+            hint = " It looks like a WordPiece vocab.txt: pass it as vocab_file instead."
+        else:
+            hint = " Pass the tokenizer.json of a Hugging Face model (tokenizer_config.json and vocab.json are not it)."
+        reason = " ".join(str(e).split())[:200]
+        raise TokenizerError(f"{path} is not a Hugging Face tokenizer.json ({reason}).{hint}") from None
+
+
+def _hf_special_ids(vocab: Mapping[str, int], data: bytes, path: PathLike) -> dict[str, int]:
+    """Ids of the five special tokens in a tokenizer.json (lookup rules in `HuggingFaceTokenizer`)."""
+    ids: dict[str, int] = {}
+    for role, names in HF_SPECIAL_NAMES.items():
+        found = next((vocab[name] for name in names if name in vocab), None)
+        if found is None and role == UNK:
+            found = _model_unk_id(data, vocab)
+        if found is not None:
+            ids[role] = found
+    missing = [f"{role} (or {' '.join(HF_SPECIAL_NAMES[role][1:])})" for role in HF_SPECIAL_NAMES if role not in ids]
+    if missing:
+        raise TokenizerError(
+            f"tokenizer.json {path} lacks the special token(s) {', '.join(missing)}: add them "
+            "(tokenizers: tok.add_special_tokens([...]); tok.save(path)) or use the tokenizer.json of an encoder "
+            "model (ModernBERT's has all five)."
+        )
+    return ids
+
+
+def _model_unk_id(data: bytes, vocab: Mapping[str, int]) -> int | None:
+    """The model's own unknown token (`unk_token`, or Unigram's `unk_id`), whatever its name."""
+    try:
+        model = json.loads(data.decode("utf-8-sig")).get("model") or {}
+    except ValueError:
+        return None
+    unk_token = model.get("unk_token")
+    if isinstance(unk_token, str) and unk_token in vocab:
+        return vocab[unk_token]
+    unk_id = model.get("unk_id")
+    return unk_id if isinstance(unk_id, int) and unk_id in vocab.values() else None
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The factory.
 # ----------------------------------------------------------------------------------------------------------
 
 
 def load_tokenizer(
-    vocab_file: PathLike | None = None, spm_model: PathLike | None = None, lowercase: bool = True
+    vocab_file: PathLike | None = None,
+    spm_model: PathLike | None = None,
+    lowercase: bool = True,
+    tokenizer_file: PathLike | None = None,
 ) -> Tokenizer:
-    """A `WordPieceTokenizer` for `vocab_file` or a `SentencePieceTokenizer` for `spm_model` (exactly one).
+    """The tokenizer of exactly one of: `vocab_file` (a WordPiece vocab.txt: `WordPieceTokenizer`), `spm_model` (a
+    SentencePiece .model: `SentencePieceTokenizer`) or `tokenizer_file` (a Hugging Face tokenizer.json:
+    `HuggingFaceTokenizer`). Each may be local or gs:// (read from this host's verified cached copy).
 
-    `lowercase` applies to WordPiece only; a SentencePiece model carries its own normalization.
+    `lowercase` applies to WordPiece only; a SentencePiece model and a tokenizer.json carry their own normalization.
     """
-    if (vocab_file is None) == (spm_model is None):
-        given = "both" if vocab_file is not None else "neither"
+    given = {
+        name: path
+        for name, path in (("vocab_file", vocab_file), ("spm_model", spm_model), ("tokenizer_file", tokenizer_file))
+        if path is not None
+    }
+    if len(given) != 1:
+        got = " and ".join(given) or "none"
         raise TokenizerError(
-            f"pass exactly one of vocab_file (a WordPiece vocab.txt) or spm_model (a SentencePiece .model); got {given}."
+            "pass exactly one of vocab_file (a WordPiece vocab.txt), spm_model (a SentencePiece .model) or "
+            f"tokenizer_file (a Hugging Face tokenizer.json); got {got}."
         )
-    if vocab_file is not None:  # a gs:// file is read from this host's verified cached copy
-        return WordPieceTokenizer(storage.local_copy(os.fspath(vocab_file)), lowercase=lowercase)
-    return SentencePieceTokenizer(storage.local_copy(os.fspath(spm_model)))
+    ((kind, path),) = given.items()
+    local = storage.local_copy(os.fspath(path))
+    if kind == "vocab_file":
+        return WordPieceTokenizer(local, lowercase=lowercase)
+    if kind == "spm_model":
+        return SentencePieceTokenizer(local)
+    return HuggingFaceTokenizer(local)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -82,6 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.train_files = ""  # required: your corpus (a glob or comma-separated list), or set corpus_dir
     config.data.vocab_file = BERT_UNCASED_VOCAB  # the released uncased vocab, 30,522 ids
     config.data.spm_model = ""
+    config.data.tokenizer_file = ""  # or a Hugging Face tokenizer.json (then vocab_file = "")
     config.data.corpus_dir = ""  # a corpus built by bert-jax-build-corpus; then train_files is not read
     config.data.lowercase = True
     config.data.max_seq_length = 128

@@ -64,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.train_files = asset("corpus/*.txt")
     config.data.vocab_file = asset("vocab.txt")
     config.data.spm_model = ""
+    config.data.tokenizer_file = ""  # or a Hugging Face tokenizer.json (then vocab_file = "")
     config.data.corpus_dir = ""
     config.data.lowercase = True
     config.data.max_seq_length = 64

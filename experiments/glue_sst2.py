@@ -31,7 +31,8 @@ def get_config(task: str = "glue_sst2") -> ml_collections.ConfigDict:
     config.fit = "check"
     config.fit_memory_gb = 0.0  # 0 = the device's own limit (CPUs report none: the check runs only if set)
     config.fit_max_compiles = 6
-    config.vocab_file = ""  # default: the vocab.txt of init_from
+    config.vocab_file = ""  # default: the tokenizer saved with init_from
+    config.tokenizer_file = ""  # or a Hugging Face tokenizer.json (instead of vocab_file)
     config.lowercase = True
     config.seed = 0
     config.max_seq_length = 128

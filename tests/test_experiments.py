@@ -53,6 +53,7 @@ JOB_KEYS = (
     "data.train_files",
     "data.vocab_file",
     "data.spm_model",
+    "data.tokenizer_file",
     "data.corpus_dir",
     "data.lowercase",
     "data.max_seq_length",

@@ -477,9 +477,9 @@ def test_load_tokenizer_picks_the_right_kind(vocab_path, spm_model):
     assert isinstance(wordpiece, WordPieceTokenizer) and not wordpiece.lowercase
     assert isinstance(load_tokenizer(spm_model=spm_model), SentencePieceTokenizer)
     assert isinstance(wordpiece, tokenizers.Tokenizer)
-    with pytest.raises(TokenizerError, match=r"exactly one.*got neither"):
+    with pytest.raises(TokenizerError, match=r"exactly one.*got none"):
         load_tokenizer()
-    with pytest.raises(TokenizerError, match=r"exactly one.*got both"):
+    with pytest.raises(TokenizerError, match=r"exactly one.*got vocab_file and spm_model"):
         load_tokenizer(vocab_file=vocab_path, spm_model=spm_model)
 
 

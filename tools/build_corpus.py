@@ -3,6 +3,9 @@
   bert-jax-build-corpus --input_files='books/*.txt' --vocab_file=vocab.txt --output_dir=corpus \
       --max_seq_length=128 --num_shards=8
 
+The tokenizer is one of --vocab_file (WordPiece vocab.txt), --spm_model (SentencePiece) or --tokenizer_file (a
+Hugging Face tokenizer.json such as ModernBERT's).
+
 Wikipedia-size inputs: add --beam and a runner, e.g. (Dataflow)
   --beam --beam_pipeline_options="--runner=DataflowRunner,--project=P,--region=R,--temp_location=gs://B/tmp"
 or --beam_pipeline_options="--runner=SparkRunner" / "--runner=FlinkRunner" (see docs/data.md).
@@ -20,9 +23,16 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string(
     "input_files", None, "Text files: a glob or a comma-separated list (of files or globs).", required=True
 )
-flags.DEFINE_string("vocab_file", None, "WordPiece vocab.txt (or pass --spm_model).")
-flags.DEFINE_string("spm_model", None, "SentencePiece .model (or pass --vocab_file).")
-flags.DEFINE_bool("lowercase", True, "Lowercase and strip accents (uncased WordPiece vocabularies).")
+flags.DEFINE_string("vocab_file", None, "WordPiece vocab.txt (or pass --spm_model or --tokenizer_file).")
+flags.DEFINE_string("spm_model", None, "SentencePiece .model (or pass --vocab_file or --tokenizer_file).")
+flags.DEFINE_string(
+    "tokenizer_file",
+    None,
+    "Hugging Face tokenizer.json, e.g. ModernBERT's byte-level BPE (or pass --vocab_file or --spm_model).",
+)
+flags.DEFINE_bool(
+    "lowercase", True, "Lowercase and strip accents (uncased WordPiece vocabularies; others normalize themselves)."
+)
 flags.DEFINE_string("output_dir", None, "Where the TFDS dataset is written.", required=True)
 flags.DEFINE_enum("text_format", "auto", list(documents.TEXT_FORMATS), "Layout of the input text (auto: sniffed).")
 flags.DEFINE_integer("max_seq_length", 128, "Tokens per instance, [CLS] and both [SEP] included.")
@@ -50,6 +60,7 @@ def main(argv: list[str]) -> None:
             "input_files": FLAGS.input_files,
             "vocab_file": FLAGS.vocab_file,
             "spm_model": FLAGS.spm_model,
+            "tokenizer_file": FLAGS.tokenizer_file,
             "output_dir": FLAGS.output_dir,
         }
     )
@@ -58,6 +69,7 @@ def main(argv: list[str]) -> None:
         input_files=tuple(documents.expand_input_files(FLAGS.input_files)),
         vocab_file=FLAGS.vocab_file,
         spm_model=FLAGS.spm_model,
+        tokenizer_file=FLAGS.tokenizer_file,
         lowercase=FLAGS.lowercase,
         text_format=FLAGS.text_format,
         max_seq_length=FLAGS.max_seq_length,

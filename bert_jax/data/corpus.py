@@ -119,9 +119,10 @@ def build_corpus(
         raise documents_lib.CorpusError(
             "The corpus produced no training instance (every document was empty after tokenization)."
         )
-    vocab_copy = os.path.join(built.data_dir, "vocab.txt")
-    if options.vocab_file and not os.path.exists(vocab_copy):
-        shutil.copyfile(storage.local_copy(options.vocab_file), vocab_copy)
+    for path, name in ((options.vocab_file, "vocab.txt"), (options.tokenizer_file, "tokenizer.json")):
+        copy = os.path.join(built.data_dir, name)
+        if path and not os.path.exists(copy):
+            shutil.copyfile(storage.local_copy(path), copy)
     metadata = info.metadata or {}
     return BuildResult(
         built.data_dir,

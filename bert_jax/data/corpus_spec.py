@@ -34,7 +34,8 @@ class CorpusOptions:
     input_files: tuple[str, ...]
     vocab_file: str | None = None
     spm_model: str | None = None
-    lowercase: bool = True
+    tokenizer_file: str | None = None  # a Hugging Face tokenizer.json (exactly one of the three tokenizer files)
+    lowercase: bool = True  # WordPiece only
     text_format: str = "auto"
     max_seq_length: int = 128
     short_seq_prob: float = 0.1
@@ -68,7 +69,9 @@ class CorpusOptions:
             raise ValueError(f"beam_buckets must be >= 1, got {self.beam_buckets}.")
 
     def tokenizer(self) -> tokenizers.Tokenizer:
-        return tokenizers.load_tokenizer(self.vocab_file, self.spm_model, self.lowercase)
+        return tokenizers.load_tokenizer(
+            self.vocab_file, self.spm_model, self.lowercase, tokenizer_file=self.tokenizer_file
+        )
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -90,12 +93,14 @@ class CorpusOptions:
         digest = hashlib.sha256()
         fields = dataclasses.asdict(self)
         fields.pop("use_beam")  # same content either way up to the documented bucket rule
+        if fields["tokenizer_file"] is None:
+            fields.pop("tokenizer_file")  # a later field: corpora built before it keep their fingerprints
         digest.update(json.dumps(fields, sort_keys=True).encode())
         for path in self.input_files:
             location = path.removeprefix(documents_lib.TFDS_PREFIX).split("#")[0]
             size, mtime = storage.size_and_mtime(location)
             digest.update(f"{path}:{storage.absolute(location)}:{size}:{mtime}".encode())
-        for path in (self.vocab_file, self.spm_model):
+        for path in (self.vocab_file, self.spm_model, self.tokenizer_file):
             if path:
                 with storage.open_file(path, "rb") as f:
                     digest.update(hashlib.sha256(f.read()).digest())

@@ -66,8 +66,8 @@ class Predictor:
             payload = ckpt.read_tokenizer(step)
         finally:
             ckpt.close()
-        vocab = checkpoint.write_tokenizer_files(payload, tempfile.mkdtemp(prefix="bert_jax_vocab_"))["vocab_file"]
-        tokenizer = tokenizers.load_tokenizer(vocab, None, bool(meta.get("lowercase", True)))
+        scratch = tempfile.mkdtemp(prefix="bert_jax_vocab_")
+        tokenizer = checkpoint.load_payload_tokenizer(payload, scratch, bool(meta.get("lowercase", True)))
         return cls(task, config, params, tokenizer, int(meta["max_seq_length"]), step, batch_size)
 
     def __post_init__(self) -> None:

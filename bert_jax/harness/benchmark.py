@@ -394,7 +394,10 @@ def _pipeline_inputs(
     corpus_dir = pretraining.prepare_corpus(config, workdir)
     corpus_s = time.perf_counter() - start
     if int(corpus.corpus_metadata(corpus_dir)["vocab_size"]) != vocab_size:
-        raise ConfigError(f"The corpus {corpus_dir} was built with another vocabulary than data.vocab_file.")
+        raise ConfigError(
+            f"The corpus {corpus_dir} was built with another vocabulary than the config's tokenizer "
+            "(data.vocab_file / data.spm_model / data.tokenizer_file)."
+        )
     masking = corpus.masking_config_from_corpus(
         corpus_dir, data.max_predictions_per_seq, masked_lm_prob=data.masked_lm_prob, whole_word=data.whole_word
     )

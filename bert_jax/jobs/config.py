@@ -69,9 +69,11 @@ class PretrainData:
 
     train_files: str = ""  # a glob or comma list of text files; or:
     corpus_dir: str = ""  # a corpus built with bert-jax-build-corpus (then train_files may be empty)
-    vocab_file: str = ""
-    spm_model: str = ""
-    lowercase: bool = True
+    # The tokenizer: exactly one of these (none with corpus_dir: the corpus's vocabulary size and special ids).
+    vocab_file: str = ""  # a WordPiece vocab.txt
+    spm_model: str = ""  # a SentencePiece .model
+    tokenizer_file: str = ""  # a Hugging Face tokenizer.json (e.g. ModernBERT's byte-level BPE)
+    lowercase: bool = True  # WordPiece only: a SentencePiece model and a tokenizer.json normalize themselves
     max_seq_length: int = 128
     max_predictions_per_seq: int = 20
     masked_lm_prob: float = 0.15
@@ -141,8 +143,9 @@ class FinetuneConfig(CommonSettings):
     task: str
     data_dir: str = ""  # required by the job (not by the compile tool): the task's data: GLUE's root (<data_dir>/SST-2/train.tsv, ...), SQuAD's or CoNLL's folder
     eval_split: str = ""  # "" = the task's dev split
-    vocab_file: str = ""  # "" = the vocab.txt of init_from
-    lowercase: bool = True
+    vocab_file: str = ""  # a WordPiece vocab.txt; "" (and no tokenizer_file) = the tokenizer saved with init_from
+    tokenizer_file: str = ""  # a Hugging Face tokenizer.json instead (at most one of the two)
+    lowercase: bool = True  # WordPiece only
     max_seq_length: int = 128
     num_train_steps: int = 0  # 0 = num_epochs over the training split
     num_epochs: float = 3.0
@@ -262,11 +265,32 @@ def _common_checks(job: CommonSettings) -> None:
         raise ConfigError(f"checkpoint_timeout_seconds must be > 0, got {job.checkpoint_timeout_seconds}.")
 
 
+TOKENIZER_SETTINGS = ("vocab_file", "spm_model", "tokenizer_file")
+
+
+def tokenizer_settings(section: PretrainData | FinetuneConfig, names: tuple[str, ...], where: str) -> list[str]:
+    """The tokenizer files `section` sets (non-empty) among `names`; a `ConfigError` when it sets more than one."""
+    given = [name for name in names if getattr(section, name)]
+    if len(given) > 1:
+        both = "both" if len(given) == 2 else "all"
+        clear = " ".join(f"--config.{where}{name}=''" for name in given[:-1])
+        raise ConfigError(
+            f"{' and '.join(where + name for name in given)} are {both} set, but a job takes exactly one tokenizer: "
+            f"keep one, e.g. {clear} to use {where}{given[-1]}."
+        )
+    return given
+
+
 def _parse_pretrain(values: dict[str, Any], source: str) -> PretrainConfig:
     model = _model_settings(_section(values, "model"))
     data_section = _section(values, "data")
     _check_known(data_section, _fields(PretrainData), "data.")
     data = PretrainData(**data_section)
+    if not tokenizer_settings(data, TOKENIZER_SETTINGS, "data.") and not data.corpus_dir:
+        raise ConfigError(
+            "No tokenizer: set data.vocab_file (a WordPiece vocab.txt), data.spm_model (a SentencePiece .model) or "
+            "data.tokenizer_file (a Hugging Face tokenizer.json), or data.corpus_dir to a corpus built with one."
+        )
     try:
         batch_workers.resolve_num_workers(data.num_workers)
     except ValueError as error:
@@ -352,6 +376,7 @@ def _parse_finetune(values: dict[str, Any], source: str) -> FinetuneConfig:
         "",
     )
     _common_checks(job)
+    tokenizer_settings(job, ("vocab_file", "tokenizer_file"), "")
     if job.num_train_steps < 0 or job.num_epochs < 0 or not (job.num_train_steps or job.num_epochs):
         raise ConfigError("Set num_train_steps or num_epochs to a positive value.")
     if not 0.0 <= job.warmup_fraction <= 1.0:

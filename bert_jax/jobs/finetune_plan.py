@@ -40,24 +40,25 @@ def task_of(job: FinetuneConfig) -> Task:
 def model_and_tokenizer(
     job: FinetuneConfig,
 ) -> tuple[configs.BertConfig, tokenizers.Tokenizer, warm_start.Source | None, dict[str, str]]:
-    """The encoder config, the tokenizer, the warm-start source (if any) and the tokenizer files to save."""
+    """The encoder config, the tokenizer, the warm-start source (if any) and the tokenizer files to save.
+
+    The tokenizer is the config's `vocab_file` or `tokenizer_file` (at most one: the config's parse checks), else
+    the one saved with `init_from` (its vocab.txt, else its tokenizer.json)."""
     if job.model.family != families.DEFAULT_FAMILY:
         raise ConfigError(
             f"Fine-tuning model.family={job.model.family!r} is not built yet (issue 37, item 4): fine-tune with "
             "transformers from this job's Hugging Face export (export/hf), or pretrain and fine-tune BERT."
         )
     source = warm_start.read_source(job.init_from) if job.init_from else None
-    payload = checkpoint.tokenizer_payload(job.vocab_file) if job.vocab_file else {}
+    payload = checkpoint.tokenizer_payload(vocab_file=job.vocab_file or None, tokenizer_file=job.tokenizer_file or None)
     if not payload and source is not None:
         payload = source.tokenizer_files
-    if "vocab.txt" not in payload:
+    if checkpoint.payload_tokenizer_kind(payload) is None:
         raise ConfigError(
-            "No vocabulary: set --config.vocab_file (the source "
-            f"{job.init_from or '(none)'} has no vocab.txt beside its weights)."
+            "No tokenizer: set --config.vocab_file (a WordPiece vocab.txt) or --config.tokenizer_file (a Hugging Face "
+            f"tokenizer.json); the source {job.init_from or '(none)'} has neither beside its weights."
         )
-    scratch = tempfile.mkdtemp(prefix="bert_jax_vocab_")
-    vocab = checkpoint.write_tokenizer_files(payload, scratch)["vocab_file"]
-    tokenizer = tokenizers.load_tokenizer(vocab, None, job.lowercase)
+    tokenizer = checkpoint.load_payload_tokenizer(payload, tempfile.mkdtemp(prefix="bert_jax_vocab_"), job.lowercase)
     if source is not None:
         model_config = source.config.replace(**job.model.fields)
     else:
@@ -65,7 +66,7 @@ def model_and_tokenizer(
     if model_config.vocab_size != tokenizer.vocab_size:
         raise ConfigError(
             f"The vocabulary has {tokenizer.vocab_size} entries but the model {model_config.vocab_size}; use the "
-            "vocab.txt that belongs to init_from."
+            "vocab.txt or tokenizer.json that belongs to init_from."
         )
     return model_config, tokenizer, source, payload
 

@@ -96,7 +96,8 @@ def finetune_and_evaluate(job: FinetuneConfig, workdir: str) -> FinetuneResult:
     storage.check_paths({"data_dir": job.data_dir})
     if not storage.isdir(job.data_dir):  # before the workdir is made
         raise ConfigError(f"data_dir={job.data_dir} is not a directory; point it at the task's data.")
-    with runner.job_workdir(job, workdir, {"vocab_file": job.vocab_file, "data_dir": job.data_dir}) as where:
+    paths = {"vocab_file": job.vocab_file, "tokenizer_file": job.tokenizer_file, "data_dir": job.data_dir}
+    with runner.job_workdir(job, workdir, paths) as where:
         return _finetune_and_evaluate(job, where)
 
 

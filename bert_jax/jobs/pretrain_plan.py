@@ -37,12 +37,14 @@ def vocabulary(job: PretrainConfig) -> tuple[int, dict[str, int]]:
     """(vocabulary size, special token ids) of the job: from the tokenizer files, or from a prebuilt corpus's
     metadata when the config names only the corpus."""
     data = job.data
-    if data.corpus_dir and not (data.vocab_file or data.spm_model):
+    if data.corpus_dir and not (data.vocab_file or data.spm_model or data.tokenizer_file):
         found = corpus.find_dataset_dirs(data.corpus_dir)
         if len(found) == 1:
             metadata = corpus.corpus_metadata(found[0])
             return int(metadata["vocab_size"]), {k: int(v) for k, v in metadata["special_ids"].items()}
-    tokenizer = tokenizers.load_tokenizer(data.vocab_file or None, data.spm_model or None, data.lowercase)
+    tokenizer = tokenizers.load_tokenizer(
+        data.vocab_file or None, data.spm_model or None, data.lowercase, tokenizer_file=data.tokenizer_file or None
+    )
     return tokenizer.vocab_size, dict(tokenizer.special_ids)
 
 

@@ -48,6 +48,7 @@ def corpus_options(data: PretrainData) -> corpus.CorpusOptions:
         input_files=tuple(documents.expand_input_files(data.train_files)),
         vocab_file=data.vocab_file or None,
         spm_model=data.spm_model or None,
+        tokenizer_file=data.tokenizer_file or None,
         lowercase=data.lowercase,
         max_seq_length=data.max_seq_length,
         short_seq_prob=data.short_seq_prob,
@@ -137,13 +138,20 @@ def _export(export_dir: str, model_config: families.ModelConfig, params: Any, da
         storage.move_tree(export_dir, aside)
         print(f"Moved the previous export to {aside}", flush=True)
     vocab = storage.local_copy(data.vocab_file) if data.vocab_file else None
+    tokenizer_json = storage.local_copy(data.tokenizer_file) if data.tokenizer_file else None
     staging = storage.staging_dir_for(export_dir)
     model_family = families.family_of(model_config)
     model_config, params = convert.unpad_vocab(model_config, params)
-    hf_dir = os.path.join(staging, "hf")
-    model_family.to_hf(model_config, params, hf_dir, vocab_file=vocab, do_lower_case=data.lowercase)
+    model_family.to_hf(
+        model_config,
+        params,
+        os.path.join(staging, "hf"),
+        vocab_file=vocab,
+        do_lower_case=data.lowercase,
+        tokenizer_file=tokenizer_json,
+    )
     if model_family.name == families.DEFAULT_FAMILY:  # our own format is BERT's; the modern family's is the HF one
-        convert.to_native(model_config, params, os.path.join(staging, "bert_jax"), vocab)
+        convert.to_native(model_config, params, os.path.join(staging, "bert_jax"), vocab, tokenizer_file=tokenizer_json)
     with open(os.path.join(staging, "step.txt"), "w", encoding="utf-8") as f:
         f.write(f"{step}\n")
     storage.publish_tree(staging, export_dir, last=EXPORT_COMPLETE_LAST)
@@ -162,6 +170,7 @@ def train_and_evaluate(job: PretrainConfig, workdir: str) -> JobResult:
         "data.corpus_dir": job.data.corpus_dir,
         "data.vocab_file": job.data.vocab_file,
         "data.spm_model": job.data.spm_model,
+        "data.tokenizer_file": job.data.tokenizer_file,
     }
     with runner.job_workdir(job, workdir, paths) as where:
         return _train_and_evaluate(job, where)
@@ -233,7 +242,10 @@ def _train_and_evaluate(config: PretrainConfig, where: runner.Workdir) -> JobRes
             raise ConfigError(f"init_from={config.init_from} does not exist; give a workdir, export or HF directory.")
         corpus_dir = prepare_corpus(config, where.path)
         if int(corpus.corpus_metadata(corpus_dir)["vocab_size"]) != model_config.vocab_size:
-            raise ConfigError(f"The corpus {corpus_dir} was built with another vocabulary than data.vocab_file.")
+            raise ConfigError(
+                f"The corpus {corpus_dir} was built with another vocabulary than the config's tokenizer "
+                "(data.vocab_file / data.spm_model / data.tokenizer_file)."
+            )
         masking = corpus.masking_config_from_corpus(
             corpus_dir, data.max_predictions_per_seq, masked_lm_prob=data.masked_lm_prob, whole_word=data.whole_word
         )
@@ -329,7 +341,9 @@ def _train_and_evaluate(config: PretrainConfig, where: runner.Workdir) -> JobRes
                 "seed": config.seed,
                 "process_count": jax.process_count(),
             },
-            tokenizer_files=checkpoint.tokenizer_payload(data.vocab_file or None, data.spm_model or None),
+            tokenizer_files=checkpoint.tokenizer_payload(
+                data.vocab_file or None, data.spm_model or None, data.tokenizer_file or None
+            ),
             fresh_state=fresh_state,
             restored=lambda meta: batches.restore(meta["data_state"]),
             ready=ready,

@@ -385,6 +385,29 @@ _VOCAB_ROW_SUFFIXES = (
 )
 
 
+def write_tokenizer_json_files(directory: str, tokenizer_file: str, max_length: int) -> int:
+    """An HF directory's tokenizer from a tokenizer.json: the file, and a tokenizer_config.json naming its special
+    tokens for transformers' `PreTrainedTokenizerFast` (what `AutoTokenizer` loads). Returns the [PAD] id."""
+    from bert_jax.tokenizers import HuggingFaceTokenizer
+
+    tokenizer = HuggingFaceTokenizer(tokenizer_file)
+    shutil.copyfile(tokenizer_file, os.path.join(directory, "tokenizer.json"))
+    names = tokenizer.special_tokens
+    special = {
+        "unk_token": names["[UNK]"],
+        "sep_token": names["[SEP]"],
+        "pad_token": names["[PAD]"],
+        "cls_token": names["[CLS]"],
+        "mask_token": names["[MASK]"],
+    }
+    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length, **special}
+    with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(tokenizer_config, f, indent=2)
+    with open(os.path.join(directory, "special_tokens_map.json"), "w", encoding="utf-8") as f:
+        json.dump(special, f, indent=2)
+    return tokenizer.pad_id
+
+
 def _is_vocab_row_param(path: tuple[str, ...]) -> bool:
     return any(path[-len(suffix) :] == suffix for suffix in _VOCAB_ROW_SUFFIXES)
 
@@ -428,15 +451,22 @@ def to_hf(
     vocab_file: str | os.PathLike[str] | None = None,
     do_lower_case: bool = True,
     overwrite: bool = False,
+    tokenizer_file: str | os.PathLike[str] | None = None,
 ) -> None:
     """Writes a Hugging Face directory that `transformers.BertForPreTraining.from_pretrained` loads.
 
     With `params["cls"]` the checkpoint is a `BertForPreTraining` one (loadable by `BertModel` too, which
     drops the heads); without it, a `BertModel` one. The directory is written beside the target and moved
     into place when complete, so an existing export is never left half-overwritten.
+
+    The tokenizer (at most one): `vocab_file`, written as vocab.txt with a `BertTokenizer` tokenizer_config.json
+    (`do_lower_case`); or `tokenizer_file`, a Hugging Face tokenizer.json, copied with a `PreTrainedTokenizerFast`
+    tokenizer_config.json naming its special tokens, and config.json's `pad_token_id` set to its [PAD] id.
     """
     from safetensors.numpy import save_file
 
+    if vocab_file is not None and tokenizer_file is not None:
+        raise ValueError("pass at most one of vocab_file and tokenizer_file.")
     out_dir = os.fspath(out_dir)
     config, params = unpad_vocab(config, params)
     with_heads = "cls" in params
@@ -456,10 +486,13 @@ def to_hf(
     staging = atomic_output_dir(out_dir, overwrite)
     try:
         save_file(tensors, os.path.join(staging, HF_SAFETENSORS), metadata={"format": "pt"})
-        with open(os.path.join(staging, HF_CONFIG), "w", encoding="utf-8") as f:
-            json.dump(hf_config, f, indent=2, sort_keys=True)
         if vocab_file is not None:
             write_tokenizer_files(staging, os.fspath(vocab_file), do_lower_case, config.max_position_embeddings)
+        if tokenizer_file is not None:
+            max_length = config.max_position_embeddings
+            hf_config["pad_token_id"] = write_tokenizer_json_files(staging, os.fspath(tokenizer_file), max_length)
+        with open(os.path.join(staging, HF_CONFIG), "w", encoding="utf-8") as f:
+            json.dump(hf_config, f, indent=2, sort_keys=True)
         publish_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -533,8 +566,10 @@ def to_native(
     out_dir: str | os.PathLike[str],
     vocab_file: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    tokenizer_file: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Writes params + config in this package's own layout (what fine-tuning loads fastest)."""
+    """Writes params + config in this package's own layout (what fine-tuning loads fastest), with the tokenizer's
+    vocab.txt (`vocab_file`) or tokenizer.json (`tokenizer_file`) when given."""
     from safetensors.numpy import save_file
 
     out_dir = os.fspath(out_dir)
@@ -546,6 +581,8 @@ def to_native(
         config.to_json(os.path.join(staging, NATIVE_CONFIG))
         if vocab_file is not None:
             shutil.copyfile(os.fspath(vocab_file), os.path.join(staging, "vocab.txt"))
+        if tokenizer_file is not None:
+            shutil.copyfile(os.fspath(tokenizer_file), os.path.join(staging, "tokenizer.json"))
         publish_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

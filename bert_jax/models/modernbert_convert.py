@@ -185,12 +185,15 @@ def to_hf(
     vocab_file: str | os.PathLike[str] | None = None,
     do_lower_case: bool = True,
     overwrite: bool = False,
+    tokenizer_file: str | os.PathLike[str] | None = None,
 ) -> None:
     """Writes a directory that `transformers.AutoModelForMaskedLM.from_pretrained` loads as ModernBERT.
 
-    `config.json` (model_type "modernbert"), `model.safetensors` (the tied decoder left out, as transformers
-    writes it) and, with `vocab_file`, the tokenizer files. Written beside the target and moved into place
-    when complete, so an existing export is never left half-overwritten.
+    `config.json` (model_type "modernbert", the special token ids the config holds), `model.safetensors` (the
+    tied decoder left out, as transformers writes it) and the tokenizer: `vocab_file` as BertTokenizer files, or
+    `tokenizer_file` (a Hugging Face tokenizer.json, ModernBERT's own kind) for `PreTrainedTokenizerFast`.
+    Written beside the target and moved into place when complete, so an existing export is never left
+    half-overwritten.
     """
     from safetensors.numpy import save_file
 
@@ -204,6 +207,8 @@ def to_hf(
             json.dump(hf_config, f, indent=2, sort_keys=True)
         if vocab_file is not None:
             convert.write_tokenizer_files(staging, os.fspath(vocab_file), do_lower_case, config.max_position_embeddings)
+        if tokenizer_file is not None:
+            convert.write_tokenizer_json_files(staging, os.fspath(tokenizer_file), config.max_position_embeddings)
         convert.publish_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

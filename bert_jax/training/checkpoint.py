@@ -9,8 +9,8 @@ job killed mid-save leaves only a temporary directory that is ignored. Items:
   meta       JSON: the step, the input pipeline's position, the job config, the model config (the
              shapes a resume must match), the seed (dropout keys are `fold_in(seed, step)`, so the
              seed and the step are the whole RNG state)
-  tokenizer  JSON: the vocabulary (or SentencePiece model) the run trains with, so an export from any
-             checkpoint is self-contained
+  tokenizer  JSON: the vocab.txt, SentencePiece model or tokenizer.json the run trains with, so an export
+             from any checkpoint is self-contained
 
 Restore takes its target shardings from the *current* mesh (abstract arrays with shardings), so a
 checkpoint written on 8 devices as (2, 2, 2) restores on 1 device or as (1, 1, 4).
@@ -44,7 +44,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
-from bert_jax import storage
+from bert_jax import storage, tokenizers
 from bert_jax.models import families
 
 logger = logging.getLogger(__name__)
@@ -79,30 +79,66 @@ def checkpoint_dir(workdir: str) -> str:
     return storage.join(workdir, CHECKPOINTS_SUBDIR)
 
 
-def tokenizer_payload(vocab_file: str | None = None, spm_model: str | None = None) -> dict[str, str]:
-    """The tokenizer files as JSON-safe text (a SentencePiece model is binary: base64)."""
+# Each kind of tokenizer file (the argument names of `tokenizers.load_tokenizer`): its key in a `tokenizer_payload`
+# and the file name it is written under (in checkpoints' scratch copies and in exports).
+TOKENIZER_PAYLOAD_KEYS = {"vocab_file": "vocab.txt", "tokenizer_file": "tokenizer.json", "spm_model": "spm.model.b64"}
+TOKENIZER_FILE_NAMES = {"vocab_file": "vocab.txt", "tokenizer_file": "tokenizer.json", "spm_model": "spm.model"}
+
+
+def tokenizer_payload(
+    vocab_file: str | None = None, spm_model: str | None = None, tokenizer_file: str | None = None
+) -> dict[str, str]:
+    """The tokenizer files as JSON-safe text (a SentencePiece model is binary: base64), keyed by
+    `TOKENIZER_PAYLOAD_KEYS`: "vocab.txt", "spm.model.b64", "tokenizer.json"."""
     payload: dict[str, str] = {}
     if vocab_file:
         payload["vocab.txt"] = storage.read_text(vocab_file)
     if spm_model:
         with storage.open_file(spm_model, "rb") as f:
             payload["spm.model.b64"] = base64.b64encode(f.read()).decode("ascii")
+    if tokenizer_file:
+        payload["tokenizer.json"] = storage.read_text(tokenizer_file)
     return payload
 
 
 def write_tokenizer_files(payload: Mapping[str, str], directory: str) -> dict[str, str]:
-    """Writes the files of `tokenizer_payload` into `directory`; returns {"vocab_file"/"spm_model": path}."""
+    """Writes the files of `tokenizer_payload` into `directory`; returns {"vocab_file" / "spm_model" /
+    "tokenizer_file": path} (`tokenizers.load_tokenizer`'s argument names)."""
     os.makedirs(directory, exist_ok=True)
     paths = {}
-    if "vocab.txt" in payload:
-        paths["vocab_file"] = os.path.join(directory, "vocab.txt")
-        with open(paths["vocab_file"], "w", encoding="utf-8") as f:
-            f.write(payload["vocab.txt"])
-    if "spm.model.b64" in payload:
-        paths["spm_model"] = os.path.join(directory, "spm.model")
-        with open(paths["spm_model"], "wb") as f:
-            f.write(base64.b64decode(payload["spm.model.b64"]))
+    for kind, key in TOKENIZER_PAYLOAD_KEYS.items():
+        if key not in payload:
+            continue
+        paths[kind] = os.path.join(directory, TOKENIZER_FILE_NAMES[kind])
+        if kind == "spm_model":
+            with open(paths[kind], "wb") as f:
+                f.write(base64.b64decode(payload[key]))
+        else:
+            with open(paths[kind], "w", encoding="utf-8") as f:
+                f.write(payload[key])
     return paths
+
+
+def payload_tokenizer_kind(
+    payload: Mapping[str, str], kinds: tuple[str, ...] = ("vocab_file", "tokenizer_file")
+) -> str | None:
+    """The first of `kinds` (`tokenizers.load_tokenizer`'s argument names) whose file `payload` holds."""
+    return next((kind for kind in kinds if TOKENIZER_PAYLOAD_KEYS[kind] in payload), None)
+
+
+def load_payload_tokenizer(
+    payload: Mapping[str, str],
+    directory: str,
+    lowercase: bool = True,
+    kinds: tuple[str, ...] = ("vocab_file", "tokenizer_file"),
+) -> tokenizers.Tokenizer:
+    """The `tokenizers.Tokenizer` of a `tokenizer_payload`, its files written into `directory`: the first of `kinds`
+    it holds (by default a WordPiece vocab.txt, else a tokenizer.json); a `CheckpointError` if it holds none."""
+    kind = payload_tokenizer_kind(payload, kinds)
+    if kind is None:
+        raise CheckpointError(f"No tokenizer among the saved files ({', '.join(sorted(payload)) or 'none'}).")
+    path = write_tokenizer_files(payload, directory)[kind]
+    return tokenizers.load_tokenizer(**{kind: path}, lowercase=lowercase)
 
 
 def model_config_from_meta(meta: Mapping[str, Any]) -> families.ModelConfig:

@@ -2,9 +2,10 @@
 
 `export_checkpoint(workdir, output_dir)` reads the params of one checkpoint (the latest by default) onto
 this host, strips the vocabulary padding and writes
-  * "hf": config.json, model.safetensors, vocab.txt, tokenizer_config.json, special_tokens_map.json;
-    transformers' `BertForPreTraining` and `BertModel` load it;
-  * "bert_jax": bert_config.json + params.safetensors (+ vocab.txt), what our fine-tuning loads.
+  * "hf": config.json, model.safetensors, vocab.txt (or the run's tokenizer.json), tokenizer_config.json,
+    special_tokens_map.json; transformers' `BertForPreTraining` and `BertModel` load it;
+  * "bert_jax": bert_config.json + params.safetensors (+ vocab.txt, spm.model or tokenizer.json), what our
+    fine-tuning loads.
 The vocabulary comes from the checkpoint itself (saved with it), so the export does not depend on files
 that may have moved since training. Output directories are written beside the target and moved into
 place when complete; an existing non-empty one is replaced only with `overwrite=True`. The workdir and the
@@ -76,16 +77,24 @@ def export_checkpoint(
     target = os.path.join(storage.staging_dir_for(output_dir), "out") if remote else output_dir
     with tempfile.TemporaryDirectory() as scratch:
         files = checkpoint.write_tokenizer_files(tokenizer, scratch)
-        vocab = files.get("vocab_file")
+        vocab, tokenizer_json = files.get("vocab_file"), files.get("tokenizer_file")
         if fmt == "hf":
             config, params = convert.unpad_vocab(config, params)
-            model_family.to_hf(config, params, target, vocab_file=vocab, do_lower_case=lowercase, overwrite=overwrite)
+            model_family.to_hf(
+                config,
+                params,
+                target,
+                vocab_file=vocab,
+                do_lower_case=lowercase,
+                overwrite=overwrite,
+                tokenizer_file=tokenizer_json,
+            )
         elif model_family.name != families.DEFAULT_FAMILY:
             raise checkpoint.CheckpointError(
                 f"The {model_family.name} family exports to Hugging Face's format only: use the hf format."
             )
         else:
-            convert.to_native(config, params, target, vocab, overwrite=overwrite)
+            convert.to_native(config, params, target, vocab, overwrite=overwrite, tokenizer_file=tokenizer_json)
             if "spm_model" in files:
                 shutil.copyfile(files["spm_model"], os.path.join(target, "spm.model"))
     if remote:

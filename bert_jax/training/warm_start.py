@@ -8,7 +8,9 @@ BERT's `init_checkpoint` does. PATH may be:
     (`config.json` + `model.safetensors` / `pytorch_model.bin`) or an original TF checkpoint.
 The source's model shape must equal the job's (the differing fields are named otherwise). Parameters the
 source lacks (e.g. the MLM/NSP heads of a `BertModel` checkpoint such as all-MiniLM-L6-v2) keep their
-fresh initialization and are listed; the vocabulary padding is adapted to the job's.
+fresh initialization and are listed; the vocabulary padding is adapted to the job's. The source's tokenizer comes
+along (`Source.tokenizer_files`): a checkpoint's saved files, or the vocab.txt (else tokenizer.json) beside an
+export's or HF directory's weights.
 PATH may be on gs://: checkpoints are read there by orbax; an export or HF directory is read from a
 verified copy in the host cache (`storage.local_tree`).
 """
@@ -85,6 +87,16 @@ class Source:
     tokenizer_files: dict[str, str]  # `checkpoint.tokenizer_payload` form; empty when the source has none
 
 
+def _tokenizer_beside(directory: str) -> dict[str, str]:
+    """The tokenizer file next to an export's or HF directory's weights: its vocab.txt (a BERT directory may hold a
+    tokenizer.json too, made from the same vocab.txt; ours is the exact tokenization), else its tokenizer.json."""
+    for kind in ("vocab_file", "tokenizer_file"):
+        path = os.path.join(directory, checkpoint.TOKENIZER_FILE_NAMES[kind])
+        if os.path.exists(path):
+            return checkpoint.tokenizer_payload(**{kind: path})
+    return {}
+
+
 def read_source(path: str) -> Source:
     """Reads a warm-start source (see the module docstring) onto the host."""
     if not storage.exists(path):
@@ -100,9 +112,7 @@ def read_source(path: str) -> Source:
                 local = storage.local_tree(path) if storage.isdir(path) else storage.local_copy(path)
             config, params = families.load_pretrained(local)
             directory = local if os.path.isdir(local) else os.path.dirname(local)
-            vocab = os.path.join(directory, "vocab.txt")
-            if os.path.exists(vocab):
-                tokenizer = checkpoint.tokenizer_payload(vocab_file=vocab)
+            tokenizer = _tokenizer_beside(directory)
     except (convert.ConversionError, checkpoint.CheckpointError) as e:
         raise WarmStartError(f"init_from={path}: {e}") from None
     config, params = convert.unpad_vocab(config, params)
