@@ -13,6 +13,10 @@
 - "cudnn" (NVIDIA GPUs): `jax.nn.dot_product_attention(..., implementation="cudnn")`, cuDNN's fused flash
   attention: no [B, heads, T, T] activations either, no attention dropout, and inputs in bfloat16 or float16
   only (cuDNN has no float32 kernel). `check_devices` refuses "splash" off a TPU and "cudnn" off a GPU.
+  Not yet verified on a GPU: no GPU was lent while it was written, and an earlier trial of cuDNN with key lengths
+  for padding on an H200 (docs/performance.md, the performance log) found gradients on right-padded batches that
+  differed from XLA's. Until a GPU run of `tests/test_attention_local.py`'s checks says otherwise, "xla" stays the
+  default and "cudnn" is an option to try, not a recommendation.
 
 Padding: BERT's mask is a key-padding mask (`keep`, [B, T] bool, True on real tokens). For splash it becomes
 segment ids (real tokens 0, padding 1), so a real query sees exactly the real keys, as in "xla"; a padding query
