@@ -113,7 +113,13 @@ def cudnn_arguments(keep: jax.Array, window: int | None = None) -> dict[str, jax
 
 
 def cudnn_attention(
-    query: jax.Array, key: jax.Array, value: jax.Array, keep: jax.Array, *, window: int | None = None
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    keep: jax.Array,
+    *,
+    window: int | None = None,
+    document_ids: jax.Array | None = None,
 ) -> jax.Array:
     """cuDNN's flash attention of [B, T, heads, head_dim] query/key/value (bfloat16 or float16) over `keep`.
 
@@ -121,7 +127,24 @@ def cudnn_attention(
     query, for right-padded rows (see `cudnn_arguments`). NVIDIA GPUs only; cuDNN's own limits apply (head_dim a
     multiple of 8, at most 128 before Hopper, 256 from it; with a window, training needs an even T).
     """
+    if document_ids is not None:  # packed rows: the documents' block-diagonal mask (cuDNN adds it as a bias)
+        mask = document_mask(document_ids, window)
+        return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation="cudnn")
     return jax.nn.dot_product_attention(query, key, value, implementation="cudnn", **cudnn_arguments(keep, window))
+
+
+def document_mask(document_ids: jax.Array, window: int | None = None) -> jax.Array:
+    """The boolean mask of packed rows: [B, 1, T, T], query i sees key j when both belong to the same document.
+
+    `document_ids` ([B, T] int): 0 on padding, k >= 1 on the k-th document of the row. Within a document the
+    mask is `attention_mask`'s (global, or within `window // 2` positions); nothing crosses a document boundary,
+    and padding sees nothing (its outputs are never used).
+    """
+    ids = document_ids.astype(jnp.int32)
+    mask = (ids[:, None, :, None] == ids[:, None, None, :]) & (ids[:, None, None, :] > 0)
+    if window is None:
+        return mask
+    return mask & local_window_mask(document_ids.shape[-1], window)[None, None]
 
 
 def _kernel_mask(length: int, heads: int, window: int | None):
@@ -139,15 +162,15 @@ def _kernel_mask(length: int, heads: int, window: int | None):
 
 
 def _single_device_splash(
-    query: jax.Array, key: jax.Array, value: jax.Array, keep: jax.Array, window: int | None, interpret: bool
+    query: jax.Array, key: jax.Array, value: jax.Array, segments: jax.Array, window: int | None, interpret: bool
 ):
-    """The kernel on local arrays: [b, T, h, d] query/key/value, [b, T] bool keep; T a multiple of `BLOCK`."""
+    """The kernel on local arrays: [b, T, h, d] query/key/value, [b, T] int32 segment ids (a query sees the keys
+    of its own segment); T a multiple of `BLOCK`."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernels
 
     _, length, heads, head_dim = query.shape
     mask = _kernel_mask(length, heads, window)
     kernel = kernels.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
-    segments = jnp.where(keep, 0, 1).astype(jnp.int32)
     scale = jnp.asarray(1.0 / np.sqrt(head_dim), query.dtype)
     q, k, v = (jnp.swapaxes(x, 1, 2) for x in (query * scale, key, value))  # the kernel's [heads, T, d] layout
     out = jax.vmap(kernel)(q, k, v, kernels.SegmentIds(q=segments, kv=segments))
@@ -163,23 +186,30 @@ def splash_attention(
     window: int | None = None,
     interpret: bool = False,
     rules: Any = None,
+    document_ids: jax.Array | None = None,
 ) -> jax.Array:
     """Attention of [B, T, heads, head_dim] query/key/value over the keys where `keep` ([B, T] bool) is True.
 
     Equals `jax.nn.dot_product_attention(query, key, value, mask=attention_mask(keep, window))` at every real
-    query: global for `window=None`, else within `window // 2` positions.
+    query: global for `window=None`, else within `window // 2` positions. With `document_ids` (packed rows, see
+    `document_mask`) each query sees only its own document's keys: the kernel's segment ids are the document ids.
     """
     if window is not None:
         _half_window(window)  # a bad window fails here, with its own message, not inside the kernel's mask
+    if document_ids is None:
+        segments, padding_segment = jnp.where(keep, 0, 1).astype(jnp.int32), 1  # real tokens 0, padding 1
+    else:
+        segments, padding_segment = document_ids.astype(jnp.int32), 0
     length = query.shape[1]
     padded = -(-length // BLOCK) * BLOCK
     if padded != length:
         widths = ((0, 0), (0, padded - length), (0, 0), (0, 0))
         query, key, value = (jnp.pad(x, widths) for x in (query, key, value))
-        keep = jnp.pad(keep, ((0, 0), (0, padded - length)))  # False: segment 1, unseen by every real query
+        # the padding segment: never visible to a real query
+        segments = jnp.pad(segments, ((0, 0), (0, padded - length)), constant_values=padding_segment)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
-        out = _single_device_splash(query, key, value, keep, window, interpret)
+        out = _single_device_splash(query, key, value, segments, window, interpret)
     else:
         rules = sharding.LOGICAL_AXIS_RULES if rules is None else rules
         spec = nn.logical_to_mesh_axes(("batch", None, "heads", None), rules)
@@ -190,5 +220,5 @@ def splash_attention(
             in_specs=(spec, spec, spec, rows),
             out_specs=spec,
             check_vma=False,  # a Pallas call's outputs carry no varying-axes annotation
-        )(query, key, value, keep)
+        )(query, key, value, segments)
     return out[:, :length]

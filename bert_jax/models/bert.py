@@ -241,7 +241,7 @@ class BertSelfAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, mask: Array, deterministic: bool, document_ids: Array | None = None) -> Array:
         config = self.config
         heads, head_dim = config.num_attention_heads, config.head_dim
         names = ("embed", "heads", "kv")
@@ -250,11 +250,11 @@ class BertSelfAttention(nn.Module):
         value = dense_layer(config, (heads, head_dim), names, "value")(x)
         rate = config.attention_probs_dropout_prob
         if config.attention_kernel in attention.SPLASH_KERNELS:  # the config guarantees rate == 0
-            keep = mask[:, 0, 0, :]  # the key-padding mask, [B, T]
+            keep = mask[:, 0, 0, :]  # the key-padding mask, [B, T] (unused with document ids)
             interpret = config.attention_kernel == "splash_interpret"
-            return attention.splash_attention(query, key, value, keep, interpret=interpret)
+            return attention.splash_attention(query, key, value, keep, interpret=interpret, document_ids=document_ids)
         if config.attention_kernel == "cudnn":  # the config guarantees rate == 0 and a bfloat16 / float16 dtype
-            return attention.cudnn_attention(query, key, value, mask[:, 0, 0, :])
+            return attention.cudnn_attention(query, key, value, mask[:, 0, 0, :], document_ids=document_ids)
         low_precision = jnp.dtype(config.dtype) != jnp.float32
         if deterministic or (rate == 0.0 and not low_precision):
             # One fused op (XLA's): no [B, heads, T, T] probabilities kept in float32 for a dropout.
@@ -290,8 +290,8 @@ class BertAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
-        context = BertSelfAttention(self.config, name="self")(x, mask, deterministic)
+    def __call__(self, x: Array, mask: Array, deterministic: bool, document_ids: Array | None = None) -> Array:
+        context = BertSelfAttention(self.config, name="self")(x, mask, deterministic, document_ids)
         return BertSelfOutput(self.config, name="output")(context, x, deterministic)
 
 
@@ -326,8 +326,8 @@ class BertLayer(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
-        attended = BertAttention(self.config, name="attention")(x, mask, deterministic)
+    def __call__(self, x: Array, mask: Array, deterministic: bool, document_ids: Array | None = None) -> Array:
+        attended = BertAttention(self.config, name="attention")(x, mask, deterministic, document_ids)
         attended = sharding.constrain_activation(attended, HIDDEN_AXES)
         expanded = BertIntermediate(self.config, name="intermediate")(attended)
         out = BertOutputBlock(self.config, name="output")(expanded, attended, deterministic)
@@ -340,10 +340,10 @@ class BertEncoder(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, mask: Array, deterministic: bool, document_ids: Array | None = None) -> Array:
         layer = remat.remat_layer(BertLayer, self.config.remat_policy, static_argnums=(3,))
         for i in range(self.config.num_hidden_layers):
-            x = layer(self.config, name=f"layer_{i}")(x, mask, deterministic)
+            x = layer(self.config, name=f"layer_{i}")(x, mask, deterministic, document_ids)
         return x
 
 
@@ -363,7 +363,10 @@ class BertModel(nn.Module):
     """The BERT encoder with its pooler: `(sequence_output [B, T, H], pooled_output [B, H])`.
 
     `attention_mask` is 1 for real tokens and 0 for padding ([B, T]); `token_type_ids` default to 0 and
-    `position_ids` to 0..T-1. Dropout is active only when `deterministic=False` (needs a "dropout" rng).
+    `position_ids` to 0..T-1. Packed rows (several documents per row) give `document_ids` ([B, T]: 0 on padding,
+    k on the k-th document; `attention.document_mask`): a token then attends only within its document, and the
+    caller's `position_ids` restart at each document. Dropout is active only when `deterministic=False` (needs a
+    "dropout" rng).
     """
 
     config: BertConfig
@@ -376,6 +379,7 @@ class BertModel(nn.Module):
         token_type_ids: Array | None = None,
         position_ids: Array | None = None,
         deterministic: bool = True,
+        document_ids: Array | None = None,
     ) -> BertOutput:
         config = self.config
         if input_ids.ndim != 2:
@@ -392,8 +396,11 @@ class BertModel(nn.Module):
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(length), input_ids.shape)
         x = BertEmbeddings(config, name="embeddings")(input_ids, token_type_ids, position_ids, deterministic)
-        mask = attention_mask.astype(bool)[:, None, None, :]  # [B, 1(heads), 1(queries), T(keys)]
-        x = BertEncoder(config, name="encoder")(x, mask, deterministic)
+        if document_ids is None:
+            mask = attention_mask.astype(bool)[:, None, None, :]  # [B, 1(heads), 1(queries), T(keys)]
+        else:
+            mask = attention.document_mask(document_ids)  # [B, 1, T(queries), T(keys)]
+        x = BertEncoder(config, name="encoder")(x, mask, deterministic, document_ids)
         pooled = BertPooler(config, name="pooler")(x)
         return BertOutput(sequence_output=x, pooled_output=pooled)
 
@@ -468,9 +475,12 @@ class BertForPreTraining(nn.Module):
         masked_lm_positions: Array | None = None,
         position_ids: Array | None = None,
         deterministic: bool = True,
+        document_ids: Array | None = None,
     ) -> PreTrainingOutput:
         bert = BertModel(self.config, name="bert")
-        sequence_output, pooled = bert(input_ids, attention_mask, token_type_ids, position_ids, deterministic)
+        sequence_output, pooled = bert(
+            input_ids, attention_mask, token_type_ids, position_ids, deterministic, document_ids
+        )
         if masked_lm_positions is not None:
             sequence_output = gather_positions(sequence_output, masked_lm_positions)
             sequence_output = sharding.constrain_activation(sequence_output, HIDDEN_AXES)

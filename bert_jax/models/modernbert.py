@@ -152,14 +152,21 @@ def _attend(
     window: int | None,
     deterministic: bool,
     dropout: Callable[[Array], Array],
+    document_ids: Array | None,
 ) -> Array:
-    """Attention of [B, T, heads, head_dim] query/key/value over the real keys (`keep` [B, T]) in the window."""
+    """Attention of [B, T, heads, head_dim] query/key/value over the real keys (`keep` [B, T]) in the window;
+    with `document_ids` (packed rows) over the keys of the query's own document only."""
     if config.attention_kernel in attention.SPLASH_KERNELS:  # the config guarantees no attention dropout
         interpret = config.attention_kernel == "splash_interpret"
-        return attention.splash_attention(query, key, value, keep, window=window, interpret=interpret)
+        return attention.splash_attention(
+            query, key, value, keep, window=window, interpret=interpret, document_ids=document_ids
+        )
     if config.attention_kernel == "cudnn":  # the config guarantees no attention dropout and a 16-bit dtype
-        return attention.cudnn_attention(query, key, value, keep, window=window)
-    mask = attention.attention_mask(keep, window)
+        return attention.cudnn_attention(query, key, value, keep, window=window, document_ids=document_ids)
+    if document_ids is None:
+        mask = attention.attention_mask(keep, window)
+    else:
+        mask = attention.document_mask(document_ids, window)
     rate = config.attention_dropout
     low_precision = jnp.dtype(config.dtype) != jnp.float32
     if deterministic or (rate == 0.0 and not low_precision):
@@ -182,7 +189,9 @@ class ModernBertAttention(nn.Module):
     layer_index: int
 
     @nn.compact
-    def __call__(self, x: Array, keep: Array, positions: Array, deterministic: bool) -> Array:
+    def __call__(
+        self, x: Array, keep: Array, positions: Array, deterministic: bool, document_ids: Array | None = None
+    ) -> Array:
         config = self.config
         heads, head_dim = config.num_attention_heads, config.head_dim
         qkv = _dense(
@@ -208,6 +217,7 @@ class ModernBertAttention(nn.Module):
             None if is_global else config.local_attention,
             deterministic,
             lambda probs: drop(probs, deterministic=False),
+            document_ids,
         )
         out = _dense(
             config,
@@ -251,10 +261,13 @@ class ModernBertLayer(nn.Module):
     layer_index: int
 
     @nn.compact
-    def __call__(self, x: Array, keep: Array, positions: Array, deterministic: bool) -> Array:
+    def __call__(
+        self, x: Array, keep: Array, positions: Array, deterministic: bool, document_ids: Array | None = None
+    ) -> Array:
         config = self.config
         normed = x if self.layer_index == 0 else _norm(config, "attn_norm")(x)
-        x = x + ModernBertAttention(config, self.layer_index, name="attn")(normed, keep, positions, deterministic)
+        attend = ModernBertAttention(config, self.layer_index, name="attn")
+        x = x + attend(normed, keep, positions, deterministic, document_ids)
         x = sharding.constrain_activation(x, HIDDEN_AXES)
         x = x + ModernBertMLP(config, name="mlp")(_norm(config, "mlp_norm")(x), deterministic)
         return sharding.constrain_activation(x, HIDDEN_AXES)
@@ -263,7 +276,9 @@ class ModernBertLayer(nn.Module):
 class ModernBertModel(nn.Module):
     """The encoder: embeddings, `num_hidden_layers` layers named `layers_0` .., the final norm -> [B, T, H].
 
-    `attention_mask` is 1 for real tokens and 0 for padding ([B, T]); `position_ids` default to 0..T-1.
+    `attention_mask` is 1 for real tokens and 0 for padding ([B, T]); `position_ids` default to 0..T-1. Packed
+    rows give `document_ids` ([B, T]: 0 on padding, k on the k-th document; `attention.document_mask`): a token
+    attends only within its document, and the caller's `position_ids` restart at each document.
     Dropout is active only when `deterministic=False` (needs a "dropout" rng).
     """
 
@@ -276,6 +291,7 @@ class ModernBertModel(nn.Module):
         attention_mask: Array | None = None,
         position_ids: Array | None = None,
         deterministic: bool = True,
+        document_ids: Array | None = None,
     ) -> Array:
         config = self.config
         if input_ids.ndim != 2:
@@ -291,7 +307,7 @@ class ModernBertModel(nn.Module):
         x = ModernBertEmbeddings(config, name="embeddings")(input_ids, deterministic)
         layer = remat.remat_layer(ModernBertLayer, config.remat_policy, static_argnums=(4,))
         for i in range(config.num_hidden_layers):
-            x = layer(config, i, name=f"layers_{i}")(x, keep, position_ids, deterministic)
+            x = layer(config, i, name=f"layers_{i}")(x, keep, position_ids, deterministic, document_ids)
         return _norm(config, "final_norm")(x)
 
 
@@ -333,11 +349,12 @@ class ModernBertForMaskedLM(nn.Module):
         masked_lm_positions: Array | None = None,
         position_ids: Array | None = None,
         deterministic: bool = True,
+        document_ids: Array | None = None,
     ) -> PreTrainingOutput:
         del token_type_ids  # no segment embeddings in this family
         config = self.config
         encoder = ModernBertModel(config, name="model")
-        hidden = encoder(input_ids, attention_mask, position_ids, deterministic)
+        hidden = encoder(input_ids, attention_mask, position_ids, deterministic, document_ids)
         if masked_lm_positions is not None:
             hidden = sharding.constrain_activation(gather_positions(hidden, masked_lm_positions), HIDDEN_AXES)
         hidden = ModernBertPredictionHead(config, name="head")(hidden)

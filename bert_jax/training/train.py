@@ -38,6 +38,10 @@ BATCH_KEYS = (
 )
 
 
+# The optional keys of a packed batch: [B, T] document ids (0 on padding) and positions restarting per document.
+PACKED_KEYS = ("document_ids", "position_ids")
+
+
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
@@ -47,6 +51,8 @@ class TrainState:
 
 def _forward(model: nn.Module, params: Any, batch: Batch, deterministic: bool, rng: jax.Array | None):
     rngs = None if deterministic else {"dropout": rng}
+    # Packed batches (several documents per row) carry each token's document and its position in it.
+    packed = {key: batch[key] for key in PACKED_KEYS if key in batch}
     return model.apply(
         {"params": params},
         batch["input_ids"],
@@ -55,6 +61,7 @@ def _forward(model: nn.Module, params: Any, batch: Batch, deterministic: bool, r
         batch["masked_lm_positions"],
         deterministic=deterministic,
         rngs=rngs,
+        **packed,
     )
 
 
