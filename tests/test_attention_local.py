@@ -268,7 +268,8 @@ def test_bert_with_cudnn_hands_the_padding_to_cudnn_attention(monkeypatch):
 
     calls = []
 
-    def stand_in(query, key, value, keep, *, window=None):
+    def stand_in(query, key, value, keep, *, window=None, document_ids=None):
+        assert document_ids is None  # unpacked rows here
         calls.append(keep)
         arguments = attention.cudnn_arguments(keep, window)
         return jax.nn.dot_product_attention(query, key, value, implementation="xla", **arguments)
