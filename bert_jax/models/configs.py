@@ -53,6 +53,70 @@ _IGNORED_KEYS = frozenset(
 )
 
 
+def check_positive_integers(config: Any, names: tuple[str, ...]) -> None:
+    """Every field in `names` is an int > 0 (not a bool): else one `ConfigError` naming it."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{type(config).__name__}.{name} must be a positive integer, got {value!r}.")
+
+
+def check_heads_divide(config: Any) -> None:
+    """The hidden size splits evenly into the heads."""
+    if config.hidden_size % config.num_attention_heads:
+        raise ConfigError(
+            f"{type(config).__name__}.hidden_size ({config.hidden_size}) must be divisible by "
+            f"num_attention_heads ({config.num_attention_heads}); choose a head count that divides it."
+        )
+
+
+def check_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
+    """Field `name` is one of `choices`."""
+    value = getattr(config, name)
+    if value not in choices:
+        raise ConfigError(
+            f"{type(config).__name__}.{name}={value!r} is not supported; use one of {', '.join(choices)}."
+        )
+
+
+def check_compute_options(config: Any, attention_dropout: str) -> None:
+    """The compute options every model family shares (`dtype`, `remat_policy`, `attention_kernel`) and the
+    kernels' own needs: no attention dropout (the family's field `attention_dropout`) off XLA, no float32 cuDNN."""
+    check_choice(config, "dtype", SUPPORTED_DTYPES)
+    check_choice(config, "remat_policy", REMAT_POLICIES)
+    check_choice(config, "attention_kernel", ATTENTION_KERNELS)
+    rate = getattr(config, attention_dropout)
+    if config.attention_kernel != "xla" and rate != 0.0:
+        raise ConfigError(
+            f"attention_kernel={config.attention_kernel!r} has no dropout on the attention probabilities: set "
+            f"{attention_dropout}=0.0 (it is {rate}), or use attention_kernel='xla'."
+        )
+    if config.attention_kernel == "cudnn" and config.dtype == "float32":
+        raise ConfigError(
+            "attention_kernel='cudnn' has no float32 kernel: set dtype='bfloat16' (or 'float16'), or use "
+            "attention_kernel='xla'."
+        )
+
+
+def read_json_fields(path_or_text: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """The JSON object of a config file (a path) or a JSON string; one `ConfigError` for a missing file, invalid
+    JSON or anything but an object. `what` names the config in the messages ("BERT", "ModernBERT")."""
+    text = str(path_or_text)
+    if not text.lstrip().startswith("{"):
+        try:
+            with open(path_or_text, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise ConfigError(f"{what} config file not found: {path_or_text}") from None
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} config {path_or_text} is not valid JSON: {e}") from None
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{what} config {path_or_text} must be a JSON object.")
+    return fields
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     """Hyperparameters of a BERT encoder (the `bert_config.json` fields) plus three compute options.
@@ -102,44 +166,10 @@ class BertConfig:
             "type_vocab_size",
             "vocab_pad_multiple",
         )
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"BertConfig.{name} must be a positive integer, got {value!r}.")
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_attention_heads ({self.num_attention_heads}); choose a head count that divides it."
-            )
-        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
-            raise ConfigError(
-                f"BertConfig.hidden_act={self.hidden_act!r} is not supported; use one of "
-                f"{', '.join(SUPPORTED_ACTIVATIONS)}."
-            )
-        if self.dtype not in SUPPORTED_DTYPES:
-            raise ConfigError(
-                f"BertConfig.dtype={self.dtype!r} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}."
-            )
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ConfigError(
-                f"BertConfig.remat_policy={self.remat_policy!r} is not supported; use one of {', '.join(REMAT_POLICIES)}."
-            )
-        if self.attention_kernel not in ATTENTION_KERNELS:
-            raise ConfigError(
-                f"BertConfig.attention_kernel={self.attention_kernel!r} is not supported; use one of "
-                f"{', '.join(ATTENTION_KERNELS)}."
-            )
-        if self.attention_kernel != "xla" and self.attention_probs_dropout_prob != 0.0:
-            raise ConfigError(
-                f"attention_kernel={self.attention_kernel!r} has no dropout on the attention probabilities: set "
-                f"attention_probs_dropout_prob=0.0 (it is {self.attention_probs_dropout_prob}), or use "
-                "attention_kernel='xla'."
-            )
-        if self.attention_kernel == "cudnn" and self.dtype == "float32":
-            raise ConfigError(
-                "attention_kernel='cudnn' has no float32 kernel: set dtype='bfloat16' (or 'float16'), or use "
-                "attention_kernel='xla'."
-            )
+        check_positive_integers(self, positive)
+        check_heads_divide(self)
+        check_choice(self, "hidden_act", SUPPORTED_ACTIVATIONS)
+        check_compute_options(self, "attention_probs_dropout_prob")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -207,20 +237,7 @@ class BertConfig:
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike[str]) -> BertConfig:
         """Reads a config from a JSON file path (or a JSON string)."""
-        text = str(path_or_text)
-        if not text.lstrip().startswith("{"):
-            try:
-                with open(path_or_text, encoding="utf-8") as f:
-                    text = f.read()
-            except FileNotFoundError:
-                raise ConfigError(f"BERT config file not found: {path_or_text}") from None
-        try:
-            fields = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"BERT config {path_or_text} is not valid JSON: {e}") from None
-        if not isinstance(fields, dict):
-            raise ConfigError(f"BERT config {path_or_text} must be a JSON object.")
-        return cls.from_dict(fields)
+        return cls.from_dict(read_json_fields(path_or_text, "BERT"))
 
 
 # The BERT sizes of Turc et al. 2019 ("Well-Read Students Learn Better", the official miniatures)

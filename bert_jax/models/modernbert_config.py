@@ -19,7 +19,7 @@ import os
 from typing import Any
 
 from bert_jax.errors import ConfigError
-from bert_jax.models.configs import ATTENTION_KERNELS, REMAT_POLICIES, SUPPORTED_DTYPES
+from bert_jax.models import configs
 
 FAMILY = "modernbert"
 MODEL_TYPE = "modernbert"  # transformers' model_type
@@ -116,26 +116,15 @@ class ModernBertConfig:
             "local_attention",
             "vocab_pad_multiple",
         )
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"ModernBertConfig.{name} must be a positive integer, got {value!r}.")
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"ModernBertConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                f"({self.num_attention_heads}); choose a head count that divides it."
-            )
+        configs.check_positive_integers(self, positive)
+        configs.check_heads_divide(self)
         if self.head_dim % 2:
             raise ConfigError(
                 f"The head size hidden_size / num_attention_heads = {self.head_dim} must be even for rotary "
                 "position embeddings; choose another head count."
             )
-        for name in ("hidden_activation", "classifier_activation"):
-            if getattr(self, name) not in SUPPORTED_ACTIVATIONS:
-                raise ConfigError(
-                    f"ModernBertConfig.{name}={getattr(self, name)!r} is not supported; use one of "
-                    f"{', '.join(SUPPORTED_ACTIVATIONS)}."
-                )
+        configs.check_choice(self, "hidden_activation", SUPPORTED_ACTIVATIONS)
+        configs.check_choice(self, "classifier_activation", SUPPORTED_ACTIVATIONS)
         if self.classifier_pooling not in POOLINGS:
             raise ConfigError(
                 f"ModernBertConfig.classifier_pooling={self.classifier_pooling!r} is not supported; use 'cls' or 'mean'."
@@ -155,30 +144,7 @@ class ModernBertConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"ModernBertConfig.{name} must be > 0, got {getattr(self, name)!r}.")
-        if self.dtype not in SUPPORTED_DTYPES:
-            raise ConfigError(
-                f"ModernBertConfig.dtype={self.dtype!r} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}."
-            )
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ConfigError(
-                f"ModernBertConfig.remat_policy={self.remat_policy!r} is not supported; use one of "
-                f"{', '.join(REMAT_POLICIES)}."
-            )
-        if self.attention_kernel not in ATTENTION_KERNELS:
-            raise ConfigError(
-                f"ModernBertConfig.attention_kernel={self.attention_kernel!r} is not supported; use one of "
-                f"{', '.join(ATTENTION_KERNELS)}."
-            )
-        if self.attention_kernel == "cudnn" and self.dtype == "float32":
-            raise ConfigError(
-                "attention_kernel='cudnn' has no float32 kernel: set dtype='bfloat16' (or 'float16'), or use "
-                "attention_kernel='xla'."
-            )
-        if self.attention_kernel != "xla" and self.attention_dropout != 0.0:
-            raise ConfigError(
-                f"attention_kernel={self.attention_kernel!r} has no dropout on the attention probabilities: set "
-                f"attention_dropout=0.0 (it is {self.attention_dropout}), or use attention_kernel='xla'."
-            )
+        configs.check_compute_options(self, "attention_dropout")
 
     # The names the rest of the code base shares between families (`sharding.ModelShape`, the fit check, ...).
     @property
@@ -245,20 +211,7 @@ class ModernBertConfig:
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike[str]) -> ModernBertConfig:
         """Reads a config from a JSON file path (or a JSON string)."""
-        text = str(path_or_text)
-        if not text.lstrip().startswith("{"):
-            try:
-                with open(path_or_text, encoding="utf-8") as f:
-                    text = f.read()
-            except FileNotFoundError:
-                raise ConfigError(f"ModernBERT config file not found: {path_or_text}") from None
-        try:
-            fields = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"ModernBERT config {path_or_text} is not valid JSON: {e}") from None
-        if not isinstance(fields, dict):
-            raise ConfigError(f"ModernBERT config {path_or_text} must be a JSON object.")
-        return cls.from_dict(fields)
+        return cls.from_dict(configs.read_json_fields(path_or_text, "ModernBERT"))
 
 
 # (layers, hidden, intermediate, heads): ModernBERT's two published shapes and Ettin's smaller encoders (their
