@@ -283,6 +283,16 @@ def test_the_recipe_serves_both_families():
         _sst2_job(**{"model.family": "modernbert"}).replace_at({"model.classifier_pooler": "mean"})
 
 
+def test_without_init_from_the_modern_model_takes_the_vocabulary_special_ids():
+    job = _sst2_job(**{"model.family": "modernbert", "model.size": "tiny", "vocab_file": str(VOCAB)})
+    model_config, tokenizer, source, _ = finetune_plan.model_and_tokenizer(job)
+    assert source is None and isinstance(model_config, ModernBertConfig)
+    assert model_config.vocab_size == tokenizer.vocab_size == _vocab_size()
+    ids = (model_config.pad_token_id, model_config.cls_token_id, model_config.sep_token_id)
+    assert ids == (0, 101, 102)  # [PAD], [CLS], [SEP] of the bundled vocabulary
+    assert (model_config.bos_token_id, model_config.eos_token_id) == (101, 102)
+
+
 def test_a_modern_source_for_a_bert_job_is_one_line_naming_the_family(mlm_dir):
     job = _sst2_job(init_from=mlm_dir)
     with pytest.raises(warm_start.WarmStartError, match=r"set model\.family='modernbert'") as raised:
