@@ -6,7 +6,9 @@ bert-jax-finetune --config=experiments/glue_sst2.py --workdir=/tmp/sst2 --config
 `data_dir` (required, no default): the GLUE root, one folder per task as GLUE's download script writes it
 (`SST-2/train.tsv`, `SST-2/dev.tsv`, ...); a gs:// folder is copied to each host first.
 `init_from`: a pretraining workdir of ours (its latest checkpoint), an export, or a Hugging Face BERT
-directory; empty trains `model.size` from scratch (with `vocab_file`). Devlin et al. 2019, A.3: batch 32,
+directory; empty trains `model.size` from scratch (with `vocab_file`). The modern family
+(`--config.model.family=modernbert`) starts from our modern pretraining workdir or its export/hf, or a
+ModernBERT Hugging Face directory with a vocab.txt. Devlin et al. 2019, A.3: batch 32,
 learning rate in {5e-5, 3e-5, 2e-5}, 3 epochs, warmup 10%, dropout 0.1. The other GLUE configs change the task
 (and, for small tasks, the epochs).
 """
@@ -56,10 +58,17 @@ def get_config(task: str = "glue_sst2") -> ml_collections.ConfigDict:
     config.checkpoint_timeout_seconds = 600
 
     config.model = ml_collections.ConfigDict()
+    # "bert" or "modernbert" (the family of init_from: a ModernBERT Hugging Face directory or our modern
+    # pretraining workdir). The model otherwise is init_from's, with the fields set here over it.
+    config.model.family = "bert"
     config.model.size = "base"  # only without init_from
     config.model.dtype = "float32"
-    config.model.hidden_dropout_prob = 0.1
-    config.model.attention_probs_dropout_prob = 0.1
+    config.model.hidden_dropout_prob = 0.1  # BERT's (not used by the modern family)
+    config.model.attention_probs_dropout_prob = 0.1  # BERT's
+    # The modern family's head (unset: init_from's config; not used by BERT): "cls" or "mean" pooling, and the
+    # dropout before the classifier (its encoder's dropouts come from init_from, 0 in ModernBERT's).
+    config.model.classifier_pooling = ml_collections.config_dict.placeholder(str)
+    config.model.classifier_dropout = ml_collections.config_dict.placeholder(float)
     # What each encoder layer keeps for the backward pass: "none", "dots", "dots_no_batch" or "full" (recompute
     # the layer): memory for compute, the same numbers (BertConfig.remat_policy). `bert-jax-compile` and
     # `--config.fit=auto` pick it when a batch does not fit; the pretraining run's policy is not inherited.

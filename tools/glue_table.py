@@ -1,6 +1,6 @@
 """bert-jax-glue-table: bert_jax vs transformers fine-tuned with the same recipe on GLUE tasks, several seeds.
 
-  bert-jax-glue-table --model_dir=<a Hugging Face BERT directory> --data_dir=/path/to/glue \
+  bert-jax-glue-table --model_dir=<a Hugging Face BERT or ModernBERT directory> --data_dir=/path/to/glue \
       --out_dir=/tmp/glue_table [--tasks=glue_stsb,glue_sst2] [--seeds=0,1,2] [--sides=bert_jax,transformers]
       [--learning_rate=1e-3 --steps=600 ...: one setting for every task, e.g. for a small model]
 
@@ -17,7 +17,10 @@ from bert_jax.harness import glue_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
-    "model_dir", None, "The pretrained model both sides start from (Hugging Face directory).", required=True
+    "model_dir",
+    None,
+    "The pretrained model both sides start from (a Hugging Face BERT or ModernBERT directory with a vocab.txt).",
+    required=True,
 )
 flags.DEFINE_string("data_dir", None, "The GLUE root (one folder per task).", required=True)
 flags.DEFINE_string("out_dir", None, "Where the runs, their logs and the table go.", required=True)

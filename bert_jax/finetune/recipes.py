@@ -14,7 +14,8 @@ moves a trajectory is a named setting here, and `optimizer.recipe` picks a consi
 
 Common to both: b1 0.9, b2 0.999, decoupled weight decay that skips biases and LayerNorm parameters (Trainer's
 `get_decay_parameter_names`, the original's `exclude_from_weight_decay`), gradients clipped to global norm 1.0,
-warmup from 0. The config's `optimizer` block names the recipe and may override any of `bias_correction`, `eps`,
+warmup from 0. The new head's kernel row is BERT's: the modern family's classifier always starts as transformers'
+`_init_weights` (truncated normal, std hidden_size ** -0.5; google-research/bert never had that family). The config's `optimizer` block names the recipe and may override any of `bias_correction`, `eps`,
 `b1`, `b2`, `decay_from_warmup_end` (None keeps the recipe's value).
 """
 

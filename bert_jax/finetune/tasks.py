@@ -4,7 +4,8 @@ A `Task` turns a data directory into fixed-shape NumPy arrays (`TaskSplit.arrays
 targets, one row per example or window) plus what its metrics need (`TaskSplit.context`), defines the
 jittable loss on the head's outputs, and scores host-side outputs of the eval split:
 
-  glue_<name>  sequence classification (regression for STS-B) on the pooled output; GLUE TSV directories;
+  glue_<name>  sequence classification (regression for STS-B) on the pooled output (BERT's pooler; the modern
+               family's `classifier_pooling`); GLUE TSV directories;
                accuracy / F1 / Matthews / Pearson-Spearman as GLUE reports them.
   conll_ner    token classification, labels on each word's first piece; CoNLL-2003 column files;
                entity-level precision / recall / F1 (conlleval).
@@ -25,9 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bert_jax.finetune import conll_data, glue_data, metrics, squad_data
-from bert_jax.finetune.heads import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
-from bert_jax.models.configs import BertConfig
+from bert_jax.finetune import conll_data, glue_data, heads, metrics, squad_data
+from bert_jax.finetune.heads import EncoderConfig
 from bert_jax.tokenizers import Tokenizer
 
 Array = jax.Array
@@ -51,8 +51,9 @@ class Task(abc.ABC):
     primary_metric: str
 
     @abc.abstractmethod
-    def model(self, config: BertConfig, head_init: str = "truncated_normal") -> nn.Module:
-        """The task's model: `BertModel` under a new head initialized by `head_init` (see `heads`)."""
+    def model(self, config: EncoderConfig, head_init: str = "truncated_normal") -> nn.Module:
+        """The task's model: the encoder of `config`'s family under a new head (BERT's initialized by `head_init`;
+        see `heads`)."""
 
     @abc.abstractmethod
     def load(self, data_dir: str, split: str, tokenizer: Tokenizer, max_seq_length: int) -> TaskSplit: ...
@@ -109,8 +110,8 @@ class GlueClassification(Task):
     def labels(self) -> list[str] | None:
         return None if self.regression else list(self.glue.labels)
 
-    def model(self, config: BertConfig, head_init: str = "truncated_normal") -> nn.Module:
-        return BertForSequenceClassification(config, 1 if self.regression else self.glue.num_labels, head_init)
+    def model(self, config: EncoderConfig, head_init: str = "truncated_normal") -> nn.Module:
+        return heads.sequence_classifier(config, 1 if self.regression else self.glue.num_labels, head_init)
 
     def load(self, data_dir: str, split: str, tokenizer: Tokenizer, max_seq_length: int) -> TaskSplit:
         examples = glue_data.read_glue_split(data_dir, self.glue, split)
@@ -178,8 +179,8 @@ class ConllNer(Task):
         "test": "test.txt",
     }
 
-    def model(self, config: BertConfig, head_init: str = "truncated_normal") -> nn.Module:
-        return BertForTokenClassification(config, len(self.labels), head_init)
+    def model(self, config: EncoderConfig, head_init: str = "truncated_normal") -> nn.Module:
+        return heads.token_classifier(config, len(self.labels), head_init)
 
     def load(self, data_dir: str, split: str, tokenizer: Tokenizer, max_seq_length: int) -> TaskSplit:
         if split not in self._files:
@@ -246,8 +247,8 @@ class Squad(Task):
     def __init__(self, options: SquadOptions | None = None) -> None:
         self.options = options or SquadOptions()
 
-    def model(self, config: BertConfig, head_init: str = "truncated_normal") -> nn.Module:
-        return BertForQuestionAnswering(config, head_init=head_init)
+    def model(self, config: EncoderConfig, head_init: str = "truncated_normal") -> nn.Module:
+        return heads.question_answering(config, head_init)
 
     def _examples(self, data_dir: str, split: str) -> list[squad_data.SquadExample]:
         o = self.options

@@ -1,7 +1,8 @@
 """The GLUE comparison table: bert_jax and transformers fine-tuned with one recipe, side by side, several seeds.
 
 For each task and seed it runs `bert-jax-finetune` (the task's experiments/ config with the table's settings)
-and then `bert_jax.harness.torch_reference` (transformers + torch AdamW as `transformers.Trainer` does),
+and then `bert_jax.harness.torch_reference` (transformers + torch AdamW as `transformers.Trainer` does), both from
+the same Hugging Face directory, BERT or ModernBERT (each side picks its own model of that family),
 each in its own process, one after the other on the same machine, and records the dev metric and each run's
 whole wall time (start-up, tokenization and compiles included). Every finished run is appended to
 `<out_dir>/runs.jsonl` at once, so an interrupted table resumes where it stopped; `table.md` is rewritten
@@ -20,6 +21,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from bert_jax.models import families
 
 SIDES = ("bert_jax", "transformers")
 
@@ -72,10 +75,24 @@ def tasks_named(names: Sequence[str], **overrides: float) -> list[TableTask]:
     return [dataclasses.replace(TABLE_TASKS[name], **chosen) for name in names]
 
 
+def model_family(model_dir: str) -> str:
+    """The model family of a Hugging Face directory (its `config.json`'s `model_type`: "bert" or "modernbert")."""
+    model_type = families.hf_model_type(model_dir)
+    for family in families.FAMILIES.values():
+        if family.model_type == model_type:
+            return family.name
+    raise TableError(
+        f"{model_dir}: model_type {model_type!r} is not a family this table runs ({', '.join(families.FAMILIES)})."
+    )
+
+
 def ours_command(task: TableTask, seed: int, model_dir: str, data_dir: str, config_dir: str, workdir: str) -> list[str]:
-    """`bert-jax-finetune` with the table's recipe (the config's default optimizer recipe, `transformers`)."""
+    """`bert-jax-finetune` with the table's recipe (the config's default optimizer recipe, `transformers`), the
+    model's family (`model.family`, set only when it is not BERT) read from `model_dir`."""
+    family = model_family(model_dir)
     flags = {
         "init_from": model_dir,
+        **({} if family == families.DEFAULT_FAMILY else {"model.family": family}),
         "data_dir": data_dir,
         "max_seq_length": task.max_seq_length,
         "global_batch_size": task.batch_size,

@@ -40,11 +40,17 @@ DEFAULT_MAX_COMPILES = 6  # changes the fit check compiles at most when a progra
 @dataclasses.dataclass(frozen=True)
 class ModelSettings:
     """`config.model`: a model family ("bert" by default, or "modernbert"), a named size of it, and the family's
-    config fields set over it (`BertConfig`'s or `ModernBertConfig`'s)."""
+    config fields set over it (`BertConfig`'s or `ModernBertConfig`'s).
+
+    A fine-tuning recipe serves both families (`--config.model.family=modernbert` on experiments/glue_sst2.py), so
+    its model section may also set another family's fields (the recipes set BERT's dropout): those are kept
+    apart in `other_family`, unused, and the job names them when it starts. A field of no family is an error.
+    """
 
     size: str
     overrides: tuple[tuple[str, Any], ...] = ()  # (field, value) pairs, sorted: hashable and picklable
     family: str = families.DEFAULT_FAMILY
+    other_family: tuple[tuple[str, Any], ...] = ()  # fine-tuning: other families' fields, unused
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -60,7 +66,7 @@ class ModelSettings:
             if self.family == families.DEFAULT_FAMILY
             else {"family": self.family, "size": self.size}
         )
-        return {**head, **self.fields}
+        return {**head, **self.fields, **dict(self.other_family)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +107,8 @@ class CommonSettings:
     max_checkpoints_to_keep: int = 3
     # A save not published within this many seconds (a store that stopped answering) stops the job.
     checkpoint_timeout_seconds: float = 600
-    init_from: str = ""  # warm start: a workdir/checkpoint of ours, an export or a Hugging Face BERT directory
+    # warm start: a workdir/checkpoint of ours, an export, or a Hugging Face BERT or ModernBERT directory
+    init_from: str = ""
     compilation_cache_dir: str = ""  # "" = <workdir>/jax_cache, "off", or a directory
     fit: str = "check"  # "check": stop a job that does not fit; "auto": run the best change that fits; "off"
     fit_memory_gb: float = 0.0  # 0 = the device's own limit (CPUs report none: the check runs only if set)
@@ -229,14 +236,21 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     return cls(**values)
 
 
-def _model_settings(section: dict[str, Any]) -> ModelSettings:
+def _model_settings(section: dict[str, Any], *, other_families: bool = False) -> ModelSettings:
+    """The model section; `other_families`: other families' fields are set apart (a fine-tuning recipe's)."""
     model_family = families.family(section.pop("family", None) or families.DEFAULT_FAMILY)
     size = section.pop("size", None)
     if size is None:
         raise ConfigError("The config has no model.size: set one of " + ", ".join(model_family.sizes) + ".")
-    _check_known(section, _fields(model_family.config_class), "model.")
+    own = _fields(model_family.config_class)
+    apart: dict[str, Any] = {}
+    if other_families:
+        theirs = set().union(*(_fields(f.config_class) for f in families.FAMILIES.values())) - own
+        apart = {name: section.pop(name) for name in sorted(set(section) & theirs)}
+    _check_known(section, own, "model.")
     overrides = tuple(sorted((k, v) for k, v in section.items() if v is not None))
-    settings = ModelSettings(str(size), overrides, model_family.name)
+    other_family = tuple((k, v) for k, v in apart.items() if v is not None)
+    settings = ModelSettings(str(size), overrides, model_family.name, other_family)
     settings.model_config()  # the size exists and every value is valid (the family's config checks them)
     return settings
 
@@ -345,7 +359,7 @@ def _parse_pretrain(values: dict[str, Any], source: str) -> PretrainConfig:
 
 
 def _parse_finetune(values: dict[str, Any], source: str) -> FinetuneConfig:
-    model = _model_settings(_section(values, "model"))
+    model = _model_settings(_section(values, "model"), other_families=True)
     mesh = _mesh(_section(values, "mesh"))
     block = _section(values, "optimizer")
     recipe_name = block.pop("recipe", recipes.DEFAULT_RECIPE)

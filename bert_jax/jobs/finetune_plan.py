@@ -27,7 +27,7 @@ from bert_jax import sharding, tokenizers
 from bert_jax.errors import ConfigError
 from bert_jax.finetune.tasks import ConllNer, GlueClassification, Squad, Task, make_task
 from bert_jax.jobs.config import FinetuneConfig, steps_per_epoch
-from bert_jax.models import attention, configs, families, flops
+from bert_jax.models import attention, families, flops
 from bert_jax.training import checkpoint, optim, train, warm_start
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -39,17 +39,17 @@ def task_of(job: FinetuneConfig) -> Task:
 
 def model_and_tokenizer(
     job: FinetuneConfig,
-) -> tuple[configs.BertConfig, tokenizers.Tokenizer, warm_start.Source | None, dict[str, str]]:
+) -> tuple[families.ModelConfig, tokenizers.Tokenizer, warm_start.Source | None, dict[str, str]]:
     """The encoder config, the tokenizer, the warm-start source (if any) and the tokenizer files to save.
 
-    The tokenizer is the config's `vocab_file` or `tokenizer_file` (at most one: the config's parse checks), else
-    the one saved with `init_from` (its vocab.txt, else its tokenizer.json)."""
-    if job.model.family != families.DEFAULT_FAMILY:
-        raise ConfigError(
-            f"Fine-tuning model.family={job.model.family!r} is not built yet (issue 37, item 4): fine-tune with "
-            "transformers from this job's Hugging Face export (export/hf), or pretrain and fine-tune BERT."
-        )
+    With `init_from` the source decides the model (its config with the job's `model.*` fields over it) and must
+    be of the job's `model.family`; without it, `model.size` of that family, with the vocabulary's size (and, for
+    the modern family, its special tokens' ids). The tokenizer is the config's `vocab_file` or `tokenizer_file`
+    (at most one: the config's parse checks), else the one saved with `init_from` (its vocab.txt, else its
+    tokenizer.json)."""
     source = warm_start.read_source(job.init_from) if job.init_from else None
+    if source is not None:
+        warm_start.check_family(source, job.model.family)  # before its config takes the job's fields
     payload = checkpoint.tokenizer_payload(vocab_file=job.vocab_file or None, tokenizer_file=job.tokenizer_file or None)
     if not payload and source is not None:
         payload = source.tokenizer_files
@@ -62,7 +62,8 @@ def model_and_tokenizer(
     if source is not None:
         model_config = source.config.replace(**job.model.fields)
     else:
-        model_config = job.model.model_config(vocab_size=tokenizer.vocab_size)
+        special = families.tokenizer_fields(families.family(job.model.family), tokenizer.special_ids)
+        model_config = job.model.model_config(vocab_size=tokenizer.vocab_size, **special)
     if model_config.vocab_size != tokenizer.vocab_size:
         raise ConfigError(
             f"The vocabulary has {tokenizer.vocab_size} entries but the model {model_config.vocab_size}; use the "
@@ -71,7 +72,7 @@ def model_and_tokenizer(
     return model_config, tokenizer, source, payload
 
 
-def check_seq_length(job: FinetuneConfig, model_config: configs.BertConfig) -> None:
+def check_seq_length(job: FinetuneConfig, model_config: families.ModelConfig) -> None:
     """The sequences fit the model's position embeddings (checked before any data is tokenized)."""
     if job.max_seq_length > model_config.max_position_embeddings:
         raise ConfigError(
@@ -106,7 +107,7 @@ class FinetunePlan:
 
     config: FinetuneConfig
     task: Task
-    model_config: configs.BertConfig
+    model_config: families.ModelConfig
     optimizer_config: optim.OptimizerConfig
     mesh: Mesh
     model: nn.Module
@@ -166,7 +167,7 @@ class FinetunePlan:
 def make_finetune_plan(
     job: FinetuneConfig,
     task: Task,
-    model_config: configs.BertConfig,
+    model_config: families.ModelConfig,
     total_steps: int,
     devices: Sequence[Any] | None = None,
 ) -> FinetunePlan:

@@ -1,7 +1,8 @@
-"""`finetune_and_evaluate(config, workdir)`: fine-tune a BERT on a task, evaluate it, save predictions.
+"""`finetune_and_evaluate(config, workdir)`: fine-tune an encoder on a task, evaluate it, save predictions.
 
-The weights come from `init_from` (a pretraining workdir or checkpoint of ours, an export, a Hugging Face
-BERT directory; the task head is new) or, without it, from a fresh initialization of `model.size`. The
+The encoder is BERT or the modern family (`model.family`, `finetune.heads` has both families' task models). The
+weights come from `init_from` (a pretraining workdir or checkpoint of ours, an export, a Hugging Face BERT or
+ModernBERT directory; the task head is new) or, without it, from a fresh initialization of `model.size`. The
 same machinery as pretraining: the job's plan (`finetune_plan`: mesh, shardings, optimizer, the jitted step
 with the task's loss and donated state) and the one training loop of both jobs (`step_loop`: orbax
 checkpoints every `checkpoint_every_steps` with automatic resume, SIGTERM stops with a checkpoint, metrics to
@@ -105,6 +106,9 @@ def _finetune_and_evaluate(config: FinetuneConfig, where: runner.Workdir) -> Fin
     task = task_of(config)
     model_config, tokenizer, source, tokenizer_files = model_and_tokenizer(config)
     check_seq_length(config, model_config)  # before the data is tokenized
+    if config.model.other_family:
+        unused = ", ".join(f"model.{name}={value}" for name, value in config.model.other_family)
+        where.say(f"Not used by model.family={config.model.family!r} (another family's settings): {unused}")
     data_dir = storage.local_input(config.data_dir)  # a gs:// task directory: this host's verified copy
     train_split = task.load(data_dir, task.train_split, tokenizer, config.max_seq_length)
     eval_split = task.load(data_dir, config.eval_split or task.eval_split, tokenizer, config.max_seq_length)

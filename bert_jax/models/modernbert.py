@@ -15,7 +15,8 @@ float32 with the non-interleaved (`rotate_half`) layout, `global_rope_theta` on 
 never seen; LayerNorms without bias (`norm_bias=False`) with `norm_eps`; exact erf GELU. Initialization is
 transformers' `_init_weights`: truncated normals cut at `initializer_cutoff_factor` std, std
 `initializer_range` for the embeddings and input projections and `initializer_range / sqrt(2 * layers)` for
-the output projections and the head's dense layer.
+the output projections and the head's dense layer, `hidden_size ** -0.5` for a task model's classifier
+(`classifier_layer`; the task models are in `bert_jax.finetune.heads`).
 
 The model takes BERT's batch (`token_type_ids` is accepted and unused: the family has no segment embeddings)
 and has no next-sentence head: its `PreTrainingOutput.nsp_logits` is None, and the pretraining loss is the
@@ -63,6 +64,11 @@ def input_std(config: ModernBertConfig) -> float:
 def output_std(config: ModernBertConfig) -> float:
     """The std of every output projection and the head's dense layer (transformers' "out")."""
     return config.initializer_range / math.sqrt(2.0 * config.num_hidden_layers)
+
+
+def classifier_std(config: ModernBertConfig) -> float:
+    """The std of a task model's classifier (transformers' "final_out"): hidden_size ** -0.5."""
+    return config.hidden_size**-0.5
 
 
 def _dense(
@@ -328,6 +334,12 @@ class ModernBertPredictionHead(nn.Module):
             use_bias=config.classifier_bias,
         )(x)
         return _norm(config, "norm")(activation(config.classifier_activation)(x))
+
+
+def classifier_layer(config: ModernBertConfig, num_labels: int, name: str = "classifier") -> nn.DenseGeneral:
+    """A task model's classifier, transformers' `nn.Linear(hidden_size, num_labels)`: always with a bias (zero at
+    the start), its kernel a normal of std `classifier_std` truncated at `initializer_cutoff_factor` std."""
+    return _dense(config, num_labels, ("embed", None), name, std=classifier_std(config), use_bias=True)
 
 
 class ModernBertForMaskedLM(nn.Module):

@@ -1,10 +1,12 @@
-"""The modern family's parameters <-> transformers' `ModernBertForMaskedLM` state dict.
+"""The modern family's parameters <-> transformers' `ModernBertForMaskedLM` (or task model) state dict.
 
 One table (`param_table`) lists every parameter with its Flax path, its transformers name and how the array
 changes between the two layouts (PyTorch's `Linear` stores [out, in]; our kernels are [in, out] with the heads
 or GeGLU halves as axes). Loading checks every shape and names the parameter, both shapes and the fix.
 The decoder is tied to the token embeddings: a state dict may hold `decoder.weight` (it must then equal the
-embeddings) or leave it out, as transformers' safetensors files do.
+embeddings) or leave it out, as transformers' safetensors files do. The task models
+(`bert_jax.finetune.heads`) have the same encoder and `head` and a `classifier` in place of the decoder's bias:
+`param_table(config, num_labels)`.
 """
 
 from __future__ import annotations
@@ -83,8 +85,10 @@ def _norm(path: tuple[str, ...], hf: str, size: int, use_bias: bool) -> list[Par
     return entries
 
 
-def param_table(config: ModernBertConfig) -> list[ParamEntry]:
-    """Every parameter of `ModernBertForMaskedLM(config)` (vocabulary rows at `config.vocab_size`)."""
+def param_table(config: ModernBertConfig, num_labels: int | None = None) -> list[ParamEntry]:
+    """Every parameter of `ModernBertForMaskedLM(config)` (vocabulary rows at `config.vocab_size`), or with
+    `num_labels` of a task model (`ModernBertFor{Sequence,Token}Classification`, `...ForQuestionAnswering` with 2):
+    the same encoder and `head`, then `classifier` (a `Linear` with a bias) instead of the decoder's bias."""
     hidden, heads, head_dim = config.hidden_size, config.num_attention_heads, config.head_dim
     inter, vocab = config.intermediate_size, config.vocab_size
     table = [
@@ -111,7 +115,9 @@ def param_table(config: ModernBertConfig) -> list[ParamEntry]:
     table += _norm(("model", "final_norm"), "model.final_norm", hidden, config.norm_bias)
     table += _linear(("head", "dense"), "head.dense", (hidden, hidden), config.classifier_bias)
     table += _norm(("head", "norm"), "head.norm", hidden, config.norm_bias)
-    if config.decoder_bias:
+    if num_labels is not None:
+        table += _linear(("classifier",), "classifier", (hidden, num_labels), use_bias=True)
+    elif config.decoder_bias:
         table.append(ParamEntry(("decoder_bias",), "decoder.bias", (vocab,), _same, _same))
     return table
 
@@ -123,15 +129,22 @@ def _strip_prefix(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {f"model.{name}": value for name, value in state.items()}
 
 
-def from_hf_state(state: Mapping[str, np.ndarray], config: ModernBertConfig, *, encoder_only: bool = False) -> Params:
+def from_hf_state(
+    state: Mapping[str, np.ndarray],
+    config: ModernBertConfig,
+    *,
+    encoder_only: bool = False,
+    num_labels: int | None = None,
+) -> Params:
     """Our params (float32 numpy, vocabulary unpadded) from a transformers ModernBERT state dict.
 
     `encoder_only`: the state holds only the encoder (`ModernBertModel`, or a task model whose head is not the
-    MLM head): the result has only the `model` subtree.
+    MLM head): the result has only the `model` subtree. `num_labels`: the state is a task model's with a classifier
+    of that many outputs (see `param_table`).
     """
     state = _strip_prefix(state)
     flat: dict[tuple[str, ...], np.ndarray] = {}
-    for entry in param_table(config):
+    for entry in param_table(config, num_labels):
         if encoder_only and entry.path[0] != "model":
             continue
         if entry.hf not in state:
@@ -161,14 +174,15 @@ def entry_path_embeddings() -> tuple[str, ...]:
     return ("model", "embeddings", "tok_embeddings", "embedding")
 
 
-def to_hf_state(params: Params, config: ModernBertConfig) -> dict[str, np.ndarray]:
+def to_hf_state(params: Params, config: ModernBertConfig, num_labels: int | None = None) -> dict[str, np.ndarray]:
     """transformers' state dict (float32, contiguous) of our params; vocabulary rows cut to `config.vocab_size`.
 
-    The tied `decoder.weight` is left out, as transformers writes its safetensors files.
+    The tied `decoder.weight` is left out, as transformers writes its safetensors files. `num_labels`: the params
+    are a task model's (see `param_table`).
     """
     flat = traverse_util.flatten_dict(params)
     state = {}
-    for entry in param_table(config):
+    for entry in param_table(config, num_labels):
         if entry.path not in flat:
             raise ConversionError(f"The params have no {'/'.join(entry.path)}; they are not this config's model.")
         value = np.asarray(flat[entry.path], dtype=np.float32)

@@ -4,13 +4,14 @@
 BERT's `init_checkpoint` does. PATH may be:
   * a workdir of ours (its latest checkpoint), its `checkpoints/` directory, or one step directory
     (`checkpoints/1200`);
-  * an export of ours (`bert_config.json` + `params.safetensors`), a Hugging Face BERT directory
+  * an export of ours (`bert_config.json` + `params.safetensors`), a Hugging Face BERT or ModernBERT directory
     (`config.json` + `model.safetensors` / `pytorch_model.bin`) or an original TF checkpoint.
 The source's model shape must equal the job's (the differing fields are named otherwise). Parameters the
 source lacks (e.g. the MLM/NSP heads of a `BertModel` checkpoint such as all-MiniLM-L6-v2) keep their
-fresh initialization and are listed; the vocabulary padding is adapted to the job's. The source's tokenizer comes
-along (`Source.tokenizer_files`): a checkpoint's saved files, or the vocab.txt (else tokenizer.json) beside an
-export's or HF directory's weights.
+fresh initialization and are listed (a task model's new classifier; the modern family's task models take the
+masked-LM checkpoint's `head`, as transformers' do); the vocabulary padding is adapted to the job's. The source's
+tokenizer comes along (`Source.tokenizer_files`): a checkpoint's saved files, or the vocab.txt (else
+tokenizer.json) beside an export's or HF directory's weights.
 PATH may be on gs://: checkpoints are read there by orbax; an export or HF directory is read from a
 verified copy in the host cache (`storage.local_tree`).
 """
@@ -124,15 +125,20 @@ def read_source(path: str) -> Source:
     return Source(storage.absolute(path), config, params, tokenizer)
 
 
+def check_family(source: Source, job_family: str) -> None:
+    """The source is a model of the family the job trains (`model.family`); a one-line error naming it otherwise."""
+    source_family = families.family_of(source.config).name
+    if source_family != job_family:
+        raise WarmStartError(
+            f"init_from={source.path} is a {source_family} model and this job trains model.family={job_family!r}; "
+            f"set model.family={source_family!r} (and its size) or start from a {job_family} model."
+        )
+
+
 def merge(source: Source, model_config: families.ModelConfig, fresh_params: Any) -> WarmStart:
     """The job's params with every leaf the source has replaced by the source's value."""
     path = source.path
-    source_family, job_family = families.family_of(source.config).name, families.family_of(model_config).name
-    if source_family != job_family:
-        raise WarmStartError(
-            f"init_from={path} is a {source_family} model and this job trains model.family={job_family!r}; "
-            f"set model.family={source_family!r} (and its size) or start from a {job_family} model."
-        )
+    check_family(source, families.family_of(model_config).name)
     differences = [
         f"{name}: source {getattr(source.config, name)} vs config {getattr(model_config, name)}"
         for name in checkpoint.SHAPE_FIELDS
