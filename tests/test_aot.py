@@ -356,3 +356,26 @@ def test_splash_attention_compiles_for_a_slice_with_the_heads_split():
 
 def config_layers(config) -> int:
     return pretrain_plan.model_config(config, 30522).num_hidden_layers
+
+
+@pytest.mark.slow  # about a minute here, as its BERT twin above
+def test_the_modern_family_compiles_with_splash_for_a_slice():
+    """modernbert_tiny with splash on v5e:2x2 (heads split over `tensor`): the Mosaic kernel with its sliding-window
+    mask on the local layers (window 32 of 128 tokens) and the full mask on the global ones, in the TPU program of
+    the family's train step (ModernBERT's recipes, experiments/modernbert_base.py, run splash on TPUs)."""
+    import runpy
+
+    where = tpu_topology.parse_topology("v5e:2x2")
+    config = runpy.run_path(str(REPO_ROOT / "experiments" / "modernbert_tiny.py"))["get_config"]()
+    config.model.attention_kernel = "splash"
+    config.model.dtype = "bfloat16"
+    config.mesh.tensor = 2
+    config.data.max_seq_length = 128
+    config.data.max_predictions_per_seq = 20
+    job = job_config.parse(config)
+    compiled = aot.compile_job(job, aot.slice_target(where, tpu_devices(where)), make_plan)
+    report = compiled.report
+    assert report.fits and report.attention_kernel == "splash" and report.mesh["tensor"] == 2
+    layers = job.model.model_config().num_hidden_layers
+    # one kernel call per layer forward, and the backward's (dq, dkv) kernels
+    assert compiled.train_step.as_text().count("tpu_custom_call") >= 2 * layers

@@ -316,3 +316,185 @@ def test_large_lamb_is_the_64k_phase_1(loaded):
     mesh = mesh_config(config)
     assert mesh.fsdp > 1 and mesh.tensor == 1
     assert config.global_batch_size // (256 * config.num_microbatches) == 32
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The modern family's recipes: ModernBERT's three phases (AnswerDotAI/ModernBERT's yamls/modernbert/*.yaml)
+
+MODERN_PHASES = {  # model -> its phases, each warm-started from the one before
+    "base": ("modernbert_base", "modernbert_base_context", "modernbert_base_decay"),
+    "large": ("modernbert_large", "modernbert_large_context", "modernbert_large_decay"),
+}
+MODERN = tuple(name for phases in MODERN_PHASES.values() for name in phases)
+# (sequences per step, tokens per sequence, the phase's tokens) of the reference's yamls (global_train_batch_size,
+# max_seq_len, max_duration)
+MODERN_TOKENS = {
+    "modernbert_base": (4608, 1024, 1_719_000_000_000),
+    "modernbert_base_context": (576, 8192, 250_000_000_000),
+    "modernbert_base_decay": (576, 8192, 50_000_000_000),
+    "modernbert_large": (4928, 1024, 1_719_000_000_000),
+    "modernbert_large_context": (616, 8192, 250_000_000_000),
+    "modernbert_large_decay": (624, 8192, 50_000_000_000),
+}
+# (lr, weight decay) of each phase (lr, weight_decay of the yamls' decoupled_stableadamw)
+MODERN_RATES = {
+    "modernbert_base": (8e-4, 1e-5),
+    "modernbert_base_context": (3e-4, 1e-5),
+    "modernbert_base_decay": (3e-4, 1e-5),
+    "modernbert_large": (5e-4, 1e-5),
+    "modernbert_large_context": (5e-5, 1e-6),
+    "modernbert_large_decay": (5e-5, 1e-6),
+}
+
+
+@pytest.fixture(scope="module")
+def modern() -> dict[str, job_config.PretrainConfig]:
+    return {name: job_config.parse(load(name)) for name in MODERN}
+
+
+def modern_model(job: job_config.PretrainConfig):
+    return job.model.model_config(vocab_size=vocab_size(job.data.vocab_file, job.data.lowercase))
+
+
+@pytest.mark.parametrize("name", MODERN)
+def test_modern_recipes_load_parse_and_spell_out_every_setting(name, tmp_path, monkeypatch):
+    config = load(name)
+    keys = flat_keys(config)
+    assert set(JOB_KEYS) <= keys, sorted(set(JOB_KEYS) - keys)
+    assert set(config.optimizer.keys()) == OPTIMIZER_FIELDS  # each can be overridden by flag
+    monkeypatch.chdir(tmp_path)  # siblings found by the file's own path
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.get_config().to_dict() == config.to_dict()
+    job = job_config.parse(config)
+    assert job.model.family == "modernbert" and job.nsp_loss_weight == 0.0
+    assert job.data.train_files == "" and job.data.corpus_dir == ""  # the user's corpus
+    again = job_config.parse(job.to_dict())  # round-trips (the placeholder's None included)
+    assert dataclasses.replace(again, source=job.source) == job
+
+
+@pytest.mark.parametrize("name", MODERN)
+def test_modern_recipes_mask_30_percent_and_never_cap_the_draw(name, modern):
+    data = modern[name].data
+    assert (data.masked_lm_prob, data.whole_word) == (0.3, False)
+    # masking.py draws round(0.3 x length) predictions per sequence (length with [CLS] and [SEP]): at most this
+    # for a full sequence; the recipe's cap is the count rounded up: 308 of 1,024, 2,458 of 8,192.
+    most = round(data.max_seq_length * data.masked_lm_prob)
+    assert data.max_predictions_per_seq == math.ceil(data.max_seq_length * data.masked_lm_prob) >= most
+    assert data.max_predictions_per_seq == {1024: 308, 8192: 2458}[data.max_seq_length]
+    assert data.max_seq_length <= modern_model(modern[name]).max_position_embeddings
+
+
+@pytest.mark.parametrize("name", MODERN)
+def test_modern_recipes_are_the_references_numbers(name, modern):
+    job = modern[name]
+    model, opt = modern_model(job), job.optimizer
+    size = "large" if "large" in name else "base"
+    shape = {"base": (22, 768, 1152, 12), "large": (28, 1024, 2624, 16)}[size]
+    assert (model.num_hidden_layers, model.hidden_size, model.intermediate_size, model.num_attention_heads) == shape
+    assert (model.local_attention, model.global_attn_every_n_layers, model.norm_eps, model.norm_bias) == (
+        128,
+        3,
+        1e-5,
+        False,
+    )
+    long = job.data.max_seq_length == 8192
+    assert (model.global_rope_theta, model.local_rope_theta) == ((160_000.0 if long else 10_000.0), 10_000.0)
+    assert (model.dtype, model.attention_kernel) == ("bfloat16", "splash")
+    assert (model.embedding_dropout, model.attention_dropout, model.mlp_dropout) == (0.0, 0.0, 0.0)
+    # decoupled_stableadamw: betas (0.9, 0.98), eps 1e-6, weight decay scaled by the schedule, no clipping
+    assert (opt.name, opt.b1, opt.b2, opt.eps) == ("stable_adamw", 0.9, 0.98, 1e-6)
+    assert opt.fully_decoupled_weight_decay
+    assert opt.clip_global_norm is None
+    assert (opt.learning_rate, opt.weight_decay) == MODERN_RATES[name]
+    sequences, length, tokens = MODERN_TOKENS[name]
+    assert (job.global_batch_size, job.data.max_seq_length) == (sequences, length)
+    assert abs(job.num_train_steps * sequences * length - tokens) <= sequences * length / 2  # the nearest step
+    assert opt.total_steps == job.num_train_steps
+
+
+def test_modern_schedules_are_the_references_three_phases(modern):
+    """Phase 1: warmup over 3B (large: 2B) tokens, then constant; context: constant, no warmup; decay: 1-sqrt from
+    the context's rate to 0.001 of it over the whole phase."""
+
+    def rates(name, steps):
+        return optim.learning_rate_schedule(modern[name].optimizer)(np.array(steps))
+
+    for size, warmup_tokens in (("base", 3e9), ("large", 2e9)):
+        first, middle, last = MODERN_PHASES[size]
+        phase1, context, decay = modern[first], modern[middle], modern[last]
+        peak, warmup, end = phase1.optimizer.learning_rate, phase1.optimizer.warmup_steps, phase1.num_train_steps
+        step_tokens = phase1.global_batch_size * phase1.data.max_seq_length
+        assert abs(warmup * step_tokens - warmup_tokens) <= step_tokens / 2
+        want = [0.0, peak * (warmup // 2) / warmup, peak, peak, peak]
+        np.testing.assert_allclose(rates(first, [0, warmup // 2, warmup, end - 1, end]), want, rtol=1e-6)
+        low = context.optimizer.learning_rate
+        assert context.optimizer.warmup_steps == 0
+        np.testing.assert_allclose(rates(middle, [0, context.num_train_steps - 1]), [low, low], rtol=1e-6)
+        assert decay.optimizer.learning_rate == low and decay.optimizer.warmup_steps == 0
+        n = decay.num_train_steps
+        assert (decay.optimizer.schedule, decay.optimizer.decay_shape, decay.optimizer.decay_steps) == (
+            "wsd",
+            "one_minus_sqrt",
+            n,  # the whole phase decays
+        )
+        final = 0.001 * low  # alpha_f
+        middle_rate = final + (low - final) * (1 - math.sqrt((n // 2) / n))  # 1-sqrt of the decay's fraction done
+        np.testing.assert_allclose(rates(last, [0, n // 2, n]), [low, middle_rate, final], rtol=1e-5)
+        if size == "base":  # base keeps 4,718,592 tokens per step through its three phases
+            assert {job.global_batch_size * job.data.max_seq_length for job in (phase1, context, decay)} == {4_718_592}
+
+
+@pytest.mark.parametrize("size", MODERN_PHASES)
+def test_each_modern_phase_warm_starts_from_the_one_before(size, modern):
+    """The init_from chain: a phase's weights initialize the next one whole (the same shape fields, the thetas being
+    no parameters); shown at size tiny with the phases' other model settings, a real merge of the weights."""
+    from bert_jax.models import convert, families
+    from bert_jax.models.bert import init_params
+    from bert_jax.training import checkpoint, warm_start
+
+    for before, after in zip(MODERN_PHASES[size], MODERN_PHASES[size][1:], strict=False):
+        source, target = modern_model(modern[before]), modern_model(modern[after])
+        assert all(getattr(source, f) == getattr(target, f) for f in checkpoint.SHAPE_FIELDS if hasattr(source, f))
+        assert modern[after].init_from == ""  # the user names the previous run's workdir
+        small_source, small_target = source.replace(**TINY_SHAPE), target.replace(**TINY_SHAPE)
+        model = families.family_of(small_source).pretraining_model
+        params = init_params(model(small_source), jax.random.key(0))
+        unpadded_config, unpadded = convert.unpad_vocab(small_source, jax.device_get(params))
+        fresh = init_params(model(small_target), jax.random.key(1))
+        merged = warm_start.merge(warm_start.Source("phase", unpadded_config, unpadded, {}), small_target, fresh)
+        assert merged.kept_fresh == [] and merged.ignored == []
+        _, merged_unpadded = convert.unpad_vocab(small_target, merged.params)  # padding rows: zeros, not the source's
+        jax.tree.map(np.testing.assert_array_equal, merged_unpadded, unpadded)
+
+
+TINY_SHAPE = {"num_hidden_layers": 3, "hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 2}
+
+
+def test_modern_recipes_turn_gradient_clipping_on_by_flag():
+    """clip_global_norm is declared placeholder(float): None (no clipping, ModernBERT's) unless a flag sets it."""
+    assert job_config.parse(load("modernbert_base")).optimizer.clip_global_norm is None
+    clipped = job_config.parse(load("modernbert_base", "--config.optimizer.clip_global_norm=1.0"))
+    assert clipped.optimizer.clip_global_norm == 1.0
+    clipped = job_config.parse(load("modernbert_large_decay", "--config.optimizer.clip_global_norm=0.5"))
+    assert clipped.optimizer.clip_global_norm == 0.5
+
+
+@pytest.mark.parametrize("name", MODERN)
+def test_modern_recipes_split_over_the_v5p_8_they_are_sized_for(name, modern):
+    """Each microbatch splits over the 4 chips of a v5p-8 (and 8): the docstrings' rows per chip."""
+    job = modern[name]
+    rows_per_chip = {
+        "modernbert_base": 64,
+        "modernbert_base_context": 8,
+        "modernbert_base_decay": 8,
+        "modernbert_large": 28,
+        "modernbert_large_context": 2,
+        "modernbert_large_decay": 4,
+    }[name]
+    for devices in (4, 8):
+        sharding.validate_parallelism(modern_model(job), job.mesh, job.global_batch_size, devices)
+        data, fsdp, _ = job.mesh.resolve(devices).mesh_shape
+        assert (job.global_batch_size // job.num_microbatches) % (data * fsdp) == 0
+    assert job.global_batch_size // (4 * job.num_microbatches) == rows_per_chip
