@@ -185,7 +185,7 @@ def _json_lines_texts(path: str, text_field: str, counts: RecordCounts) -> Itera
                 lineno += 1
                 if not line.strip():
                     continue
-                text = line.decode("utf-8", errors="replace")
+                text = line.rstrip(b"\r\n").decode("utf-8", errors="replace")
                 if lineno == 1:
                     text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark
                 counts.replaced_characters += text.count("\ufffd")
@@ -218,7 +218,7 @@ def _json_record_text(path: str, lineno: int, line: str, text_field: str, name: 
         elif name.endswith(".json") and lineno <= 2 and line.strip() in ("{", "["):
             hint = "JSON Lines, one object per line, not one pretty-printed JSON document"
         raise RecordError(
-            f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno}); the file must be {hint}."
+            f"{path}:{lineno}: invalid JSON ({e.msg}: column {e.colno}); the file must be {hint}."
         ) from None
     if not isinstance(record, dict):
         raise RecordError(
