@@ -185,7 +185,7 @@ class CorpusBuild:
         """Pass 1: every document, tokenized, appended to an on-disk store."""
         writer = TokenStoreWriter(directory)
         # Local inputs' bytes (a tfds: or remote input, or a vanished file: 0, no size to report progress against)
-        sizes = [text_records.local_size(path) for path in self._options.input_files]
+        sizes = [text_records.local_size(path, self._options.text_field) for path in self._options.input_files]
         bar = ProgressBar("Tokenizing the corpus", sum(sizes)) if self._show_progress else None
         progress = {"files_done": 0, "read": 0}
 

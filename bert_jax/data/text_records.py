@@ -349,11 +349,34 @@ def _dataset_texts(path: str, text_field: str, counts: RecordCounts) -> Iterator
                 yield from _column_texts(batch.column(text_field), counts)
 
 
-def local_size(path: str) -> int:
-    """Bytes of an input on this host's disk (0 when remote or absent): the build's progress bar."""
+def local_size(path: str, text_field: str = DEFAULT_TEXT_FIELD) -> int:
+    """About the bytes of text an input on this host's disk holds (0 when remote or absent): the build's progress
+    bar. A file's size; for Parquet (compressed, often half its text's size or less) the text column's uncompressed
+    size from the file's footer: the text's bytes within a few per row (3,000 WikiText paragraphs: 1.77 MB for
+    1.75 MB), less where texts repeat (dictionary encoding stores a repeated value once)."""
     try:
         if os.path.isdir(path):
             return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path))
+        if path.lower().endswith(".parquet"):
+            return _parquet_text_bytes(path, text_field)
         return os.path.getsize(path)
     except OSError:
         return 0
+
+
+def _parquet_text_bytes(path: str, text_field: str) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.ParquetFile(path).metadata
+    except (pa.ArrowException, OSError):
+        return os.path.getsize(path)  # not Parquet: reading it will say so
+    total = 0
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for index in range(row_group.num_columns):
+            column = row_group.column(index)
+            if column.path_in_schema == text_field:
+                total += column.total_uncompressed_size
+    return total or os.path.getsize(path)
