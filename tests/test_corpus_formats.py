@@ -189,6 +189,12 @@ def test_parquet_is_read_one_row_group_at_a_time(inputs, monkeypatch):
     assert groups == list(range(PARAGRAPHS // ROWS_PER_GROUP))
 
 
+def test_the_progress_bar_counts_a_parquet_files_text_not_its_compressed_bytes(inputs):
+    text_bytes = os.path.getsize(inputs["text"])
+    assert os.path.getsize(inputs["parquet"]) < 0.7 * text_bytes
+    assert abs(text_records.local_size(inputs["parquet"], "text") - text_bytes) < 0.05 * text_bytes
+
+
 def test_inputs_mix_formats_in_globs_and_comma_lists(tmp_path):
     texts = _paragraphs(40)
     (tmp_path / "a.txt").write_text("".join(t + "\n" for t in texts[:10]), encoding="utf-8")

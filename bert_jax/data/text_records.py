@@ -354,6 +354,8 @@ def local_size(path: str, text_field: str = DEFAULT_TEXT_FIELD) -> int:
     bar. A file's size; for Parquet (compressed, often half its text's size or less) the text column's uncompressed
     size from the file's footer: the text's bytes within a few per row (3,000 WikiText paragraphs: 1.77 MB for
     1.75 MB), less where texts repeat (dictionary encoding stores a repeated value once)."""
+    if storage.is_remote(path):
+        return 0
     try:
         if os.path.isdir(path):
             return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path))
@@ -369,7 +371,8 @@ def _parquet_text_bytes(path: str, text_field: str) -> int:
     import pyarrow.parquet as pq
 
     try:
-        metadata = pq.ParquetFile(path).metadata
+        with open(path, "rb") as f:  # a file object: pyarrow never resolves the path with a filesystem of its own
+            metadata = pq.ParquetFile(f).metadata
     except (pa.ArrowException, OSError):
         return os.path.getsize(path)  # not Parquet: reading it will say so
     total = 0
