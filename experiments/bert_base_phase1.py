@@ -84,6 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.spm_model = ""
     config.data.tokenizer_file = ""  # or a Hugging Face tokenizer.json (then vocab_file = "")
     config.data.corpus_dir = ""  # a corpus built by bert-jax-build-corpus; then train_files is not read
+    config.data.text_field = "text"  # JSON Lines, Parquet, save_to_disk inputs: the field holding the text
     config.data.lowercase = True
     config.data.max_seq_length = 128
     config.data.max_predictions_per_seq = 20

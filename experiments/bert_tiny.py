@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.spm_model = ""
     config.data.tokenizer_file = ""  # or a Hugging Face tokenizer.json (then vocab_file = "")
     config.data.corpus_dir = ""
+    config.data.text_field = "text"  # JSON Lines, Parquet, save_to_disk inputs: the field holding the text
     config.data.lowercase = True
     config.data.max_seq_length = 64
     config.data.max_predictions_per_seq = 10  # 15% of 64, rounded up

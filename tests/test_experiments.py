@@ -55,6 +55,7 @@ JOB_KEYS = (
     "data.spm_model",
     "data.tokenizer_file",
     "data.corpus_dir",
+    "data.text_field",
     "data.lowercase",
     "data.max_seq_length",
     "data.max_predictions_per_seq",

@@ -3,6 +3,11 @@
   bert-jax-build-corpus --input_files='books/*.txt' --vocab_file=vocab.txt --output_dir=corpus \
       --max_seq_length=128 --num_shards=8
 
+Inputs with one document per record are recognized by name: JSON Lines (`*.jsonl`, `*.ndjson`, `*.json`, also
+`.gz` / `.zst`), Parquet (`*.parquet`) and datasets saved with Hugging Face's `save_to_disk` (the folder); the text is
+the records' --text_field (default "text"):
+  bert-jax-build-corpus --input_files='c4/*.json.gz,extra.parquet' --text_field=text --vocab_file=vocab.txt ...
+
 The tokenizer is one of --vocab_file (WordPiece vocab.txt), --spm_model (SentencePiece) or --tokenizer_file (a
 Hugging Face tokenizer.json such as ModernBERT's).
 
@@ -21,7 +26,11 @@ from bert_jax.launcher import quiet
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
-    "input_files", None, "Text files: a glob or a comma-separated list (of files or globs).", required=True
+    "input_files",
+    None,
+    "Inputs: a glob or a comma-separated list (of files or globs): text files, JSON Lines (*.jsonl, *.ndjson, *.json, "
+    "also .gz / .zst), Parquet (*.parquet), save_to_disk folders.",
+    required=True,
 )
 flags.DEFINE_string("vocab_file", None, "WordPiece vocab.txt (or pass --spm_model or --tokenizer_file).")
 flags.DEFINE_string("spm_model", None, "SentencePiece .model (or pass --vocab_file or --tokenizer_file).")
@@ -34,7 +43,14 @@ flags.DEFINE_bool(
     "lowercase", True, "Lowercase and strip accents (uncased WordPiece vocabularies; others normalize themselves)."
 )
 flags.DEFINE_string("output_dir", None, "Where the TFDS dataset is written.", required=True)
-flags.DEFINE_enum("text_format", "auto", list(documents.TEXT_FORMATS), "Layout of the input text (auto: sniffed).")
+flags.DEFINE_enum(
+    "text_format", "auto", list(documents.TEXT_FORMATS), "Layout of the input text files (auto: sniffed per file)."
+)
+flags.DEFINE_string(
+    "text_field",
+    documents.DEFAULT_TEXT_FIELD,
+    "JSON Lines, Parquet and save_to_disk inputs (and tfds: ones): the field or column holding each document's text.",
+)
 flags.DEFINE_integer("max_seq_length", 128, "Tokens per instance, [CLS] and both [SEP] included.")
 flags.DEFINE_float("short_seq_prob", 0.1, "Probability of a shorter target length (as the original).")
 flags.DEFINE_integer("dupe_factor", 1, "Passes over the corpus with different NSP pairings (masking is dynamic).")
@@ -72,6 +88,7 @@ def main(argv: list[str]) -> None:
         tokenizer_file=FLAGS.tokenizer_file,
         lowercase=FLAGS.lowercase,
         text_format=FLAGS.text_format,
+        text_field=FLAGS.text_field,
         max_seq_length=FLAGS.max_seq_length,
         short_seq_prob=FLAGS.short_seq_prob,
         dupe_factor=FLAGS.dupe_factor,

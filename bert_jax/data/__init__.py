@@ -1,6 +1,7 @@
 """Pretraining data, from text files to masked-LM batches.
 
   documents    text files (several layouts, bad bytes, binary/empty files) -> documents of sentences
+  text_records JSON Lines (.gz, .zst), Parquet, save_to_disk folders -> each record's text (documents' input)
   tokenizers   (bert_jax.tokenizers) sentences -> token ids + word-start flags
   instances    documents -> NSP instances ([CLS] A [SEP] B [SEP]), the original semantics, streaming
   token_store  the on-disk tokenized corpus that gives instance creation random access with bounded memory

@@ -33,6 +33,7 @@ import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
 from bert_jax.data import documents as documents_lib
+from bert_jax.data import text_records
 from bert_jax.data.build_workers import BuildWorkers
 from bert_jax.data.corpus_spec import (
     DATASET_NAME,
@@ -88,13 +89,6 @@ def features() -> tfds.features.FeaturesDict:
             "is_random_next": np.int64,
         }
     )
-
-
-def _input_bytes(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:  # a tfds: input or a vanished file: no size to report progress against
-        return 0
 
 
 class CorpusBuild:
@@ -190,7 +184,8 @@ class CorpusBuild:
     def _tokenize_to_store(self, directory: str) -> None:
         """Pass 1: every document, tokenized, appended to an on-disk store."""
         writer = TokenStoreWriter(directory)
-        sizes = [_input_bytes(path) for path in self._options.input_files]
+        # Local inputs' bytes (a tfds: or remote input, or a vanished file: 0, no size to report progress against)
+        sizes = [text_records.local_size(path, self._options.text_field) for path in self._options.input_files]
         bar = ProgressBar("Tokenizing the corpus", sum(sizes)) if self._show_progress else None
         progress = {"files_done": 0, "read": 0}
 
@@ -198,7 +193,9 @@ class CorpusBuild:
             for file_index, path in enumerate(self._options.input_files):
                 progress["read"] = 0
                 for doc_index, document in enumerate(
-                    documents_lib.iter_file_raw_documents(path, self._options.text_format, self.read_stats)
+                    documents_lib.iter_file_raw_documents(
+                        path, self._options.text_format, self.read_stats, self._options.text_field
+                    )
                 ):
                     yield file_index * KEY_BASE + doc_index, document
                     if bar is not None:  # characters + line ends: close to the bytes of the file read so far
@@ -302,7 +299,8 @@ def _bucket_of(document_key: str, buckets: int) -> int:
 
 def _read_file_documents(options: CorpusOptions, file_index: int) -> Iterator[tuple[int, tuple[str, list[str]]]]:
     path = options.input_files[file_index]
-    for doc_index, sentences in enumerate(documents_lib.iter_file_documents(path, options.text_format)):
+    documents = documents_lib.iter_file_documents(path, options.text_format, text_field=options.text_field)
+    for doc_index, sentences in enumerate(documents):
         key = document_key(file_index, doc_index)
         yield _bucket_of(key, options.beam_buckets), (key, sentences)
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from bert_jax import storage, tokenizers
 from bert_jax.data import documents as documents_lib
+from bert_jax.data import text_records
 from bert_jax.data.instance_records import encode_instance
 from bert_jax.data.instances import Instance, InstanceConfig, create_instances_from_document
 
@@ -36,7 +37,8 @@ class CorpusOptions:
     spm_model: str | None = None
     tokenizer_file: str | None = None  # a Hugging Face tokenizer.json (exactly one of the three tokenizer files)
     lowercase: bool = True  # WordPiece only
-    text_format: str = "auto"
+    text_format: str = "auto"  # text files; record inputs (JSON Lines, Parquet, saved datasets) have one layout
+    text_field: str = documents_lib.DEFAULT_TEXT_FIELD  # the record inputs' (and tfds: inputs') text field
     max_seq_length: int = 128
     short_seq_prob: float = 0.1
     # The original draws a short target once per document; with books as documents that makes a whole book
@@ -64,6 +66,10 @@ class CorpusOptions:
         if self.text_format not in documents_lib.TEXT_FORMATS:
             raise ValueError(
                 f"text_format {self.text_format!r} unknown; use one of {', '.join(documents_lib.TEXT_FORMATS)}."
+            )
+        if not isinstance(self.text_field, str) or not self.text_field:
+            raise ValueError(
+                f"text_field must name a field (default {documents_lib.DEFAULT_TEXT_FIELD!r}), got {self.text_field!r}."
             )
         if self.beam_buckets < 1:
             raise ValueError(f"beam_buckets must be >= 1, got {self.beam_buckets}.")
@@ -95,10 +101,12 @@ class CorpusOptions:
         fields.pop("use_beam")  # same content either way up to the documented bucket rule
         if fields["tokenizer_file"] is None:
             fields.pop("tokenizer_file")  # a later field: corpora built before it keep their fingerprints
+        if fields["text_field"] == documents_lib.DEFAULT_TEXT_FIELD:
+            fields.pop("text_field")  # likewise
         digest.update(json.dumps(fields, sort_keys=True).encode())
         for path in self.input_files:
             location = path.removeprefix(documents_lib.TFDS_PREFIX).split("#")[0]
-            size, mtime = storage.size_and_mtime(location)
+            size, mtime = text_records.input_size_and_mtime(location)
             digest.update(f"{path}:{storage.absolute(location)}:{size}:{mtime}".encode())
         for path in (self.vocab_file, self.spm_model, self.tokenizer_file):
             if path:

@@ -10,13 +10,19 @@ Formats (`text_format`):
     ` = = x = = ` are dropped), each other line is a paragraph.
   * "auto": chosen per file from its first 64 KiB (logged), see `sniff_format`.
 
+Inputs with one document per record are recognized by name (`text_records`): JSON Lines (`*.jsonl`, `*.ndjson`,
+`*.json`, also `.gz` / `.zst` compressed), Parquet (`*.parquet`) and a Hugging Face dataset saved with `save_to_disk`
+(its folder): each record's `text_field` (default "text") is a document, its non-blank lines paragraphs split into
+sentences as the "documents" format splits its lines (`text_format` applies to text files only).
 An input may also be an existing TFDS text dataset already on disk (e.g. `wikipedia`), named
-`tfds:<prepared dataset directory>[#split]`: each example's `text` feature is a document, its lines are
+`tfds:<prepared dataset directory>[#split]`: each example's `text_field` feature is a document, its lines are
 paragraphs split into sentences (`iter_tfds_documents`).
 
 Bad input never ends in a traceback: undecodable bytes are replaced and counted (one warning per file),
 binary and empty files are skipped with a warning, and a corpus that yields no sentence at all is a
-`CorpusError` that says what was skipped. Memory is bounded by one document (one line for "documents").
+`CorpusError` that says what was skipped; a record input that is not what its name says, or lacks the text field,
+is a `CorpusError` naming the file (and line) and the fix. Memory is bounded by one document (one line for
+"documents", one record for record inputs).
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from bert_jax import storage
+from bert_jax.data import text_records
 
 logger = logging.getLogger(__name__)
 
 TEXT_FORMATS = ("auto", "sentences", "documents", "prose", "wikitext")
+DEFAULT_TEXT_FIELD = text_records.DEFAULT_TEXT_FIELD
 _SNIFF_BYTES = 64 * 1024
 
 
@@ -74,9 +82,11 @@ class RawDocument:
 
 
 def expand_input_files(spec: str | Sequence[str]) -> list[str]:
-    """A glob, a comma-separated list (of files or globs) or a list -> sorted, de-duplicated file paths.
+    """A glob, a comma-separated list (of files or globs) or a list -> sorted, de-duplicated input paths.
 
-    `tfds:DIR[#split]` entries (prepared TFDS datasets) are kept as they are, after checking DIR exists.
+    Inputs are files, and folders of datasets saved with `save_to_disk` (other folders a glob matches are left
+    out; one named alone is an error). `tfds:DIR[#split]` entries (prepared TFDS datasets) are kept as they are,
+    after checking DIR exists.
     """
     parts = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if p.strip()]
     if not parts:
@@ -92,10 +102,24 @@ def expand_input_files(spec: str | Sequence[str]) -> list[str]:
             files.append(part)
             continue
         matches = storage.glob(part) if glob.has_magic(part) else [part]
-        matches = [m for m in matches if storage.isfile(m)]
-        if not matches:
+        inputs = []
+        for match in matches:
+            if storage.isfile(match):
+                inputs.append(match)
+            elif text_records.is_dataset_folder(match):
+                try:
+                    text_records.check_dataset_folder(match)
+                except text_records.RecordError as e:
+                    raise CorpusError(str(e)) from None
+                inputs.append(match.rstrip("/"))
+            elif match == part and storage.isdir(match):
+                raise CorpusError(
+                    f"Input {part!r} is a folder but not a dataset saved with save_to_disk (no state.json); name its "
+                    "files, e.g. with a glob."
+                )
+        if not inputs:
             raise CorpusError(f"Input {part!r} matches no file; check the path or the glob.")
-        files.extend(matches)
+        files.extend(inputs)
     return list(dict.fromkeys(files))
 
 
@@ -245,7 +269,9 @@ _READERS = {
 }
 
 
-def iter_tfds_documents(spec: str, stats: ReadStats | None = None, text_feature: str = "text") -> Iterator[list[str]]:
+def iter_tfds_documents(
+    spec: str, stats: ReadStats | None = None, text_feature: str = DEFAULT_TEXT_FIELD
+) -> Iterator[list[str]]:
     """Documents of a prepared TFDS text dataset: `tfds:DIR[#split]` (default split "train")."""
     yield from _sentences_of(_iter_tfds_raw_documents(spec, stats, text_feature), stats)
 
@@ -287,10 +313,12 @@ def _tfds_examples(builder: Any, split: str) -> Iterable[dict[str, Any]]:
     return (source[i] for i in range(len(source)))
 
 
-def iter_file_documents(path: str, text_format: str = "auto", stats: ReadStats | None = None) -> Iterator[list[str]]:
-    """Documents (each a non-empty list of sentences) of one file; see the module docstring."""
+def iter_file_documents(
+    path: str, text_format: str = "auto", stats: ReadStats | None = None, text_field: str = DEFAULT_TEXT_FIELD
+) -> Iterator[list[str]]:
+    """Documents (each a non-empty list of sentences) of one input; see the module docstring."""
     stats = stats if stats is not None else ReadStats()
-    yield from _sentences_of(iter_file_raw_documents(path, text_format, stats), stats)
+    yield from _sentences_of(iter_file_raw_documents(path, text_format, stats, text_field), stats)
 
 
 def _sentences_of(raw_documents: Iterable[RawDocument], stats: ReadStats | None) -> Iterator[list[str]]:
@@ -302,7 +330,7 @@ def _sentences_of(raw_documents: Iterable[RawDocument], stats: ReadStats | None)
 
 
 def iter_file_raw_documents(
-    path: str, text_format: str = "auto", stats: ReadStats | None = None
+    path: str, text_format: str = "auto", stats: ReadStats | None = None, text_field: str = DEFAULT_TEXT_FIELD
 ) -> Iterator[RawDocument]:
     """`iter_file_documents` before sentence splitting: each document's paragraphs (never empty, and each
     yields at least one sentence). `stats` counts files and documents here; sentences, whoever splits."""
@@ -310,7 +338,11 @@ def iter_file_raw_documents(
         raise CorpusError(f"Unknown text format {text_format!r}; use one of {', '.join(TEXT_FORMATS)}.")
     stats = stats if stats is not None else ReadStats()
     if path.startswith(TFDS_PREFIX):
-        yield from _iter_tfds_raw_documents(path, stats, "text")
+        yield from _iter_tfds_raw_documents(path, stats, text_field)
+        return
+    record_format = text_records.record_format(path)
+    if record_format is not None:
+        yield from _iter_record_raw_documents(path, record_format, stats, text_field)
         return
     try:
         with storage.open_file(path, "rb") as f:
@@ -342,13 +374,45 @@ def iter_file_raw_documents(
         )
 
 
+def _iter_record_raw_documents(path: str, fmt: str, stats: ReadStats, text_field: str) -> Iterator[RawDocument]:
+    """The documents of a record input (`text_records`): each record's text, its non-blank lines the paragraphs
+    (a one-line text is what the "documents" format makes of a line); null and blank texts are no document."""
+    counts = text_records.RecordCounts()
+    try:
+        for text in text_records.iter_texts(path, fmt, text_field, counts):
+            if not text:
+                continue
+            paragraphs = [line for line in text.splitlines() if line.strip()]
+            if paragraphs:
+                stats.documents += 1
+                yield RawDocument(paragraphs)
+    except text_records.RecordError as e:
+        raise CorpusError(str(e)) from None
+    if counts.records == 0:
+        logger.warning("Skipping %s: the file is empty (no record).", path)
+        stats.skipped_files.append((path, "empty"))
+        return
+    stats.formats[path] = fmt
+    stats.files += 1
+    if counts.replaced_characters:
+        stats.replaced_characters += counts.replaced_characters
+        logger.warning(
+            "%s: %d undecodable byte sequence(s) replaced with U+FFFD (the file is not valid UTF-8).",
+            path,
+            counts.replaced_characters,
+        )
+
+
 def iter_documents(
-    files: Sequence[str], text_format: str = "auto", stats: ReadStats | None = None
+    files: Sequence[str],
+    text_format: str = "auto",
+    stats: ReadStats | None = None,
+    text_field: str = DEFAULT_TEXT_FIELD,
 ) -> Iterator[list[str]]:
-    """Documents of all files in order. Raises `CorpusError` at the end if no sentence was found."""
+    """Documents of all inputs in order. Raises `CorpusError` at the end if no sentence was found."""
     stats = stats if stats is not None else ReadStats()
     for path in files:
-        yield from iter_file_documents(path, text_format, stats)
+        yield from iter_file_documents(path, text_format, stats, text_field)
     check_not_empty(stats, len(files))
 
 
@@ -358,5 +422,6 @@ def check_not_empty(stats: ReadStats, num_files: int) -> None:
         skipped = "; ".join(f"{p} ({why})" for p, why in stats.skipped_files) or "none"
         raise CorpusError(
             f"The corpus is empty: {num_files} input file(s) gave no sentence (skipped: {skipped}). "
-            "Point --input_files at UTF-8 text files."
+            "Point --input_files at UTF-8 text files, or at JSON Lines (*.jsonl, .gz, .zst), Parquet (*.parquet) or "
+            "save_to_disk folders, which are recognized by name."
         )

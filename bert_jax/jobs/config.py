@@ -73,8 +73,10 @@ class ModelSettings:
 class PretrainData:
     """`config.data` of a pretraining job: the text (or a built corpus), the tokenizer, the masking."""
 
-    train_files: str = ""  # a glob or comma list of text files; or:
+    # A glob or comma list of text files, JSON Lines (*.jsonl, .gz, .zst), Parquet files, save_to_disk folders; or:
+    train_files: str = ""
     corpus_dir: str = ""  # a corpus built with bert-jax-build-corpus (then train_files may be empty)
+    text_field: str = "text"  # JSON Lines, Parquet and save_to_disk inputs: the field / column holding the text
     # The tokenizer: exactly one of these (none with corpus_dir: the corpus's vocabulary size and special ids).
     vocab_file: str = ""  # a WordPiece vocab.txt
     spm_model: str = ""  # a SentencePiece .model
@@ -304,6 +306,11 @@ def _parse_pretrain(values: dict[str, Any], source: str) -> PretrainConfig:
         raise ConfigError(
             "No tokenizer: set data.vocab_file (a WordPiece vocab.txt), data.spm_model (a SentencePiece .model) or "
             "data.tokenizer_file (a Hugging Face tokenizer.json), or data.corpus_dir to a corpus built with one."
+        )
+    if not isinstance(data.text_field, str) or not data.text_field:
+        raise ConfigError(
+            f"data.text_field={data.text_field!r}: name the field (JSON Lines) or column (Parquet, save_to_disk) that "
+            "holds the text; the default is 'text'."
         )
     try:
         batch_workers.resolve_num_workers(data.num_workers)

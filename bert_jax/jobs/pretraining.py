@@ -41,7 +41,8 @@ __all__ = ["JobResult", "corpus_options", "prepare_corpus", "train_and_evaluate"
 def corpus_options(data: PretrainData) -> corpus.CorpusOptions:
     if not data.train_files:
         raise ConfigError(
-            "data.train_files is empty: set --config.data.train_files to a glob or comma list of text files, "
+            "data.train_files is empty: set --config.data.train_files to a glob or comma list of text files (or "
+            "JSON Lines, Parquet files, save_to_disk folders), "
             "or --config.data.corpus_dir to a corpus built with bert-jax-build-corpus."
         )
     return corpus.CorpusOptions(
@@ -50,6 +51,7 @@ def corpus_options(data: PretrainData) -> corpus.CorpusOptions:
         spm_model=data.spm_model or None,
         tokenizer_file=data.tokenizer_file or None,
         lowercase=data.lowercase,
+        text_field=data.text_field,
         max_seq_length=data.max_seq_length,
         short_seq_prob=data.short_seq_prob,
         dupe_factor=data.dupe_factor,
