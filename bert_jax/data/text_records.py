@@ -98,7 +98,7 @@ def check_dataset_folder(path: str) -> None:
 def input_size_and_mtime(path: str) -> tuple[int, int]:
     """An input's size and modification time for the corpus fingerprint: a file's own, and for a saved dataset
     the sum of its files' sizes and the newest of their times (a folder's own say nothing on object storage)."""
-    if not (record_format(path) == HF_DATASET):
+    if record_format(path) != HF_DATASET:
         return storage.size_and_mtime(path)
     total, newest = 0, 0
     for name in [_STATE, *_arrow_files(path)]:
