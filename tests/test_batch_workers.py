@@ -241,7 +241,7 @@ def test_a_bad_num_workers_is_a_config_error(value):
             "num_microbatches": 1,
             "global_batch_size": 8,
             "model": {"size": "tiny"},
-            "data": {"num_workers": value},
+            "data": {"num_workers": value, "vocab_file": "vocab.txt"},
         }
     )
     with pytest.raises(ConfigError, match=r"data\.num_workers"):
