@@ -26,7 +26,8 @@ Better, Faster, Longer: A Modern Bidirectional Encoder ..." (arXiv 2412.13663), 
 - Optimizer: StableAdamW with fully decoupled weight decay (decoupled_stableadamw): learning rate 8e-4, betas
   (0.9, 0.98), eps 1e-6, weight decay 1e-5 scaled by lr(step) / peak, none on norms and biases
   (filter_bias_norm_wd) [Y]. No gradient clipping: [Y] sets no clipping algorithm, and [P] found StableAdamW's
-  per-tensor update clipping better than gradient clipping. `clip_global_norm` is declared
+  per-tensor update clipping better than gradient clipping (optimi's StableAdamW documentation, by the same
+  author: it "removes the need for gradient clipping"). `clip_global_norm` is declared
   `placeholder(float)`: None (off) by default, and `--config.optimizer.clip_global_norm=1.0` turns it on.
 - Schedule: linear warmup over 3B tokens, then constant at the peak to the end of the phase (warmup_stable_decay
   with t_warmup 3_000_000_000tok and t_decay 0tok [Y]; "a constant LR of 8e-4 for 1.7 trillion tokens following
@@ -59,9 +60,10 @@ What differs from the reference:
   master weights too); attention_kernel "splash" (Pallas flash attention with its sliding-window mask for the
   local layers) on TPU. The reference accumulates 6 microbatches of 96 per GPU on 8 GPUs; here
   `num_microbatches` is sized for a v5p-8 (4 chips): 18 microbatches of 256, 64 sequences per chip at a time,
-  the largest power of two that fits its 95 GB chips without remat (48.60 GB per chip; 128 need 93.68 GB:
-  docs/tpu.md has the largest per-chip batches per slice, with and without remat). On other slices:
-  4,608 / (chips x rows per chip) microbatches (`--config.fit=auto` picks a count that fits).
+  the largest power of two that fits its 95 GB chips without remat (48.61 GB per chip; 128 need 93.68 GB). The
+  same 18 fit a v5litepod-16 (16 per chip, 13.82 GB of 16 GiB); a v4-8 takes `--config.num_microbatches=36`
+  (32 per chip). docs/tpu.md has the largest per-chip batches per slice, with and without remat; on other
+  slices: 4,608 / (chips x rows per chip) microbatches (`--config.fit=auto` picks a count that fits).
 """
 
 from __future__ import annotations

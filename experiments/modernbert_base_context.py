@@ -33,10 +33,11 @@ no dropout; eval at 30% masking):
   dataset" sampled for long documents [P]; here the corpus the user gives (`data.train_files`), built again at
   8,192 tokens.
 - `num_microbatches` for a v5p-8 (4 chips): 576 in 18 microbatches of 32, 8 sequences of 8,192 per chip at a
-  time, the largest power of two that fits its 95 GB chips without remat (48.68 GB per chip; 16 need 93.92 GB:
-  docs/tpu.md has the largest per-chip batches per slice, with and without remat); the reference accumulates 12
-  per GPU on 8 GPUs. On other slices: 576 / (chips x rows per chip) microbatches (`--config.fit=auto` picks a
-  count that fits).
+  time, the largest power of two that fits its 95 GB chips without remat (48.65 GB per chip; 16 need 93.92 GB);
+  the reference accumulates 12 per GPU on 8 GPUs. The same 18 fit a v5litepod-16 (2 per chip, 13.83 GB of 16
+  GiB); a v4-8 takes `--config.num_microbatches=36` (4 per chip). docs/tpu.md has the largest per-chip batches
+  per slice, with and without remat; on other slices: 576 / (chips x rows per chip) microbatches
+  (`--config.fit=auto` picks a count that fits).
 """
 
 from __future__ import annotations
