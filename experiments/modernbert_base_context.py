@@ -7,9 +7,9 @@ Phase 1 (modernbert_base.py) with what the reference changes; everything else (m
 and its betas, eps, decoupled weight decay, no clipping, bf16, splash) is phase 1's.
 
 Sources. [Y] is AnswerDotAI/ModernBERT's `yamls/modernbert/modernbert-base-context-extension.yaml` (commit
-00220af, 2025-02-06); [P] is Warner et al. 2024 (arXiv 2412.13663), section 2.2: "we extend the native context
-length of ModernBERT to 8192 tokens by increasing the global attention layer's RoPE theta to 160,000", first at
-"a constant lower learning rate of 3e-4 for 250 billion tokens", then the decay (modernbert_base_decay.py).
+00220af, 2025-02-06); [P] is Warner et al. 2024 (arXiv 2412.13663), section 2.2, which (in our words) extends the
+native context to 8,192 tokens by raising the global attention layers' RoPE theta to 160,000, trains 250B tokens
+at a constant, lower 3e-4, then decays the rate (modernbert_base_decay.py).
 - Sequences of 8,192 tokens (max_seq_len 8192) [Y, P]; `max_predictions_per_seq` 2,458 = ceil(0.3 x 8,192)
   (round(0.3 x length) per sequence, at most 2,458: the cap never cuts a draw); masking still 30% [Y].
 - RoPE theta 160,000 on the global layers, 10,000 on the local ones (rotary_emb_base 160000.0,
