@@ -20,13 +20,15 @@ Better, Faster, Longer: A Modern Bidirectional Encoder ..." (arXiv 2412.13663), 
   `max_position_embeddings` 8,192 (the released ModernBERT-base config.json): a bound, not a table (RoPE), and
   one of the fields a warm start checks, so all three phases keep it.
 - Objective: the masked LM alone, no next-sentence prediction (`nsp_loss_weight = 0`, the family has no NSP
-  head) [P]; 30% of the tokens masked (mlm_probability 0.3) [Y, P], token by token (`whole_word = False`: the
-  reference's collator masks tokens); `max_predictions_per_seq` 308 = ceil(0.3 x 1,024): the masking draws
-  round(0.3 x length) per sequence, at most 307 here, so the cap never cuts a draw.
+  head) [Y: a masked-LM model and loss only, P]; 30% of the tokens masked (mlm_probability 0.3) [Y, P], token by
+  token (`whole_word = False`: the reference's collator masks tokens); `max_predictions_per_seq` 308 =
+  ceil(0.3 x 1,024): the masking draws round(0.3 x length) per sequence, at most 307 here, so the cap never
+  cuts a draw.
 - Optimizer: StableAdamW with fully decoupled weight decay (decoupled_stableadamw): learning rate 8e-4, betas
   (0.9, 0.98), eps 1e-6, weight decay 1e-5 scaled by lr(step) / peak, none on norms and biases
-  (filter_bias_norm_wd) [Y]. No gradient clipping: [Y] sets no clipping algorithm, and [P] found StableAdamW's
-  per-tensor update clipping better than gradient clipping. `clip_global_norm` is declared
+  (filter_bias_norm_wd) [Y]. No gradient clipping: [Y] sets no clipping algorithm; optimi's StableAdamW page
+  (the library of [P]'s first author) says its update clipping "outperforms gradient clipping on downstream
+  tasks" and "removes the need for gradient clipping". `clip_global_norm` is declared
   `placeholder(float)`: None (off) by default, and `--config.optimizer.clip_global_norm=1.0` turns it on.
 - Schedule: linear warmup over 3B tokens, then constant at the peak to the end of the phase (warmup_stable_decay
   with t_warmup 3_000_000_000tok and t_decay 0tok [Y]; "a constant LR of 8e-4 for 1.7 trillion tokens following
@@ -46,7 +48,8 @@ What differs from the reference:
 - Tokenizer and data: this repo's format (text files or a corpus built by bert-jax-build-corpus) with its
   WordPiece or SentencePiece vocabulary; by default BERT's uncased vocabulary (30,522 ids, 30,592 rows padded
   to a multiple of 128), where ModernBERT has a cased BPE vocabulary of 50,368 ids (OLMo's, modified) and its
-  own 1.7T-token mixture with code. The embedding (and parameter count) is smaller by that difference.
+  own 1.7T-token mixture with code. The embedding is smaller by that difference: 134,447,488 parameters here,
+  about 149M in ModernBERT-base.
 - No batch-size warmup: the reference ramps the batch from 768 sequences (its 96 per GPU on 8 GPUs) to 4,608
   over the first 50B tokens (batch_size_warmup_tokens) [Y, P]; here 4,608 from the first step.
 - No dropout: the reference drops 10% of the attention output (attn_out_dropout_prob 0.1, 0 elsewhere) [Y];
@@ -59,9 +62,10 @@ What differs from the reference:
   master weights too); attention_kernel "splash" (Pallas flash attention with its sliding-window mask for the
   local layers) on TPU. The reference accumulates 6 microbatches of 96 per GPU on 8 GPUs; here
   `num_microbatches` is sized for a v5p-8 (4 chips): 18 microbatches of 256, 64 sequences per chip at a time,
-  the largest power of two that fits its 95 GB chips without remat (48.60 GB per chip; 128 need 93.68 GB:
-  docs/tpu.md has the largest per-chip batches per slice, with and without remat). On other slices:
-  4,608 / (chips x rows per chip) microbatches (`--config.fit=auto` picks a count that fits).
+  the largest power of two that fits its 95 GB chips without remat (48.61 GB per chip; 128 need 93.68 GB). The
+  same 18 fit a v5litepod-16 (16 per chip, 13.82 GB of 16 GiB); a v4-8 takes `--config.num_microbatches=36`
+  (32 per chip). docs/tpu.md has the largest per-chip batches per slice, with and without remat; on other
+  slices: 4,608 / (chips x rows per chip) microbatches (`--config.fit=auto` picks a count that fits).
 """
 
 from __future__ import annotations

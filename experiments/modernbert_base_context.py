@@ -7,9 +7,9 @@ Phase 1 (modernbert_base.py) with what the reference changes; everything else (m
 and its betas, eps, decoupled weight decay, no clipping, bf16, splash) is phase 1's.
 
 Sources. [Y] is AnswerDotAI/ModernBERT's `yamls/modernbert/modernbert-base-context-extension.yaml` (commit
-00220af, 2025-02-06); [P] is Warner et al. 2024 (arXiv 2412.13663), section 2.2: "we extend the native context
-length of ModernBERT to 8192 tokens by increasing the global attention layer's RoPE theta to 160,000", first at
-"a constant lower learning rate of 3e-4 for 250 billion tokens", then the decay (modernbert_base_decay.py).
+00220af, 2025-02-06); [P] is Warner et al. 2024 (arXiv 2412.13663), section 2.2, which (in our words) extends the
+native context to 8,192 tokens by raising the global attention layers' RoPE theta to 160,000, trains 250B tokens
+at a constant, lower 3e-4, then decays the rate (modernbert_base_decay.py).
 - Sequences of 8,192 tokens (max_seq_len 8192) [Y, P]; `max_predictions_per_seq` 2,458 = ceil(0.3 x 8,192)
   (round(0.3 x length) per sequence, at most 2,458: the cap never cuts a draw); masking still 30% [Y].
 - RoPE theta 160,000 on the global layers, 10,000 on the local ones (rotary_emb_base 160000.0,
@@ -33,10 +33,11 @@ no dropout; eval at 30% masking):
   dataset" sampled for long documents [P]; here the corpus the user gives (`data.train_files`), built again at
   8,192 tokens.
 - `num_microbatches` for a v5p-8 (4 chips): 576 in 18 microbatches of 32, 8 sequences of 8,192 per chip at a
-  time, the largest power of two that fits its 95 GB chips without remat (48.68 GB per chip; 16 need 93.92 GB:
-  docs/tpu.md has the largest per-chip batches per slice, with and without remat); the reference accumulates 12
-  per GPU on 8 GPUs. On other slices: 576 / (chips x rows per chip) microbatches (`--config.fit=auto` picks a
-  count that fits).
+  time, the largest power of two that fits its 95 GB chips without remat (48.65 GB per chip; 16 need 93.92 GB);
+  the reference accumulates 12 per GPU on 8 GPUs. The same 18 fit a v5litepod-16 (2 per chip, 13.83 GB of 16
+  GiB); a v4-8 takes `--config.num_microbatches=36` (4 per chip). docs/tpu.md has the largest per-chip batches
+  per slice, with and without remat; on other slices: 576 / (chips x rows per chip) microbatches
+  (`--config.fit=auto` picks a count that fits).
 """
 
 from __future__ import annotations

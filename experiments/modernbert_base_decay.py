@@ -9,8 +9,8 @@ and length of the reference's decay phase.
 
 Sources. [Y] is AnswerDotAI/ModernBERT's `yamls/modernbert/modernbert-base-learning-rate-decay.yaml` (commit
 00220af, 2025-02-06); [P] is Warner et al. 2024 (arXiv 2412.13663), section 2.2: after the 250B tokens at
-constant 3e-4, "we upsample higher-quality sources ... and conduct the decay phase with a 1-sqrt LR schedule
-over 50 billion tokens".
+constant 3e-4, a decay phase over 50B tokens with a 1-sqrt schedule, on a mixture that upsamples the
+higher-quality sources (in our words).
 - Schedule: the whole phase is the decay, from 3e-4 down to 3e-7 (one_minus_sqrt, lr 3e-4, alpha_f 0.001,
   t_decay = t_max = max_duration) [Y]: `schedule="wsd"` with no warmup, `decay_steps = num_train_steps` and
   `decay_shape="one_minus_sqrt"`: lr(step) = 3e-7 + (3e-4 - 3e-7) x (1 - sqrt(step / steps)), Hägele et al.

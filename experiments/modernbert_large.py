@@ -31,8 +31,8 @@ What differs from the reference, besides base's differences (no packing, the voc
   middle (init_from_checkpoint, mode tile_weights_from_middle) [Y]; here the family's own random initialization
   (a warm start takes weights of the same shape only).
 - `num_microbatches` for a v5p-8 (4 chips): 4,928 in 44 microbatches of 112, 28 sequences per chip at a time (the
-  reference: 56 per GPU, device_train_microbatch_size 56 [Y]); docs/tpu.md has its compile; `--config.fit=auto`
-  picks a count that fits.
+  reference: 56 per GPU, device_train_microbatch_size 56 [Y]): 48.01 GB per chip of 95 GB (docs/tpu.md);
+  `--config.fit=auto` picks a count that fits elsewhere.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ Sources. [Y] is AnswerDotAI/ModernBERT's `yamls/modernbert/modernbert-large-cont
   1,024; 250B tokens (max_duration 250_000_000_000tok) [Y] / 5,046,272 = 49,541.5 -> 49,542 steps.
 - Eval and checkpoints every 4,000 steps [Y]; 3 global batches per eval.
 - `num_microbatches` for a v5p-8 (4 chips): 616 in 77 microbatches of 8, 2 sequences of 8,192 per chip at a time
-  (616 = 4 x 154 allows 1, 2, 7, 11 ... per chip; the reference: 7 per GPU on 8 GPUs); docs/tpu.md has its compile;
-  `--config.fit=auto` picks a count that fits.
+  (616 = 4 x 154 allows 1, 2, 7, 11 ... per chip; the reference: 7 per GPU on 8 GPUs): 29.64 GB per chip of 95 GB
+  (docs/tpu.md); `--config.fit=auto` picks a count that fits elsewhere.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ Sources. [Y] is AnswerDotAI/ModernBERT's `yamls/modernbert/modernbert-large-lear
   9,781.3 -> 9,781 steps.
 - Eval and checkpoints every 1,000 steps (eval_interval, save_interval 1000ba) [Y]; 3 global batches per eval.
 - `num_microbatches` for a v5p-8 (4 chips): 624 in 39 microbatches of 16, 4 sequences per chip at a time (the
-  reference: 6 per GPU on 8 GPUs); docs/tpu.md has its compile; `--config.fit=auto` picks a count that fits.
+  reference: 6 per GPU on 8 GPUs): 50.43 GB per chip of 95 GB (docs/tpu.md); `--config.fit=auto` picks a count
+  that fits elsewhere.
 """
 
 from __future__ import annotations

@@ -358,7 +358,6 @@ def config_layers(config) -> int:
     return pretrain_plan.model_config(config, 30522).num_hidden_layers
 
 
-@pytest.mark.slow  # about a minute here, as its BERT twin above
 def test_the_modern_family_compiles_with_splash_for_a_slice():
     """modernbert_tiny with splash on v5e:2x2 (heads split over `tensor`): the Mosaic kernel with its sliding-window
     mask on the local layers (window 32 of 128 tokens) and the full mask on the global ones, in the TPU program of
